@@ -1,0 +1,243 @@
+"""The ``modalrec`` command line. Thin: every command calls a library function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modalrec.errors import ModalrecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal recommendation: data, training, evaluation.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: validate, split, synth.")
+app.add_typer(data_app, name="data")
+err_console = Console(stderr=True)
+
+
+def handle_errors(fn):
+    """Turn user-facing errors into one line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ModalrecError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ModalrecError("empty list")
+    return items
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="warning: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
+# ---------------------------------------------------------------------- models
+@app.command("models")
+def models_cmd() -> None:
+    """List every registered model with a one-line description."""
+    from modalrec.models import list_models
+
+    table = Table(title="Registered models")
+    table.add_column("model")
+    table.add_column("modalities")
+    table.add_column("description")
+    for cls in list_models():
+        table.add_row(cls.name, "content + ID" if cls.min_modalities else "ID only", cls.description)
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------- data
+@data_app.command("validate")
+@handle_errors
+def data_validate(
+    directory: Path,
+    modalities: Annotated[str | None, typer.Option(help="Comma-separated subset, e.g. image,text.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Validate a dataset folder (MMRec layout) and print its statistics."""
+    from modalrec.data.dataset import load_dataset
+
+    s = load_dataset(directory, _split_list(modalities)).summary()
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return
+    c = Console()
+    c.print(f"[bold]{s['name']}[/bold] — OK")
+    c.print(f"users {s['users']:,}   items {s['items']:,}   interactions {s['interactions']:,}   "
+            f"density {100 * s['density']:.4f}%")
+    c.print("per split: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
+    c.print(f"items without a training interaction: {s['items_without_training_interactions']}")
+    if s["modalities"]:
+        for m, d in s["modalities"].items():
+            c.print(f"modality {m}: dimension {d}")
+    else:
+        c.print("no modality features (*_feat.npy)")
+    c.print(f"item titles: {'yes' if s['has_titles'] else 'no'}")
+    for w in s["warnings"]:
+        err_console.print(f"warning: {w}", highlight=False)
+
+
+@data_app.command("split")
+@handle_errors
+def data_split(
+    directory: Path,
+    out: Annotated[Path, typer.Option(help="New dataset folder (must not exist).")],
+    protocol: Annotated[str, typer.Option(help="mmrec (per-user 8:1:1) | loo | temporal")] = "mmrec",
+    seed: Annotated[int, typer.Option(help="Seed of the mmrec shuffle.")] = 999,
+) -> None:
+    """Re-split a dataset into a NEW folder (the input is never modified)."""
+    from modalrec.data.dataset import load_dataset
+    from modalrec.data.split import resplit_dataset
+
+    path = resplit_dataset(directory, protocol, seed, out)
+    s = load_dataset(path).summary()
+    Console().print(f"wrote {path}: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
+
+
+@data_app.command("synth")
+@handle_errors
+def data_synth(
+    out: Path,
+    users: Annotated[int, typer.Option(help="Number of users.")] = 1500,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 1000,
+    modalities: Annotated[str, typer.Option(help="name:dim,… e.g. image:256,text:128")] = "image:256,text:128",
+    seed: Annotated[int, typer.Option()] = 2024,
+) -> None:
+    """Generate the synthetic default dataset (planted structure; SYNTHETIC data)."""
+    from modalrec.data.dataset import load_dataset
+    from modalrec.data.synth import write_synthetic_dataset
+
+    mods = {}
+    for part in _split_list(modalities) or []:
+        name, _, dim = part.partition(":")
+        if not name or not dim.isdigit() or int(dim) < 1:
+            raise ModalrecError(f"--modalities: {part!r} must look like name:dim with a positive dim")
+        mods[name] = int(dim)
+    if users < 10 or items < 20:
+        raise ModalrecError("--users must be ≥ 10 and --items ≥ 20")
+    path = write_synthetic_dataset(out, users, items, mods, seed)
+    s = load_dataset(path).summary()
+    Console().print(f"wrote {path}: {s['users']} users, {s['items']} items, {s['interactions']} interactions")
+
+
+# ---------------------------------------------------------------------- train / evaluate / recommend
+@app.command("train")
+@handle_errors
+def train_cmd(
+    model: Annotated[str, typer.Option(help="Model name (see `modalrec models`).")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    modalities: Annotated[str | None, typer.Option(help="Comma-separated subset of modalities.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of config overrides.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Per-dataset preset of the model's YAML.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (must not exist).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Parent of auto-named run directories.")] = Path("runs"),
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same metrics on CPU).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch output.")] = False,
+) -> None:
+    """Train a model with early stopping into a new run directory."""
+    from modalrec.config import load_override_file, parse_overrides
+    from modalrec.runs import train_run
+
+    overrides = load_override_file(config) if config else {}
+    overrides.update(parse_overrides(set_))
+    if seed is not None:
+        overrides["seed"] = seed
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    run_dir, result = train_run(model, data, _split_list(modalities), overrides, preset, out, runs_dir, device,
+                                quiet=quiet, progress=sys.stdout.isatty())
+    _print_metrics(f"test metrics (best epoch {result.best_epoch})", result.test.metrics)
+    Console().print(f"run directory: {run_dir}")
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    table = Table(title=title)
+    names = sorted({k.split("@")[0] for k in metrics}, key=["recall", "ndcg", "precision", "map", "hit"].index)
+    ks = sorted({int(k.split("@")[1]) for k in metrics})
+    table.add_column("metric")
+    for k in ks:
+        table.add_column(f"@{k}", justify="right")
+    for n in names:
+        table.add_row(n, *[f"{metrics.get(f'{n}@{k}', float('nan')):.4f}" for k in ks])
+    Console().print(table)
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    run: Path,
+    split: Annotated[str, typer.Option(help="valid | test")] = "test",
+    topk: Annotated[str | None, typer.Option(help="Comma-separated cut-offs, e.g. 10,20,50.")] = None,
+    mask_valid: Annotated[bool | None, typer.Option("--mask-valid/--no-mask-valid", help="Mask valid items at test.")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-evaluate a trained run with full ranking."""
+    from modalrec.runs import evaluate_run, load_run
+
+    if split not in ("valid", "test"):
+        raise ModalrecError("--split must be valid or test")
+    ks = [int(k) for k in _split_list(topk)] if topk else None
+    result = evaluate_run(load_run(run, device), split, ks, mask_valid)
+    if as_json:
+        print(json.dumps({"split": split, "metrics": result.metrics, "seconds": result.seconds}, indent=2))
+    else:
+        _print_metrics(f"{split} metrics ({len(result.users)} users, {result.seconds:.2f}s)", result.metrics)
+
+
+@app.command("recommend")
+@handle_errors
+def recommend_cmd(
+    run: Path,
+    user: Annotated[int, typer.Option(help="User id.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="List length.")] = 10,
+    explain: Annotated[bool, typer.Option(help="Add per-modality influence of each item.")] = False,
+    include_seen: Annotated[bool, typer.Option(help="Do not exclude training items.")] = False,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Top-k recommendations of one user as JSON on stdout."""
+    from modalrec.runs import load_run, recommend
+
+    print(json.dumps(recommend(load_run(run, device), user, k, explain, not include_seen), indent=2))
+
+
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    out: Annotated[Path | None, typer.Option(help="Demo directory (must not exist).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Parent of the auto-named demo directory.")] = Path("runs"),
+) -> None:
+    """Synthetic default data → BPR, LightGCN, MARIO → comparison table and an explained top-10."""
+    from modalrec.demo import run_demo
+
+    run_demo(out, runs_dir)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

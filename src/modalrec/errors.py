@@ -1,0 +1,33 @@
+"""Errors a user can act on.
+
+Every error raised for bad input is a :class:`ModalrecError`; the CLI prints its message
+on one line and exits with a non-zero code instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ModalrecError(Exception):
+    """Base class of all user-facing errors."""
+
+
+class DataError(ModalrecError):
+    """A dataset file is missing, malformed or inconsistent.
+
+    The message always names the file and, where it applies, the line or field.
+    """
+
+    def __init__(self, path: object, message: str, line: int | None = None) -> None:
+        where = f"{path}" if line is None else f"{path}:{line}"
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+        self.message = message
+
+
+class ConfigError(ModalrecError):
+    """A configuration key or value is invalid."""
+
+
+class RunError(ModalrecError):
+    """A run directory is missing, incomplete, or would be overwritten."""

@@ -1,0 +1,334 @@
+"""Graphs every model shares: user–item adjacencies, R̂, kNN item graphs, and their cache.
+
+All graphs are sparse. Data-only graphs are cached on disk under a cache directory,
+keyed by a content hash of the data they depend on and by their parameters, so a
+second run on the same data skips the build (and editing the data invalidates it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from modalrec.io import atomic_write
+
+if TYPE_CHECKING:
+    from modalrec.data.dataset import Dataset
+
+DEGREE_EPS = 1e-7
+
+
+# ====================================================================== user–item graphs
+def bipartite_adjacency(interactions: sp.spmatrix) -> sp.csr_matrix:
+    """A = [[0, R], [Rᵀ, 0]] of size (U+I)×(U+I); users first, item j at node U + j."""
+    r = sp.csr_matrix(interactions, dtype=np.float32)
+    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    a.sort_indices()
+    return a
+
+
+def _inv_power(deg: np.ndarray, power: float) -> np.ndarray:
+    out = np.zeros_like(deg, dtype=np.float64)
+    pos = deg > 0
+    out[pos] = np.power(deg[pos], power)
+    return out
+
+
+def sym_norm_adjacency(interactions: sp.spmatrix, eps: float = DEGREE_EPS) -> sp.csr_matrix:
+    """Â = D^{-1/2} A D^{-1/2} with D = deg + eps (baselines.md §2.1 ``A_sym``); no self-loops.
+
+    Nodes without training edges get all-zero rows.
+    """
+    a = bipartite_adjacency(interactions)
+    deg = np.asarray(a.sum(axis=1)).ravel() + eps
+    d = sp.diags(np.power(deg, -0.5))
+    out = (d @ a @ d).astype(np.float32).tocsr()
+    out.sort_indices()
+    return out
+
+
+def rw_norm_adjacency_self_loops(interactions: sp.spmatrix) -> sp.csr_matrix:
+    """(D + I)^{-1} (A + I): self-loops, then row normalisation (``A_rw+I``; NGCF, LATTICE)."""
+    a = bipartite_adjacency(interactions) + sp.identity(sum(interactions.shape), dtype=np.float32, format="csr")
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    out = (sp.diags(_inv_power(deg, -1.0)) @ a).astype(np.float32).tocsr()
+    out.sort_indices()
+    return out
+
+
+def norm_interaction_matrix(interactions: sp.spmatrix, eps: float = DEGREE_EPS) -> sp.csr_matrix:
+    """R̂ = D_u^{-1/2} R D_i^{-1/2} (U × I), degrees from R."""
+    r = sp.csr_matrix(interactions, dtype=np.float32)
+    du = np.asarray(r.sum(axis=1)).ravel() + eps
+    di = np.asarray(r.sum(axis=0)).ravel() + eps
+    out = (sp.diags(np.power(du, -0.5)) @ r @ sp.diags(np.power(di, -0.5))).astype(np.float32).tocsr()
+    out.sort_indices()
+    return out
+
+
+# ====================================================================== kNN item graphs
+def knn_topk(
+    features: torch.Tensor, k: int, block_size: int = 1024, stable_ties: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k cosine neighbours of every row, computed in row blocks (memory O(block × I)).
+
+    Returns ``(indices, similarities)``, both (I, k). The row itself is normally among its
+    neighbours and is kept (seed-models.md, "kNN item graph"). With ``stable_ties`` exact
+    ties are broken by the lowest item id (a stable sort; slower), otherwise by
+    ``torch.topk``'s order, which is deterministic on a given device.
+    """
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    n = x.shape[0]
+    k = min(k, n)
+    idx_blocks, val_blocks = [], []
+    for start in range(0, n, block_size):
+        sims = x[start : start + block_size] @ x.T
+        if stable_ties:
+            vals, idx = torch.sort(sims, dim=1, descending=True, stable=True)
+            vals, idx = vals[:, :k], idx[:, :k]
+        else:
+            vals, idx = torch.topk(sims, k, dim=1)
+        idx_blocks.append(idx)
+        val_blocks.append(vals)
+    return torch.cat(idx_blocks), torch.cat(val_blocks)
+
+
+def normalize_sparse_rows(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int, normalization: str
+) -> torch.Tensor:
+    """Normalise edge values of an n×n graph given as COO triples.
+
+    ``sym``: D^{-1/2} G D^{-1/2} with D the row sums; ``row``: D^{-1} G; ``none``: as is.
+    Rows whose sum is not positive become zero (no NaN from a negative or empty row).
+    """
+    if normalization == "none":
+        return values
+    deg = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+    inv = torch.where(deg > 0, deg, torch.ones_like(deg))
+    if normalization == "sym":
+        inv = torch.where(deg > 0, inv.pow(-0.5), torch.zeros_like(deg))
+        return values * inv[rows] * inv[cols]
+    if normalization == "row":
+        inv = torch.where(deg > 0, inv.pow(-1.0), torch.zeros_like(deg))
+        return values * inv[rows]
+    raise ValueError(f"unknown normalization {normalization!r} (sym | row | none)")
+
+
+def knn_graph_coo(
+    indices: torch.Tensor, similarities: torch.Tensor, weighted: bool, normalization: str = "sym"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """COO triples (rows, cols, values) of a directed kNN graph from :func:`knn_topk` output.
+
+    ``weighted``: edge values are the similarities (MARIO Eq. 2, LATTICE); otherwise 1
+    (FREEDOM, MeAIM). Not symmetrised, as in the references.
+    """
+    n, k = indices.shape
+    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
+    cols = indices.reshape(-1)
+    vals = similarities.reshape(-1).float() if weighted else torch.ones(n * k, device=indices.device)
+    return rows, cols, normalize_sparse_rows(rows, cols, vals, n, normalization)
+
+
+def build_knn_graph(
+    features: np.ndarray | torch.Tensor,
+    k: int = 10,
+    weighted: bool = False,
+    normalization: str = "sym",
+    block_size: int = 1024,
+) -> sp.csr_matrix:
+    """The normalised kNN item graph of a feature matrix, as a SciPy CSR matrix.
+
+    Similarities are computed in item blocks; ties are broken by lowest item id.
+    """
+    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    idx, sims = knn_topk(x, k, block_size=block_size, stable_ties=True)
+    rows, cols, vals = knn_graph_coo(idx, sims, weighted, normalization)
+    n = x.shape[0]
+    g = sp.csr_matrix((vals.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n), dtype=np.float32)
+    g.sort_indices()
+    return g
+
+
+# ====================================================================== torch operator
+class _SparseMatmul(torch.autograd.Function):
+    """y = A x with the backward pass grad_x = Aᵀ grad_y using a precomputed Aᵀ (no transpose per step)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.a_t = a_t
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return None, None, ctx.a_t @ grad
+
+
+class SparseOperator:
+    """A fixed sparse matrix on a device, usable as ``op @ dense`` with autograd on ``dense``.
+
+    Holds CSR copies of A and Aᵀ (one object when A is symmetric), so both directions run
+    as CSR sparse–dense products, the fastest sparse kernel on CPU and GPU.
+    """
+
+    def __init__(self, matrix: sp.spmatrix, device: torch.device | str = "cpu", symmetric: bool | None = None) -> None:
+        m = sp.csr_matrix(matrix, dtype=np.float32)
+        m.sort_indices()
+        self.shape = m.shape
+        self.nnz = m.nnz
+        self.a = _csr_tensor(m, device)
+        if symmetric is None:
+            symmetric = m.shape[0] == m.shape[1] and abs(m - m.T).max() < 1e-7 if m.nnz else True
+        self.a_t = self.a if symmetric else _csr_tensor(m.T.tocsr(), device)
+        self._scipy = m
+
+    @classmethod
+    def from_coo(cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> SparseOperator:
+        """Build from COO triples already on a device (duplicates summed); stays on that device."""
+        op = cls.__new__(cls)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+            coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=False).coalesce()
+            op.a = coo.to_sparse_csr()
+            op.a_t = coo.t().coalesce().to_sparse_csr()
+        op.shape = shape
+        op.nnz = coo.values().numel()
+        op._scipy = None
+        return op
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            return _SparseMatmul.apply(self.a, self.a_t, x)
+        return self.a @ x
+
+    def t(self) -> SparseOperator:
+        op = SparseOperator.__new__(SparseOperator)
+        op.shape = (self.shape[1], self.shape[0])
+        op.nnz, op.a, op.a_t, op._scipy = self.nnz, self.a_t, self.a, None
+        return op
+
+    def to_scipy(self) -> sp.csr_matrix:
+        if self._scipy is None:
+            a = self.a.cpu()
+            self._scipy = sp.csr_matrix(
+                (a.values().numpy(), a.col_indices().numpy(), a.crow_indices().numpy()), shape=self.shape
+            )
+        return self._scipy
+
+    def __repr__(self) -> str:
+        return f"SparseOperator(shape={self.shape}, nnz={self.nnz}, device={self.a.device})"
+
+
+def _csr_tensor(m: sp.csr_matrix, device: torch.device | str) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(m.data.astype(np.float32)),
+            size=m.shape,
+            check_invariants=False,
+        ).to(device)
+
+
+# ====================================================================== cache
+def default_cache_dir() -> Path:
+    env = os.environ.get("MODALREC_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modalrec" / "graphs"
+
+
+class GraphStore:
+    """Builds, caches and hands out the graphs of one dataset.
+
+    Models ask it for graphs instead of building them: ``norm_adj()`` (Â),
+    ``rw_adj()`` (A_rw+I), ``norm_interactions()`` (R̂), ``knn(modality, ...)``. Each is
+    built once per process and, unless ``cache_dir`` is ``False``, stored on disk as
+    ``<kind>-<hash>.npz`` where the hash covers the data and the parameters.
+    """
+
+    def __init__(self, dataset: Dataset, cache_dir: str | Path | bool | None = None, device: str | torch.device = "cpu"):
+        self.dataset = dataset
+        self.device = torch.device(device)
+        if cache_dir is False:
+            self.cache_dir: Path | None = None
+        else:
+            self.cache_dir = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
+        self._memo: dict[str, sp.csr_matrix] = {}
+        self._ops: dict[tuple[str, bool], SparseOperator] = {}
+        self.cache_hits = 0
+        self.builds = 0
+
+    # -- generic cached build
+    def _get(self, kind: str, key_parts: tuple, build) -> sp.csr_matrix:
+        key = hashlib.sha256(repr((kind,) + key_parts).encode()).hexdigest()[:24]
+        name = f"{kind}-{key}"
+        if name in self._memo:
+            return self._memo[name]
+        path = self.cache_dir / f"{name}.npz" if self.cache_dir is not None else None
+        m = None
+        if path is not None and path.exists():
+            try:
+                m = sp.load_npz(path).tocsr()
+                self.cache_hits += 1
+            except Exception:  # a corrupt cache entry is rebuilt, never trusted
+                m = None
+        if m is None:
+            m = build()
+            self.builds += 1
+            if path is not None:
+                atomic_write(path, lambda fh: sp.save_npz(fh, m), mode="wb")
+        self._memo[name] = m
+        return m
+
+    def _op(self, name: str, matrix_fn, symmetric: bool | None = None) -> SparseOperator:
+        if (name, False) not in self._ops:
+            self._ops[(name, False)] = SparseOperator(matrix_fn(), self.device, symmetric=symmetric)
+        return self._ops[(name, False)]
+
+    # -- the graphs
+    def norm_adj_matrix(self) -> sp.csr_matrix:
+        ds = self.dataset
+        return self._get("norm_adj", (ds.interactions_hash,), lambda: sym_norm_adjacency(ds.train_matrix))
+
+    def norm_adj(self) -> SparseOperator:
+        """Â = D^{-1/2} A D^{-1/2} on the training graph, (U+I)×(U+I)."""
+        return self._op("norm_adj", self.norm_adj_matrix, symmetric=True)
+
+    def rw_adj(self) -> SparseOperator:
+        """(D+I)^{-1}(A+I) on the training graph (NGCF, LATTICE)."""
+        ds = self.dataset
+        return self._op(
+            "rw_adj",
+            lambda: self._get("rw_adj", (ds.interactions_hash,), lambda: rw_norm_adjacency_self_loops(ds.train_matrix)),
+            symmetric=False,
+        )
+
+    def norm_interactions(self) -> SparseOperator:
+        """R̂ = D_u^{-1/2} R D_i^{-1/2}, U × I."""
+        ds = self.dataset
+        return self._op(
+            "norm_inter",
+            lambda: self._get("norm_inter", (ds.interactions_hash,), lambda: norm_interaction_matrix(ds.train_matrix)),
+            symmetric=False,
+        )
+
+    def knn_matrix(self, modality: str, k: int = 10, weighted: bool = False, normalization: str = "sym") -> sp.csr_matrix:
+        ds = self.dataset
+        return self._get(
+            "knn",
+            (ds.feature_hash(modality), k, weighted, normalization),
+            lambda: build_knn_graph(ds.features[modality], k, weighted, normalization),
+        )
+
+    def knn(self, modality: str, k: int = 10, weighted: bool = False, normalization: str = "sym") -> SparseOperator:
+        """kNN item graph of a modality's raw features (I × I), normalised."""
+        name = f"knn:{modality}:{k}:{weighted}:{normalization}"
+        return self._op(name, lambda: self.knn_matrix(modality, k, weighted, normalization), symmetric=False)

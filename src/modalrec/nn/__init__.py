@@ -1,0 +1,1 @@
+"""Shared neural building blocks: propagation, losses, scoring helpers."""

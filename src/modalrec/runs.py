@@ -1,0 +1,249 @@
+"""Run directories: train a model into a new directory, load it back, evaluate, recommend.
+
+A run directory (``runs/<model>-<dataset>-<timestamp>`` by default) holds
+``config.yaml`` (resolved configuration and data source), ``metrics.json`` (best epoch,
+valid and test metrics at it, per-epoch history, timings), ``test_per_user.npz`` and
+``valid_per_user.npz`` (per-user metric vectors), ``model.pt`` (checkpoint) and
+``train.log``. An existing directory is never overwritten; every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from modalrec.config import Config, resolve_config
+from modalrec.data.dataset import Dataset, load_dataset
+from modalrec.errors import ModalrecError, RunError
+from modalrec.evaluate import EvalResult, Evaluator, top_k_items
+from modalrec.graphs import GraphStore
+from modalrec.io import atomic_write, write_json, write_npz, write_text, write_yaml
+from modalrec.models import Recommender, build_model, get_model_class
+from modalrec.train import TrainResult, fit, seed_everything
+
+CHECKPOINT_VERSION = 1
+log = logging.getLogger("modalrec")
+
+
+class RunLog:
+    """Collects log lines, echoes them, and rewrites ``train.log`` atomically."""
+
+    def __init__(self, path: Path | None, echo: bool = True) -> None:
+        self.path, self.echo, self.lines = path, echo, []
+
+    def __call__(self, line: str) -> None:
+        stamped = f"{time.strftime('%H:%M:%S')} {line}"
+        self.lines.append(stamped)
+        if self.echo:
+            print(line, flush=True)
+        if self.path is not None:
+            write_text(self.path, "\n".join(self.lines) + "\n")
+
+
+def new_run_dir(model: str, dataset: str, out: str | Path | None, root: str | Path = "runs") -> Path:
+    """Claim a fresh run directory; never reuses an existing path."""
+    if out is not None:
+        path = Path(out)
+        if path.exists():
+            raise RunError(f"{path}: already exists; runs are never overwritten (choose another --out)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()
+        return path
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1000):
+        path = root / (base if n == 0 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"{root}: could not create a new run directory")
+
+
+def prepare_model(
+    model_name: str,
+    dataset: Dataset,
+    overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
+    device: str = "cpu",
+    cache_dir: str | Path | bool | None = None,
+) -> tuple[Recommender, Config, GraphStore]:
+    """Resolve the config, seed every RNG, build graphs and the model on ``device``."""
+    cls = get_model_class(model_name)
+    config = resolve_config(cls.config_name, dataset.name, overrides, preset)
+    seed_everything(int(config.seed))
+    graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
+    model = build_model(cls.name, dataset, config, graphs).to(device)
+    return model, config, graphs
+
+
+def check_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModalrecError(f"--device {device}: CUDA is not available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModalrecError(f"--device {device!r}: use cpu or cuda")
+    return device
+
+
+def train_run(
+    model_name: str,
+    data_dir: str | Path,
+    modalities: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
+    out: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    device: str = "cpu",
+    quiet: bool = False,
+    progress: bool = False,
+    cache_dir: str | Path | bool | None = None,
+    dataset: Dataset | None = None,
+) -> tuple[Path, TrainResult]:
+    """Train one model on one dataset into a new run directory; returns (run dir, result)."""
+    check_device(device)
+    if dataset is None:
+        dataset = load_dataset(data_dir, modalities)
+    cls = get_model_class(model_name)
+    # Resolve before claiming a directory so a bad key leaves nothing behind.
+    resolve_config(cls.config_name, dataset.name, overrides, preset)
+    run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
+    runlog = RunLog(run_dir / "train.log", echo=not quiet)
+    for w in dataset.warnings:
+        runlog(f"warning: {w}")
+    model, config, graphs = prepare_model(cls.name, dataset, overrides, preset, device, cache_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    runlog(f"{cls.name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+           f"modalities {dataset.modalities or 'none'}, {n_params} parameters, device {device}")
+    write_yaml(run_dir / "config.yaml", {
+        "model": cls.name,
+        "data": {"path": str(dataset.path) if dataset.path else None, "name": dataset.name,
+                 "modalities": dataset.modalities, "fingerprint": dataset.fingerprint},
+        "config": config.to_dict(),
+    })
+    result = fit(model, dataset, config, log=runlog, progress=progress and not quiet, device=device)
+    save_checkpoint(run_dir / "model.pt", model, config, dataset)
+    write_npz(run_dir / "test_per_user.npz", users=result.test.users, **result.test.per_user)
+    write_npz(run_dir / "valid_per_user.npz", users=result.valid.users, **result.valid.per_user)
+    write_json(run_dir / "metrics.json", {
+        "model": cls.name,
+        "dataset": dataset.name,
+        "best_epoch": result.best_epoch,
+        "stop_reason": result.stop_reason,
+        "valid": result.valid.metrics,
+        "test": result.test.metrics,
+        "timings": result.timings,
+        "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds},
+        "history": result.history,
+    })
+    return run_dir, result
+
+
+def save_checkpoint(path: Path, model: Recommender, config: Config, dataset: Dataset) -> None:
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "model": model.name,
+        "config": config.to_dict(),
+        "dataset": {"path": str(dataset.path) if dataset.path else None, "fingerprint": dataset.fingerprint,
+                    "modalities": dataset.modalities, "n_users": dataset.n_users, "n_items": dataset.n_items},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_write(path, lambda fh: torch.save(state, fh), mode="wb")
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    model: Recommender
+    dataset: Dataset
+    config: Config
+    metrics: dict
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", data_dir: str | Path | None = None,
+             cache_dir: str | Path | bool | None = None) -> LoadedRun:
+    """Rebuild a trained model from its run directory (the dataset is re-read and checked)."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "model.pt"
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    if not ckpt_path.is_file():
+        raise RunError(f"{run_dir}: no model.pt — the run did not finish or is not a run directory")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise RunError(f"{ckpt_path}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise RunError(f"{ckpt_path}: not a modalrec checkpoint (version {CHECKPOINT_VERSION})")
+    info = ckpt["dataset"]
+    source = data_dir or info["path"]
+    if source is None or not Path(source).is_dir():
+        raise RunError(f"{run_dir}: its dataset {source} is not available (pass the data directory)")
+    dataset = load_dataset(source, info["modalities"])
+    if dataset.fingerprint != info["fingerprint"]:
+        raise RunError(f"{run_dir}: the dataset at {source} changed since training (content hash differs)")
+    check_device(device)
+    cls = get_model_class(ckpt["model"])
+    config = Config(ckpt["config"])
+    graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
+    model = cls(dataset, config, graphs).to(device)
+    model.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()})
+    model.eval()
+    metrics_path = run_dir / "metrics.json"
+    metrics = yaml.safe_load(metrics_path.read_text()) if metrics_path.exists() else {}
+    return LoadedRun(run_dir, model, dataset, config, metrics)
+
+
+def evaluate_run(run: LoadedRun, split: str = "test", ks: list[int] | None = None,
+                 mask_valid: bool | None = None) -> EvalResult:
+    cfg = run.config
+    mask = cfg.mask_valid_at_test if mask_valid is None else mask_valid
+    ev = Evaluator(run.dataset, split, ks or list(cfg.topk), tuple(cfg.metrics), mask_valid=mask,
+                   block_size=cfg.eval_batch_size, device=run.model.device)
+    return ev.evaluate(run.model)
+
+
+def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exclude_seen: bool = True) -> dict:
+    """Top-k items of one user as a JSON-ready dict, with per-modality explanations if asked."""
+    ds, model = run.dataset, run.model
+    if not 0 <= user < ds.n_users:
+        raise ModalrecError(f"user {user} is out of range 0..{ds.n_users - 1}")
+    if not 1 <= k <= ds.n_items:
+        raise ModalrecError(f"k must be between 1 and {ds.n_items}")
+    users = torch.tensor([user], device=model.device)
+    items, scores = top_k_items(model, users, k, ds.train_matrix if exclude_seen else None)
+    items, scores = items[0], scores[0]
+    out: dict[str, Any] = {"model": model.name, "dataset": ds.name, "user": user, "k": k,
+                           "exclude_seen": exclude_seen, "items": []}
+    expl = None
+    if explain:
+        with torch.no_grad():
+            expl = model.explain(users.expand(len(items)), items)
+        out["explanation"] = (
+            {"kind": expl.kind, "parts": expl.parts} if expl is not None
+            else {"kind": None, "note": f"{model.name} has no per-modality explanation"}
+        )
+    for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True), start=1):
+        entry: dict[str, Any] = {"rank": rank, "item": item, "score": round(float(score), 6)}
+        title = ds.title(item)
+        if title is not None:
+            entry["title"] = title
+        if expl is not None:
+            w = expl.weights[rank - 1].detach().cpu().numpy()
+            entry["weights"] = {p: round(float(x), 4) for p, x in zip(expl.parts, w, strict=True)}
+        out["items"].append(entry)
+    return out
+
+
+def per_user_metrics(run_dir: str | Path, split: str = "test") -> dict[str, np.ndarray]:
+    with np.load(Path(run_dir) / f"{split}_per_user.npz") as z:
+        return {k: z[k] for k in z.files}
