@@ -48,10 +48,12 @@ def run_demo(out: str | Path | None = None, runs_root: str | Path = "runs", cons
         results[name] = {"run": str(run_dir), "test": res.test.metrics, "best_epoch": res.best_epoch,
                          "seconds": secs}
 
-    table = Table(title="Test metrics (synthetic default data, best-valid epoch)")
+    table = Table(title="Test metrics (synthetic default data, best-valid epoch)",
+                  caption="R = Recall, N = NDCG, P = Precision; bold = best")
     table.add_column("model")
     for m in TABLE_METRICS:
-        table.add_column(m, justify="right")
+        name, k = m.split("@")
+        table.add_column(f"{name[0].upper()}@{k}", justify="right")
     best = {m: max(r["test"][m] for r in results.values()) for m in TABLE_METRICS}
     for name, r in results.items():
         cells = [f"[bold]{r['test'][m]:.4f}[/bold]" if r["test"][m] == best[m] else f"{r['test'][m]:.4f}"

@@ -184,7 +184,7 @@ class SparseOperator:
         self.nnz = m.nnz
         self.a = _csr_tensor(m, device)
         if symmetric is None:
-            symmetric = m.shape[0] == m.shape[1] and abs(m - m.T).max() < 1e-7 if m.nnz else True
+            symmetric = m.shape[0] == m.shape[1] and (m.nnz == 0 or abs(m - m.T).max() < 1e-7)
         self.a_t = self.a if symmetric else _csr_tensor(m.T.tocsr(), device)
         self._scipy = m
 

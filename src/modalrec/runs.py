@@ -10,6 +10,7 @@ atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from modalrec.config import Config, resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
@@ -199,7 +199,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", data_dir: str | Path | No
     model.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()})
     model.eval()
     metrics_path = run_dir / "metrics.json"
-    metrics = yaml.safe_load(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return LoadedRun(run_dir, model, dataset, config, metrics)
 
 

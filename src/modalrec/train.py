@@ -49,7 +49,7 @@ class NegativeSampler:
         self.rng = rng
         self.pool = np.unique(self.items)
         self.keys = np.unique(self.users * n_items + self.items)
-        per_user = np.bincount(self.users)
+        per_user = np.bincount(self.keys // n_items)  # distinct items per user (repeated pairs count once)
         if per_user.max(initial=0) >= self.pool.size:
             u = int(np.argmax(per_user))
             raise ModalrecError(f"user {u} has interacted with every training item; no negative can be sampled")
@@ -188,14 +188,14 @@ def fit(
                 optimizer.step()
                 total += float(loss.detach())
                 reporter.advance(task, float(loss.detach()))
-            scheduler.step()
             epoch_seconds.append(time.perf_counter() - t0)
             record = {"epoch": epoch, "loss": total / n_batches, "train_seconds": round(epoch_seconds[-1], 4)}
             if not finite:
-                history.append({**record, "loss": float("nan")})
+                history.append({**record, "loss": None})  # None, not NaN: metrics.json stays strict JSON
                 reporter.end_epoch(task, f"epoch {epoch}: loss is NaN/inf — stopping, keeping the best epoch")
                 stop_reason = f"non-finite loss at epoch {epoch}"
                 break
+            scheduler.step()
             line = f"epoch {epoch:4d}  loss {record['loss']:.5f}  {epoch_seconds[-1]:.2f}s"
             if (epoch + 1) % int(config.eval_step) == 0:
                 result = valid_eval.evaluate(model)

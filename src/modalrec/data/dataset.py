@@ -9,7 +9,6 @@ optional ``item_text.tsv`` whose first column is the item id and last column the
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,8 +19,6 @@ import scipy.sparse as sp
 
 from modalrec.errors import DataError
 from modalrec.io import write_npy, write_text
-
-log = logging.getLogger("modalrec.data")
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 FEATURE_SUFFIX = "_feat.npy"
@@ -169,9 +166,11 @@ def _parse_int_column(path: Path, values: list[str], column: str) -> np.ndarray:
     except (ValueError, OverflowError):
         for row, v in enumerate(values):
             try:
-                int(v)
+                np.asarray([v], dtype=np.str_).astype(np.int64)
             except ValueError:
                 raise DataError(path, f"{column} {v!r} is not an integer", line=row + 2) from None
+            except OverflowError:
+                raise DataError(path, f"{column} {v!r} is out of the 64-bit integer range", line=row + 2) from None
         raise  # pragma: no cover - unreachable: one of the values must fail
 
 
@@ -194,14 +193,14 @@ def _check_contiguous(path: Path, ids: np.ndarray, column: str) -> int:
     if lo < 0:
         row = int(np.argmax(ids < 0))
         raise DataError(path, f"{column} {int(ids[row])} is negative; ids must be 0-based", line=row + 2)
-    n = int(ids.max()) + 1
-    present = np.zeros(n, dtype=bool)
-    present[ids] = True
-    if not present.all():
-        first_missing = int(np.argmin(present))
+    # np.unique instead of a 0..max presence mask: a huge id must give an error, not a huge allocation.
+    present = np.unique(ids)
+    n = int(present[-1]) + 1
+    if present.size != n:
+        first_missing = int(np.argmax(present != np.arange(present.size)))
         raise DataError(
             path,
-            f"column {column}: ids must be 0-based and contiguous, but {n - int(present.sum())} "
+            f"column {column}: ids must be 0-based and contiguous, but {n - present.size} "
             f"of 0..{n - 1} never occur (first missing: {first_missing})",
         )
     return n
@@ -371,8 +370,6 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
 
     titles_path = directory / "item_text.tsv"
     titles = read_item_titles(titles_path, n_items) if titles_path.exists() else None
-    for w in warnings:
-        log.warning("%s: %s", inter_path, w)
     return Dataset(
         name=inter_path.stem, n_users=n_users, n_items=n_items, users=users, items=items,
         labels=labels, timestamps=timestamps, features=features, item_titles=titles,
@@ -381,6 +378,12 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
 
 
 # ====================================================================== writing
+def _number(value: float) -> str:
+    """Exact text for a number: integers without exponent (unix times stay exact), else repr."""
+    f = float(value)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
 def write_dataset(
     out_dir: str | Path,
     name: str,
@@ -405,7 +408,7 @@ def write_dataset(
         ts = timestamps if timestamps is not None else np.zeros(n)
         rt = ratings if ratings is not None else np.ones(n)
         body = "\n".join(
-            f"{u}\t{i}\t{r:g}\t{t:g}\t{x}"
+            f"{u}\t{i}\t{_number(r)}\t{_number(t)}\t{x}"
             for u, i, r, t, x in zip(users.tolist(), items.tolist(), rt.tolist(), ts.tolist(), labels.tolist(), strict=True)
         )
         write_text(tmp / f"{name}.inter", "userID\titemID\trating\ttimestamp\tx_label\n" + body + "\n")

@@ -1,6 +1,7 @@
 """The built-in synthetic default dataset: interactions and features with planted structure.
 
-This data is SYNTHETIC. Items have latent factors grouped in topics; each content
+This data is SYNTHETIC. Items have latent factors spread over many small topics (400 by
+default, so the co-interaction graph alone recovers them only roughly); each content
 modality is a noisy random projection of those factors plus a modality-specific part;
 users prefer one or two topics; item popularity is skewed. Because the features carry
 the latent factors that drive interactions while each item has only a few training
@@ -20,7 +21,7 @@ DEFAULT_MODALITIES = {"image": 256, "text": 128}
 
 # Shapes of the public benchmark datasets (baselines.md §1.1), for benchmarks.
 SHAPES = {
-    "default": {"n_users": 1500, "n_items": 1000, "modalities": DEFAULT_MODALITIES, "mean_interactions": 14.0},
+    "default": {"n_users": 1500, "n_items": 2000, "modalities": DEFAULT_MODALITIES, "mean_interactions": 14.0},
     "baby": {"n_users": 19445, "n_items": 7050, "modalities": {"image": 4096, "text": 384}, "mean_interactions": 8.27},
     "sports": {"n_users": 35598, "n_items": 18357, "modalities": {"image": 4096, "text": 384}, "mean_interactions": 8.32},
     "clothing": {"n_users": 39387, "n_items": 23033, "modalities": {"image": 4096, "text": 384}, "mean_interactions": 7.08},
@@ -29,19 +30,20 @@ SHAPES = {
 
 def generate_synthetic(
     n_users: int = 1500,
-    n_items: int = 1000,
+    n_items: int = 2000,
     modalities: dict[str, int] | None = None,
     seed: int = 2024,
     latent_dim: int = 16,
-    n_topics: int = 24,
+    n_topics: int = 400,
     mean_interactions: float = 14.0,
     min_interactions: int = 5,
-    popularity_exponent: float = 0.7,
+    popularity_exponent: float = 0.3,
+    sharpness: float = 10.0,
     user_block: int = 2048,
 ) -> dict:
     """Generate a deterministic synthetic dataset (arrays only; see :func:`write_synthetic_dataset`).
 
-    Interaction probability of user u on item j ∝ exp(β z_u·z_j + b_j) with item bias
+    Interaction probability of user u on item j ∝ exp(β z_u·z_j + b_j) (β = ``sharpness``) with item bias
     b_j from a Zipf-like popularity; each user's items are drawn without replacement by
     the Gumbel-top-k trick, in user blocks so memory stays O(block × items).
     """
@@ -65,11 +67,10 @@ def generate_synthetic(
 
     extra = rng.geometric(1.0 / max(1.0, mean_interactions - min_interactions + 1), size=n_users) - 1
     counts = np.minimum(min_interactions + extra, max(min_interactions, n_items // 4))
-    beta = 6.0
     users_out, items_out = [], []
     for start in range(0, n_users, user_block):
         stop = min(n_users, start + user_block)
-        logits = beta * z_users[start:stop] @ z_items.T + item_bias
+        logits = sharpness * z_users[start:stop] @ z_items.T + item_bias
         logits += rng.gumbel(size=logits.shape)
         order = np.argsort(-logits, axis=1, kind="stable")
         for row, u in enumerate(range(start, stop)):
@@ -82,7 +83,7 @@ def generate_synthetic(
 
     features = {}
     for m, dim in modalities.items():
-        shared = z_items @ rng.normal(size=(latent_dim, dim)) / np.sqrt(latent_dim)
+        shared = z_items @ rng.normal(size=(latent_dim, dim))  # unit-variance signal per element
         specific = rng.normal(size=(n_items, 4)) @ rng.normal(size=(4, dim)) / 2.0
         noise = 0.5 * rng.normal(size=(n_items, dim))
         features[m] = (shared + 0.5 * specific + noise).astype(np.float32)
@@ -95,8 +96,9 @@ def generate_synthetic(
         items = np.concatenate([items, unseen])
         timestamps = np.concatenate([timestamps, rng.integers(1_600_000_000, 1_700_000_000, size=unseen.size)])
     labels = split_mmrec(users, seed)
-    titles = {j: f"Synthetic item {j} (topic {int(topic[j])})" for j in range(n_items)}
+    titles = {j: f"Synthetic item {j} · topic {int(topic[j])}" for j in range(n_items)}
     return {
+        "z_users": z_users, "z_items": z_items, "item_bias": item_bias,
         "users": users, "items": items, "labels": labels, "timestamps": timestamps,
         "features": features, "titles": titles, "n_users": n_users, "n_items": n_items,
     }
@@ -105,7 +107,7 @@ def generate_synthetic(
 def write_synthetic_dataset(
     out_dir: str | Path,
     n_users: int = 1500,
-    n_items: int = 1000,
+    n_items: int = 2000,
     modalities: dict[str, int] | None = None,
     seed: int = 2024,
     name: str = "synthetic",

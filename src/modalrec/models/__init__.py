@@ -41,7 +41,7 @@ def list_models() -> list[type[Recommender]]:
 
 
 # Importing the model modules registers them.
-from modalrec.models import bpr, lightgcn, mario, ngcf  # noqa: E402,F401
+from modalrec.models import bpr, lightgcn, mario, meaim, ngcf  # noqa: E402,F401
 
 __all__ = ["MODEL_REGISTRY", "Batch", "Explanation", "Recommender", "build_model", "get_model_class",
            "list_models", "register"]

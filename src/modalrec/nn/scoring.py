@@ -26,3 +26,18 @@ def modality_attention_scores(per_modality_scores: torch.Tensor, dim: int) -> tu
     """
     attn = torch.softmax(per_modality_scores / math.sqrt(dim), dim=0)
     return (attn * per_modality_scores).sum(dim=0), attn
+
+
+def meta_weight_head_affine(
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Collapse a two-layer linear head on z = [δ·1_d; x; y] into its affine form (MeAIM §2.7).
+
+    h(z) = W2 (W1 z + b1) + b2 with no non-linearity in between (dropout off) equals
+    v·z + c0 with v = W2 W1 and c0 = W2 b1 + b2; the first d inputs all carry δ, so
+    h = c_δ·δ + p·x + q·y + c0 with c_δ = Σ_{k<d} v_k, p = v[d:2d], q = v[2d:3d].
+    Returns (c_δ, p, q, c0) — c_δ and c0 as 0-d tensors.
+    """
+    v = (w2 @ w1).reshape(-1)
+    c0 = (w2 @ b1 + b2).reshape(())
+    return v[:dim].sum(), v[dim : 2 * dim], v[2 * dim : 3 * dim], c0

@@ -1,0 +1,3 @@
+from modalrec.cli import main
+
+main()

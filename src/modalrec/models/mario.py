@@ -1,0 +1,389 @@
+"""MARIO (Kim, Lee, Shin, Kim — CIKM 2022): modality-aware attention and modality-preserving decoders.
+
+Implements seed-models.md §1 equation by equation, for any number of content modalities
+(whatever ``dataset.features`` holds, in that order) plus the interaction modality
+``"interaction"`` (IN) produced by a collaborative-filtering backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalrec.errors import ConfigError
+from modalrec.graphs import SparseOperator, knn_graph_coo, knn_topk, normalize_sparse_rows
+from modalrec.models import register
+from modalrec.models.base import Batch, Explanation, Recommender, xavier_embedding
+from modalrec.nn.losses import bpr_loss, sq_reg
+from modalrec.nn.propagation import NGCFPropagation, propagate, split_nodes
+from modalrec.nn.scoring import modality_attention_scores
+
+INTERACTION = "interaction"
+BACKBONES = ("lightgcn", "bprmf", "ngcf")
+FUSIONS = ("attention", "mean", "max", "fc")
+DECODE_FROM = ("propagated", "compressed")
+GRAPH_REFRESH = ("forward", "epoch")
+
+
+@dataclass
+class MarioRepresentations:
+    """Everything ranking and the loss need, for all users and items.
+
+    ``items`` stacks the active modality item tables v^m in ``parts`` order, (M, I, d);
+    ``fused`` is the user-independent item table of the mean/max/fc fusions (None for
+    attention); ``compressed`` holds C_m = F_m W_m per active content modality.
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    fused: torch.Tensor | None
+    compressed: list[torch.Tensor]
+
+
+@register
+class MARIO(Recommender):
+    """MARIO: per-(user, item) softmax attention over modality item embeddings (§1).
+
+    Notation: d = ``embedding_size``; content modalities m (the dataset's, or the subset
+    named in ``modalities``); IN = ``"interaction"``.
+
+    Forward (§1.2), one call for all users and items:
+
+    1. Backbone (``backbone``): (u, v^IN) = backbone(E_u, E_i).
+       ``bprmf``: u = E_u, v^IN = E_i. ``lightgcn``: mean of H⁰..H^L with H^l = Â H^{l−1},
+       L = ``n_layers``. ``ngcf``: NGCF propagation on (D+I)^{-1}(A+I) (LeakyReLU slope
+       ``ngcf_leaky_slope`` 0.2, message dropout ``ngcf_mess_dropout`` 0.1, layer sizes
+       [d]·L), output [E⁰ ‖ norm(E¹) ‖ … ‖ norm(E^L)] projected by a final
+       Linear(d·(L+1) → d) applied to users and items **[choice]**.
+    2. Per content modality m: C_m = F_m W_m (Eq. 1, W_m: Linear d_m → d, no bias);
+       A_m = weighted kNN graph of the RAW F_m (k = ``knn_k``; built once, cached by the
+       GraphStore); Ā_m = weighted kNN graph of C_m.detach(), built under no_grad
+       (LATTICE); G_m = λ A_m + (1−λ) Ā_m (Eq. 3, λ = ``lambda_coeff``), then
+       Ḡ_m = D^{-1/2} G_m D^{-1/2} with D the row sums of G_m; X⁰ = C_m,
+       X^l = Ḡ_m X^{l−1}, v^m = X^{L_mm} (Eq. 4, L_mm = ``n_mm_layers``, last layer).
+       ``graph_refresh: forward`` rebuilds Ā_m in every forward pass (the spec);
+       ``epoch`` rebuilds it in :meth:`pre_epoch` and whenever representations are
+       computed for evaluation, and reuses the cached graph in between. λ = 1 never
+       builds Ā_m.
+    3. Decoders (Eq. 8): F̂_m = v^m W̃_m (W̃_m: Linear d → d_m, no bias)
+       **[choice: decode the propagated v^m; ``decode_from: compressed`` decodes C_m]**.
+
+    Score (Eqs. 5–7), over the active modalities M (``modalities``; default: all content
+    modalities, then IN): s^m_ij = u_i·v^m_j, ā^m_ij = softmax_m(s^m_ij/√d),
+    r̂_ij = Σ_m ā^m_ij s^m_ij = u_i·(Σ_m ā^m_ij v^m_j). Full ranking computes one GEMM
+    per modality on a user block (``ranking_block_size`` users at a time), never a
+    (users, items, d) tensor. Fusion variants (§1.6, ``fusion``): ``mean`` / ``max``
+    (element-wise) over the v^m, or ``fc`` = Linear(concat_m v^m → d) with bias; the
+    score is then u·fused_j (one GEMM).
+
+    Loss (§1.4, Eqs. 9–11): L = BPR(r̂_pos, r̂_neg) (batch mean) + μ·L_MP + λ_reg·SqReg,
+    L_MP = Σ_m mean |F_m − F̂_m| over the batch's unique items (pos ∪ neg) and all
+    feature elements **[choice: per-element mean, summed over modalities]**,
+    SqReg = ½(‖E_u[u]‖² + ‖E_i[p]‖² + ‖E_i[n]‖²)/B on the layer-0 embeddings,
+    μ = ``mu`` (0 creates no decoders), λ_reg = ``reg_weight``.
+
+    Initialisation: Xavier-uniform for every embedding and every Linear weight (NGCF
+    layers and the fc fusion included), zero biases **[choice]**.
+
+    ``item_representation()``: the attention-free mean of the active modality item
+    embeddings (for every fusion) **[choice, §1.7]**. ``explain()``: attention weights
+    ā per (user, item) pair; ``uniform`` 1/M for mean fusion; ``max-share`` (fraction of
+    the d dimensions each modality supplies the maximum of) for max fusion; None for fc.
+    """
+
+    name = "MARIO"
+    config_name = "mario"
+    description = "User-queried attention over per-modality item embeddings with modality-preserving decoders."
+    min_modalities = 1
+
+    def __init__(self, dataset, config, graphs) -> None:
+        super().__init__(dataset, config, graphs)
+        d = int(config.embedding_size)
+        self.dim = d
+        self._check_choices(config)
+        self.parts = self._active_parts(dataset, config.modalities)
+        self.content = [m for m in self.parts if m != INTERACTION]
+        self.k = int(config.knn_k)
+        self.lambda_coeff = float(config.lambda_coeff)
+        self.mu = float(config.mu)
+        self.n_mm_layers = int(config.n_mm_layers)
+        self.n_layers = int(config.n_layers)
+        self.fusion = config.fusion
+        self.backbone = config.backbone
+        self.decode_from = config.decode_from
+        self.graph_refresh = config.graph_refresh
+        self.ranking_block_size = int(config.ranking_block_size)
+        self.knn_block_size = int(config.knn_block_size)
+
+        # --- backbone (§1.1, §1.2 step 1)
+        self.user_emb = xavier_embedding(self.n_users, d)
+        self.item_emb = xavier_embedding(self.n_items, d)
+        self.adj: SparseOperator | None = None
+        self.ngcf: NGCFPropagation | None = None
+        self.ngcf_out: nn.Linear | None = None
+        if self.backbone == "lightgcn":
+            self.adj = graphs.norm_adj()
+        elif self.backbone == "ngcf":
+            self.adj = graphs.rw_adj()
+            self.ngcf = NGCFPropagation(d, [d] * self.n_layers, float(config.ngcf_mess_dropout),
+                                        float(config.ngcf_leaky_slope))
+            self.ngcf_out = nn.Linear(self.ngcf.out_dim, d)
+
+        # --- content modalities (§1.1, §1.2 step 2–3)
+        self.compress = nn.ModuleList()
+        self.decoders: nn.ModuleList | None = nn.ModuleList() if self.mu != 0 else None
+        for i, m in enumerate(self.content):
+            feats = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
+            self.register_buffer(f"feat_{i}", feats, persistent=False)
+            self.compress.append(nn.Linear(feats.shape[1], d, bias=False))
+            if self.decoders is not None:
+                self.decoders.append(nn.Linear(d, feats.shape[1], bias=False))
+            if self.lambda_coeff > 0:
+                # A_m un-normalised (cached by the GraphStore), kept as COO triples on the model's device.
+                fixed = graphs.knn_matrix(m, self.k, weighted=True, normalization="none").tocoo()
+                self.register_buffer(f"fixed_rows_{i}", torch.from_numpy(fixed.row.astype(np.int64)), persistent=False)
+                self.register_buffer(f"fixed_cols_{i}", torch.from_numpy(fixed.col.astype(np.int64)), persistent=False)
+                self.register_buffer(f"fixed_vals_{i}", torch.from_numpy(fixed.data.astype(np.float32)),
+                                     persistent=False)
+        self.fc: nn.Linear | None = nn.Linear(len(self.parts) * d, d) if self.fusion == "fc" else None
+        self._graph_cache: list[SparseOperator] | None = None  # Ḡ_m when reused (epoch refresh, or λ = 1)
+        self.to(graphs.device)
+        self._reset_parameters()
+
+    # ------------------------------------------------------------------ config helpers
+    @staticmethod
+    def _check_choices(config) -> None:
+        for key, allowed in (("backbone", BACKBONES), ("fusion", FUSIONS), ("decode_from", DECODE_FROM),
+                             ("graph_refresh", GRAPH_REFRESH)):
+            if config[key] not in allowed:
+                raise ConfigError(f"MARIO: {key} must be one of {', '.join(allowed)}; got {config[key]!r}")
+        for key, low in (("n_layers", 0), ("n_mm_layers", 0), ("knn_k", 1), ("ranking_block_size", 1),
+                         ("knn_block_size", 1)):
+            if int(config[key]) < low:
+                raise ConfigError(f"MARIO: {key} must be an integer >= {low}; got {config[key]!r}")
+        if not 0.0 <= float(config.lambda_coeff) <= 1.0:
+            raise ConfigError(f"MARIO: lambda_coeff must be in [0, 1]; got {config.lambda_coeff}")
+        if not (math.isfinite(float(config.mu)) and float(config.mu) >= 0):
+            raise ConfigError(f"MARIO: mu must be a finite number >= 0; got {config.mu}")
+        if not 0.0 <= float(config.ngcf_mess_dropout) < 1.0:
+            raise ConfigError(f"MARIO: ngcf_mess_dropout must be in [0, 1); got {config.ngcf_mess_dropout}")
+
+    @staticmethod
+    def _active_parts(dataset, wanted) -> list[str]:
+        """Active modalities: content modalities in dataset order, then ``interaction`` (§1.6)."""
+        content = list(dataset.features)
+        if INTERACTION in content:
+            raise ConfigError(f"MARIO: dataset {dataset.name!r} has a content modality named {INTERACTION!r}, "
+                              f"which is reserved for the interaction (CF) modality; rename its feature file")
+        available = [*content, INTERACTION]
+        if wanted is None:
+            return available
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        if not isinstance(wanted, list | tuple) or not all(isinstance(w, str) for w in wanted):
+            raise ConfigError(f"MARIO: modalities must be a list of modality names (from {', '.join(available)}); "
+                              f"got {wanted!r}")
+        if len(wanted) == 0:
+            raise ConfigError(f"MARIO: modalities must name at least one of {', '.join(available)}; got an empty list")
+        unknown = [w for w in wanted if w not in available]
+        if unknown:
+            raise ConfigError(
+                f"MARIO: unknown modality {unknown[0]!r} in modalities; dataset {dataset.name!r} has content "
+                f"modalities {', '.join(content)} and the interaction modality is called {INTERACTION!r}"
+            )
+        if len(set(wanted)) != len(wanted):
+            raise ConfigError(f"MARIO: modalities lists a modality twice: {list(wanted)}")
+        return [m for m in available if m in wanted]
+
+    def _reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ graphs (§1.2 step 2)
+    def _features(self, i: int) -> torch.Tensor:
+        return getattr(self, f"feat_{i}")
+
+    def modality_graph(self, i: int, compressed: torch.Tensor) -> SparseOperator:
+        """Ḡ_m = sym-normalised λ A_m + (1−λ) Ā_m, with Ā_m the weighted kNN graph of C_m (no gradient)."""
+        lam = self.lambda_coeff
+        with torch.no_grad():
+            rows, cols, vals = [], [], []
+            if lam > 0:
+                rows.append(getattr(self, f"fixed_rows_{i}"))
+                cols.append(getattr(self, f"fixed_cols_{i}"))
+                vals.append(lam * getattr(self, f"fixed_vals_{i}"))
+            if lam < 1:
+                idx, sims = knn_topk(compressed.detach(), self.k, block_size=self.knn_block_size, stable_ties=False)
+                r, c, v = knn_graph_coo(idx, sims, weighted=True, normalization="none")
+                rows.append(r)
+                cols.append(c)
+                vals.append((1.0 - lam) * v)
+            r, c = torch.cat(rows), torch.cat(cols)
+            v = normalize_sparse_rows(r, c, torch.cat(vals), self.n_items, "sym")
+            return SparseOperator.from_coo(r, c, v, (self.n_items, self.n_items))
+
+    def _compressed(self) -> list[torch.Tensor]:
+        return [w(self._features(i)) for i, w in enumerate(self.compress)]
+
+    def refresh_graphs(self, compressed: list[torch.Tensor] | None = None) -> list[SparseOperator]:
+        """Rebuild and cache every Ḡ_m from the current C_m."""
+        with torch.no_grad():
+            comp = compressed if compressed is not None else self._compressed()
+            self._graph_cache = [self.modality_graph(i, c) for i, c in enumerate(comp)]
+        return self._graph_cache
+
+    def _graphs_for(self, compressed: list[torch.Tensor]) -> list[SparseOperator]:
+        cache = self._graph_cache
+        device = compressed[0].device if compressed else None
+        stale = cache is None or any(op.a.device != device for op in cache)
+        if self.lambda_coeff == 1.0:  # G_m = A_m: fixed, built once
+            return self.refresh_graphs(compressed) if stale else cache  # type: ignore[return-value]
+        if self.graph_refresh == "forward" or not self.training or stale:
+            return self.refresh_graphs(compressed)
+        return cache  # type: ignore[return-value]
+
+    def pre_epoch(self, epoch: int) -> None:
+        if self.graph_refresh == "epoch" and self.lambda_coeff < 1.0 and self.content:
+            self.refresh_graphs()
+
+    # ------------------------------------------------------------------ forward (§1.2)
+    def backbone_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, v^IN) from the CF backbone."""
+        e_u, e_i = self.user_emb.weight, self.item_emb.weight
+        if self.backbone == "bprmf":
+            return e_u, e_i
+        e0 = torch.cat([e_u, e_i])
+        if self.backbone == "lightgcn":
+            h = propagate(self.adj, e0, self.n_layers, "mean")
+        else:
+            h = self.ngcf_out(self.ngcf(self.adj, e0))
+        return split_nodes(h, self.n_users)
+
+    def forward_representations(self) -> MarioRepresentations:
+        users, v_in = self.backbone_forward()
+        compressed = self._compressed()
+        ops = self._graphs_for(compressed) if compressed else []
+        tables = {m: propagate(op, c, self.n_mm_layers, "last")
+                  for m, op, c in zip(self.content, ops, compressed, strict=True)}
+        tables[INTERACTION] = v_in
+        items = torch.stack([tables[m] for m in self.parts])
+        return MarioRepresentations(users, items, self._fuse(items), compressed)
+
+    def _fuse(self, items: torch.Tensor) -> torch.Tensor | None:
+        """User-independent fused item table for mean/max/fc (§1.6), None for attention."""
+        if self.fusion == "mean":
+            return items.mean(dim=0)
+        if self.fusion == "max":
+            return items.amax(dim=0)
+        if self.fusion == "fc":
+            return self.fc(torch.cat(list(items), dim=1))
+        return None
+
+    # ------------------------------------------------------------------ scoring (§1.3)
+    def _pair_scores(self, reps: MarioRepresentations, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """r̂ for aligned rows of user vectors ``u`` and item indices (Eqs. 5–7, fast form)."""
+        if reps.fused is not None:
+            return (u * reps.fused[items]).sum(dim=1)
+        s = (u.unsqueeze(0) * reps.items[:, items]).sum(dim=2)  # (M, n): s_m = u·v^m
+        return modality_attention_scores(s, self.dim)[0]
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """r̂ of the given users on all items: per-modality GEMMs on user blocks, then the softmax mix."""
+        reps = self.representations()
+        u = reps.users[users]
+        if reps.fused is not None:
+            return u @ reps.fused.T
+        out = torch.empty(u.shape[0], self.n_items, dtype=u.dtype, device=u.device)
+        step = self.ranking_block_size
+        for lo in range(0, u.shape[0], step):
+            ub = u[lo : lo + step]
+            s = torch.stack([ub @ v.T for v in reps.items])  # (M, block, I)
+            out[lo : lo + step] = modality_attention_scores(s, self.dim)[0]
+        return out
+
+    def naive_pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Reference r̂ for aligned (user, item) pairs, literally: v_ij = Σ_m ā^m_ij v^m_j, r̂ = u_i·v_ij.
+
+        Fusion variants: v_j = mean_m / max_m v^m_j or fc(concat_m v^m_j), r̂ = u_i·v_j.
+        """
+        reps = self.representations()
+        u = reps.users[users]  # (n, d)
+        v = reps.items[:, items]  # (M, n, d)
+        if self.fusion == "attention":
+            logits = torch.stack([(u * v[m]).sum(dim=1) / math.sqrt(self.dim) for m in range(v.shape[0])], dim=1)
+            attn = torch.softmax(logits, dim=1)  # (n, M)
+            v_ij = sum(attn[:, m : m + 1] * v[m] for m in range(v.shape[0]))
+        elif self.fusion == "mean":
+            v_ij = v.sum(dim=0) / v.shape[0]
+        elif self.fusion == "max":
+            v_ij = torch.max(v, dim=0).values
+        else:
+            v_ij = self.fc(torch.cat([v[m] for m in range(v.shape[0])], dim=1))
+        return (u * v_ij).sum(dim=1)
+
+    def compute_representations(self) -> MarioRepresentations:
+        return self.forward_representations()
+
+    # ------------------------------------------------------------------ loss (§1.4)
+    def loss(self, batch: Batch) -> torch.Tensor:
+        reps = self.forward_representations()
+        u = reps.users[batch.users]
+        total = bpr_loss(self._pair_scores(reps, u, batch.pos), self._pair_scores(reps, u, batch.neg))
+        if self.decoders is not None and self.content:
+            total = total + self.mu * self.preservation_loss(reps, torch.unique(torch.cat([batch.pos, batch.neg])))
+        reg = sq_reg(self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg))
+        return total + float(self.config.reg_weight) * reg
+
+    def preservation_loss(self, reps: MarioRepresentations, items: torch.Tensor) -> torch.Tensor:
+        """L_MP = Σ_m mean_{j ∈ items, feature e} |F_m[j, e] − F̂_m[j, e]| (Eq. 8, §1.4)."""
+        total = reps.users.new_zeros(())
+        for i, m in enumerate(self.content):
+            src = reps.items[self.parts.index(m)] if self.decode_from == "propagated" else reps.compressed[i]
+            recon = self.decoders[i](src[items])
+            total = total + (recon - self._features(i)[items]).abs().mean()
+        return total
+
+    # ------------------------------------------------------------------ analyses
+    def extra_repr(self) -> str:
+        return (f"users={self.n_users}, items={self.n_items}, parts={self.parts}, backbone={self.backbone}, "
+                f"fusion={self.fusion}")
+
+    def item_representation(self) -> torch.Tensor:
+        """Attention-free mean of the active modality item embeddings **[choice, §1.7]**."""
+        return self.representations().items.mean(dim=0)
+
+    def explain(self, users: torch.Tensor, items: torch.Tensor) -> Explanation | None:
+        """Per-(user, item) modality weights: attention ā, uniform (mean), max-share (max); None for fc."""
+        if self.fusion == "fc":
+            return None
+        was_training = self.training
+        if was_training:
+            self.eval()  # dropout off: the weights ranking uses
+        try:
+            with torch.no_grad():
+                reps = self.representations()
+                v = reps.items[:, items]  # (M, n, d)
+                n_parts = v.shape[0]
+                if self.fusion == "attention":
+                    s = (reps.users[users].unsqueeze(0) * v).sum(dim=2)
+                    weights = modality_attention_scores(s, self.dim)[1].T.contiguous()
+                    kind = "attention"
+                elif self.fusion == "mean":
+                    weights = torch.full((items.shape[0], n_parts), 1.0 / n_parts, device=v.device, dtype=v.dtype)
+                    kind = "uniform"
+                else:
+                    winner = v.argmax(dim=0)  # (n, d): which modality supplies each dimension's max
+                    weights = F.one_hot(winner, n_parts).to(v.dtype).mean(dim=1)
+                    kind = "max-share"
+        finally:
+            if was_training:
+                self.train()
+        return Explanation(kind=kind, parts=list(self.parts), weights=weights)

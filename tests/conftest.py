@@ -1,0 +1,117 @@
+"""Shared fixtures: a tiny synthetic dataset, hand-made dataset folders, the shared real data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# The test models are tiny; one intra-op thread avoids oversubscription when the (2-core) machine is
+# shared with other processes, where two threads per process made training 50x slower.
+torch.set_num_threads(1)
+
+# /work/main/tests/conftest.py -> parents[2] == /work ; the real data lives in /work/shared/data.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+SYN_USERS, SYN_ITEMS = 150, 100
+SYN_MODALITIES = {"image": 24, "text": 12}
+
+HEADER = ("userID", "itemID", "rating", "timestamp", "x_label")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_cache(tmp_path_factory):
+    """Anything that falls back to the default graph cache (the CLI has no cache option) writes into tmp,
+    never into ~/.cache. Session-scoped so that module- and session-scoped fixtures are covered too."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MODALREC_CACHE", str(tmp_path_factory.getbasetemp() / "graph-cache-default"))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def syn_dir(tmp_path_factory) -> Path:
+    """A small synthetic dataset folder (150 users, 100 items, image 24-d, text 12-d), written once."""
+    from modalrec.data.synth import write_synthetic_dataset
+
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("data") / "syn", n_users=SYN_USERS, n_items=SYN_ITEMS,
+        modalities=dict(SYN_MODALITIES), seed=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def syn_dataset(syn_dir):
+    """The loaded synthetic dataset (treat as read-only)."""
+    from modalrec.data.dataset import load_dataset
+
+    return load_dataset(syn_dir)
+
+
+def inter_text(rows: Iterable[Sequence], header: Sequence[str] = HEADER) -> str:
+    """Tab-separated .inter file text from a header and rows."""
+    lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_folder(
+    path: Path,
+    rows: Iterable[Sequence] | None = None,
+    header: Sequence[str] = HEADER,
+    features: dict[str, np.ndarray] | None = None,
+    name: str = "toy",
+    text: str | None = None,
+    titles: str | None = None,
+) -> Path:
+    """Write a hand-made dataset folder: ``<name>.inter`` from rows (or raw ``text``), features, titles."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"{name}.inter").write_text(text if text is not None else inter_text(rows or [], header))
+    for m, x in (features or {}).items():
+        np.save(path / f"{m}_feat.npy", x)
+    if titles is not None:
+        (path / "item_text.tsv").write_text(titles)
+    return path
+
+
+def toy_rows(n_users: int = 4, n_items: int = 6) -> list[tuple]:
+    """A valid little interaction table: every user has 3 train items, 1 valid, 1 test; all items occur."""
+    rows = []
+    for u in range(n_users):
+        its = [(u + j) % n_items for j in range(5)]
+        for j, it in enumerate(its):
+            label = 0 if j < 3 else (1 if j == 3 else 2)
+            rows.append((u, it, 1, 100 * u + j, label))
+    return rows
+
+
+@pytest.fixture
+def make_folder(tmp_path) -> Callable[..., Path]:
+    """``make_folder(rows, header=..., features=..., name=..., text=..., titles=...)`` → a new folder in tmp."""
+    counter = iter(range(10_000))
+
+    def make(rows=None, **kwargs) -> Path:
+        return write_folder(tmp_path / f"ds{next(counter)}", rows, **kwargs)
+
+    return make
+
+
+def require_shared(folder: str) -> Path:
+    """The shared real-data folder, or skip the test with a visible reason."""
+    path = SHARED_DATA / folder
+    if not path.is_dir():
+        pytest.skip(f"shared data {path} not present (integration test needs /work/shared/data/{folder})")
+    return path
+
+
+def expected_random_recall(ds, k: int = 20) -> float:
+    """E[Recall@K] of a uniformly random ranking on ``ds``'s test split.
+
+    Each test user ranks its n_items − |train_u| unmasked items (valid items stay rankable), so each of
+    its test items lands in the top K with probability K / (n_items − |train_u|); averaged over users.
+    """
+    test_users = np.unique(ds.split("test")[0])
+    n_train = np.diff(ds.train_matrix.indptr)[test_users]
+    return float(np.mean(np.minimum(1.0, k / (ds.n_items - n_train))))
