@@ -50,9 +50,11 @@ def naive_vs_fast(model, users: torch.Tensor, n_items: int, repeats: int) -> Non
     naive = naive.view(len(users), n_items)
     diff = float((fast - naive).abs().max())
     f = min(fast_times)
-    print(f"naive per-pair heads on {len(users)} users × {n_items} items: {naive_s:.3f}s; "
-          f"fast full_scores on the same block: {f:.4f}s (best of {len(fast_times)}); "
-          f"speed-up {naive_s / f:.1f}x; max |fast - naive| {diff:.2e}")
+    print(
+        f"naive per-pair heads on {len(users)} users × {n_items} items: {naive_s:.3f}s; "
+        f"fast full_scores on the same block: {f:.4f}s (best of {len(fast_times)}); "
+        f"speed-up {naive_s / f:.1f}x; max |fast - naive| {diff:.2e}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,17 +65,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block", type=int, default=4096)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
-    ap.add_argument("--naive-block", type=int, default=0,
-                    help="also time the naive per-pair path on this many users (models with naive_pair_scores)")
+    ap.add_argument(
+        "--naive-block",
+        type=int,
+        default=0,
+        help="also time the naive per-pair path on this many users (models with naive_pair_scores)",
+    )
     args = ap.parse_args(argv)
     from modalrec.config import parse_overrides
 
     t0 = time.perf_counter()
     ds = synthetic_dataset(args.shape)
-    print(f"dataset {ds.name}: {ds.n_users} users, {ds.n_items} items, {len(ds.users)} interactions "
-          f"({time.perf_counter() - t0:.1f}s to generate)")
-    model, config, _ = prepare_model(args.model, ds, {"eval_batch_size": args.block, **parse_overrides(args.set)},
-                                     device=args.device, cache_dir=False)
+    print(
+        f"dataset {ds.name}: {ds.n_users} users, {ds.n_items} items, {len(ds.users)} interactions "
+        f"({time.perf_counter() - t0:.1f}s to generate)"
+    )
+    model, config, _ = prepare_model(
+        args.model,
+        ds,
+        {"eval_batch_size": args.block, **parse_overrides(args.set)},
+        device=args.device,
+        cache_dir=False,
+    )
     model.eval()
     ev = Evaluator(ds, "test", ks=(10, 20), block_size=args.block, device=args.device)
     users = torch.from_numpy(ev.users).to(args.device)
@@ -86,8 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(reps, tuple) and len(reps) == 2 and all(isinstance(r, torch.Tensor) for r in reps):
             bare.append(bare_topk(reps[0], reps[1], users, 20, args.block))
     best = min(ours)
-    print(f"{args.model}: full-ranking evaluation of {len(users)} users × {ds.n_items} items "
-          f"(top-20, masking, recall/ndcg/precision/map/hit @10,20): {best:.3f}s (best of {args.repeats})")
+    print(
+        f"{args.model}: full-ranking evaluation of {len(users)} users × {ds.n_items} items "
+        f"(top-20, masking, recall/ndcg/precision/map/hit @10,20): {best:.3f}s (best of {args.repeats})"
+    )
     if bare:
         b = min(bare)
         print(f"bare blocked topk(U @ V^T): {b:.3f}s   ratio {best / b:.2f}")

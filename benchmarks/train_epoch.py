@@ -1,6 +1,6 @@
 """Seconds per training epoch (and peak memory) of a model on a dataset-shaped synthetic set.
 
-    python benchmarks/train_epoch.py --model LightGCN --shape baby [--epochs 3] [--set n_layers=2]
+python benchmarks/train_epoch.py --model LightGCN --shape baby [--epochs 3] [--set n_layers=2]
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> None:
 
     ds = synthetic_dataset(args.shape)
     n_train = int((ds.labels == 0).sum())
-    print(f"dataset {ds.name}: {ds.n_users} users, {ds.n_items} items, {n_train} training interactions, "
-          f"modalities {', '.join(f'{m}:{x.shape[1]}' for m, x in ds.features.items())}")
+    print(
+        f"dataset {ds.name}: {ds.n_users} users, {ds.n_items} items, {n_train} training interactions, "
+        f"modalities {', '.join(f'{m}:{x.shape[1]}' for m, x in ds.features.items())}"
+    )
     t0 = time.perf_counter()
     model, config, _ = prepare_model(args.model, ds, parse_overrides(args.set), device=args.device, cache_dir=False)
     print(f"model built in {time.perf_counter() - t0:.1f}s (graphs included); batch size {config.train_batch_size}")
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         times.append(time.perf_counter() - start)
         n_b = math.ceil(n_train / config.train_batch_size)
         print(f"epoch {epoch}: {times[-1]:.2f}s  mean loss {total / n_b:.4f}")
-    print(f"{args.model} on {args.shape}: {np.median(times):.2f}s per epoch (median of {len(times)}), "
-          f"peak memory {peak_memory_mb(torch.device(args.device)):.0f} MiB, threads {torch.get_num_threads()}")
+    print(
+        f"{args.model} on {args.shape}: {np.median(times):.2f}s per epoch (median of {len(times)}), "
+        f"peak memory {peak_memory_mb(torch.device(args.device)):.0f} MiB, threads {torch.get_num_threads()}"
+    )
 
 
 if __name__ == "__main__":

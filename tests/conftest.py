@@ -38,8 +38,11 @@ def syn_dir(tmp_path_factory) -> Path:
     from modalrec.data.synth import write_synthetic_dataset
 
     return write_synthetic_dataset(
-        tmp_path_factory.mktemp("data") / "syn", n_users=SYN_USERS, n_items=SYN_ITEMS,
-        modalities=dict(SYN_MODALITIES), seed=1,
+        tmp_path_factory.mktemp("data") / "syn",
+        n_users=SYN_USERS,
+        n_items=SYN_ITEMS,
+        modalities=dict(SYN_MODALITIES),
+        seed=1,
     )
 
 

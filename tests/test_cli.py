@@ -49,8 +49,22 @@ def cli_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def lightgcn_run(cli_data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "lgcn"
-    res = invoke("train", "--model", "LightGCN", "--data", cli_data, "--epochs", 3, "--quiet", "--out", run,
-                 "--set", "train_batch_size=256", "--set", "learning_rate=0.01")
+    res = invoke(
+        "train",
+        "--model",
+        "LightGCN",
+        "--data",
+        cli_data,
+        "--epochs",
+        3,
+        "--quiet",
+        "--out",
+        run,
+        "--set",
+        "train_batch_size=256",
+        "--set",
+        "learning_rate=0.01",
+    )
     assert res.exit_code == 0, res.output
     assert "run directory" in res.stdout and "recall" in res.stdout
     return run
@@ -67,12 +81,18 @@ def test_models_lists_the_registered_models():
 
 def test_module_entry_point_exit_codes(tmp_path):
     env = {**os.environ, **ENV}
-    ok = subprocess.run([sys.executable, "-m", "modalrec.cli", "models"], capture_output=True, text=True, env=env,
-                        timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "modalrec.cli", "models"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     assert "LightGCN" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "modalrec.cli", "data", "validate", str(tmp_path / "missing")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "modalrec.cli", "data", "validate", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr and "missing" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -148,8 +168,9 @@ def test_data_split(cli_data, tmp_path):
     again = tree_bytes(out)
     assert_one_line_error(invoke("data", "split", cli_data, "--out", out), "already exists")
     assert tree_bytes(out) == again
-    assert_one_line_error(invoke("data", "split", cli_data, "--protocol", "nope", "--out", tmp_path / "n"),
-                          "unknown split protocol")
+    assert_one_line_error(
+        invoke("data", "split", cli_data, "--protocol", "nope", "--out", tmp_path / "n"), "unknown split protocol"
+    )
 
 
 # ================================================================ train / evaluate / recommend
@@ -221,8 +242,11 @@ def test_recommend_errors(lightgcn_run, tmp_path):
 
 def test_train_unknown_model_and_misspelt_key(cli_data, tmp_path):
     out = tmp_path / "r1"
-    assert_one_line_error(invoke("train", "--model", "NoSuchModel", "--data", cli_data, "--out", out),
-                          "unknown model 'NoSuchModel'", "LightGCN")
+    assert_one_line_error(
+        invoke("train", "--model", "NoSuchModel", "--data", cli_data, "--out", out),
+        "unknown model 'NoSuchModel'",
+        "LightGCN",
+    )
     assert not out.exists()
     res = invoke("train", "--model", "BPR", "--data", cli_data, "--out", out, "--set", "learning_rat=0.1")
     assert_one_line_error(res, "learning_rat", "did you mean 'learning_rate'")

@@ -395,7 +395,7 @@ def test_resplit_dataset_writes_new_folder_and_never_touches_input(syn_dir, tmp_
     assert ds_new.title(3) == ds_old.title(3)
     assert not np.array_equal(ds_new.labels, ds_old.labels)  # another seed, another split
     # refuses an existing output, including the input folder itself
-    marker = (out / "marker")
+    marker = out / "marker"
     marker.write_text("x")
     with pytest.raises(DataError, match="already exists"):
         resplit_dataset(syn_dir, "mmrec", 1, out)
@@ -462,8 +462,12 @@ def test_synthetic_folder_properties(syn_dir, syn_dataset):
     assert np.unique(ds.split("valid")[0]).size == SYN_USERS
     assert np.unique(ds.split("test")[0]).size == SYN_USERS
     assert ds.title(0) is not None and "Synthetic" in ds.title(0)
-    assert sorted(p.name for p in syn_dir.iterdir()) == ["image_feat.npy", "item_text.tsv", "synthetic.inter",
-                                                         "text_feat.npy"]
+    assert sorted(p.name for p in syn_dir.iterdir()) == [
+        "image_feat.npy",
+        "item_text.tsv",
+        "synthetic.inter",
+        "text_feat.npy",
+    ]
 
 
 def test_write_dataset_refuses_existing(syn_dir):
@@ -485,8 +489,11 @@ def _tables(draw) -> list[list[str]]:
     n_users, n_items = draw(st.integers(1, 4)), draw(st.integers(1, 5))
     n_rows = draw(st.integers(0, 25))
     rows = [
-        [str(draw(st.integers(0, n_users - 1))), str(draw(st.integers(0, n_items - 1))),
-         draw(st.sampled_from(["0", "0", "0", "1", "2"]))]
+        [
+            str(draw(st.integers(0, n_users - 1))),
+            str(draw(st.integers(0, n_items - 1))),
+            draw(st.sampled_from(["0", "0", "0", "1", "2"])),
+        ]
         for _ in range(n_rows)
     ]
     for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2])) if rows else 0):

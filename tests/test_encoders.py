@@ -188,8 +188,9 @@ def test_prepare_with_image_folder_and_real_cnn(image_encoder, tmp_path, monkeyp
     ds = load_dataset(out)
     x = ds.features["image"]
     assert x.shape == (5, 1280)
-    np.testing.assert_allclose(x[:3], image_encoder.encode([image_encoder.load(imgs / f"{i}.jpg")
-                                                            for i in items[:3]]), atol=1e-4)
+    np.testing.assert_allclose(
+        x[:3], image_encoder.encode([image_encoder.load(imgs / f"{i}.jpg") for i in items[:3]]), atol=1e-4
+    )
     np.testing.assert_allclose(x[3], x[:3].mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(x[4], x[:3].mean(axis=0), atol=1e-5)
     rep = json.loads((out / "prepare.json").read_text())["image"]

@@ -25,8 +25,16 @@ MODALITIES = {"image": 32, "text": 16, "audio": 8}
 @pytest.fixture(scope="module")
 def full_ds() -> Dataset:
     g = generate_synthetic(n_users=N_USERS, n_items=N_ITEMS, modalities=dict(MODALITIES), seed=3)
-    return Dataset(name="syn", n_users=g["n_users"], n_items=g["n_items"], users=g["users"], items=g["items"],
-                   labels=g["labels"], timestamps=g["timestamps"], features=g["features"])
+    return Dataset(
+        name="syn",
+        n_users=g["n_users"],
+        n_items=g["n_items"],
+        users=g["users"],
+        items=g["items"],
+        labels=g["labels"],
+        timestamps=g["timestamps"],
+        features=g["features"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +175,9 @@ def test_loss_matches_the_written_formula(ds):
         batch = fixed_batch(ds, n=64)
         with torch.no_grad():
             got = model.loss(batch)
-            bpr = -F.logsigmoid(model.naive_pair_scores(batch.users, batch.pos)
-                                - model.naive_pair_scores(batch.users, batch.neg)).mean()
+            bpr = -F.logsigmoid(
+                model.naive_pair_scores(batch.users, batch.pos) - model.naive_pair_scores(batch.users, batch.neg)
+            ).mean()
             reps = model.representations()
             items = torch.unique(torch.cat([batch.pos, batch.neg]))
             mp = 0.0

@@ -267,7 +267,7 @@ def test_variants_train(ds2, ds3, variant, monkeypatch):
         monkeypatch.setattr(meaim, "info_nce_full", forbidden)
     if config.lambda_kl == 0:
         monkeypatch.setattr(meaim, "dot_bernoulli_kl_full", forbidden)
-    losses = train_losses(model, ds3 if variant == "3 modalities" else ds2, epochs=4, lr=0.01)
+    losses = train_losses(model, ds3 if variant == "3 modalities" else ds2, epochs=8, lr=0.01)
     assert losses[-1] < losses[0], losses
 
 

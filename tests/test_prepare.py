@@ -82,8 +82,7 @@ def _peel_core(eu, ei, ku, ki) -> np.ndarray:
 def bipartite(draw, max_users: int, max_items: int, max_k: int):
     nu = draw(st.integers(1, max_users))
     ni = draw(st.integers(1, max_items))
-    pairs = draw(st.lists(st.tuples(st.integers(0, nu - 1), st.integers(0, ni - 1)), unique=True,
-                          max_size=nu * ni))
+    pairs = draw(st.lists(st.tuples(st.integers(0, nu - 1), st.integers(0, ni - 1)), unique=True, max_size=nu * ni))
     ku = draw(st.integers(0, max_k))
     ki = draw(st.integers(0, max_k))
     eu = np.array([p[0] for p in pairs], dtype=np.int64)
@@ -147,9 +146,17 @@ def _interactions() -> list[tuple[str, str, float, int]]:
 def _meta_records() -> list[dict]:
     recs = []
     for k, a in enumerate(ITEMS[:4]):
-        recs.append({"asin": a, "title": f"Item {k} &amp; co", "brand": f"Brand{k}",
-                     "categories": [["Science", "Lab"], ["Science"]], "description": f"<b>Desc</b>\n{k}.",
-                     "imUrl": f"http://x/{a}.jpg", "salesRank": {"Science": k}})
+        recs.append(
+            {
+                "asin": a,
+                "title": f"Item {k} &amp; co",
+                "brand": f"Brand{k}",
+                "categories": [["Science", "Lab"], ["Science"]],
+                "description": f"<b>Desc</b>\n{k}.",
+                "imUrl": f"http://x/{a}.jpg",
+                "salesRank": {"Science": k},
+            }
+        )
     recs.append({"asin": ITEMS[4], "imUrl": "http://x/4.jpg"})  # a record without any text field
     recs.append({"asin": RARE_ITEM, "title": "Item 9"})  # not in the final item set
     return recs  # ITEMS[5] has no record at all
@@ -161,8 +168,20 @@ def write_ratings_csv(path: Path) -> Path:
 
 
 def write_reviews_json(path: Path, gz: bool) -> Path:
-    lines = "".join(json.dumps({"reviewerID": u, "asin": i, "reviewerName": "x", "overall": r, "unixReviewTime": t,
-                                "reviewText": "great\tproduct"}) + "\n" for u, i, r, t in _interactions())
+    lines = "".join(
+        json.dumps(
+            {
+                "reviewerID": u,
+                "asin": i,
+                "reviewerName": "x",
+                "overall": r,
+                "unixReviewTime": t,
+                "reviewText": "great\tproduct",
+            }
+        )
+        + "\n"
+        for u, i, r, t in _interactions()
+    )
     if gz:
         path.write_bytes(gzip.compress(lines.encode()))
     else:
@@ -253,8 +272,9 @@ def test_amazon2014_ratings_csv_with_literal_meta_and_binary_features(tmp_path):
     reviews = write_ratings_csv(tmp_path / "ratings_Sci.csv")
     meta = write_meta_2014(tmp_path / "meta_Sci.json")
     # features for items 0..3 and the rare item, out of order, item 2 twice (first wins), 4 and 5 missing
-    feats = write_binary_features(tmp_path / "image_features_Sci.b",
-                                  [ITEMS[3], RARE_ITEM, ITEMS[0], ITEMS[2], ITEMS[1], ITEMS[2]])
+    feats = write_binary_features(
+        tmp_path / "image_features_Sci.b", [ITEMS[3], RARE_ITEM, ITEMS[0], ITEMS[2], ITEMS[1], ITEMS[2]]
+    )
     with open(feats, "r+b") as fh:  # make the duplicate record of item 2 distinguishable
         fh.seek(5 * (10 + 4 * 4096) + 10)
         fh.write(np.full(4096, 99.0, dtype="<f4").tobytes())
@@ -263,8 +283,16 @@ def test_amazon2014_ratings_csv_with_literal_meta_and_binary_features(tmp_path):
     res = prepare_dataset(reviews, out, meta=meta, image_features=feats, text_encoder=enc, batch_size=2)
     assert res.path == out and out.is_dir()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["sci.inter", "u_id_mapping.csv", "i_id_mapping.csv", "text_feat.npy", "image_feat.npy",
-         "item_text.tsv", "prepare.json"])
+        [
+            "sci.inter",
+            "u_id_mapping.csv",
+            "i_id_mapping.csv",
+            "text_feat.npy",
+            "image_feat.npy",
+            "item_text.tsv",
+            "prepare.json",
+        ]
+    )
     assert not list(tmp_path.glob(".sci*")), "no temporary sibling may remain"
 
     ds = load_dataset(out)
@@ -360,9 +388,11 @@ def test_generic_csv_item_table_and_image_folder(tmp_path):
     reviews = tmp_path / "inter.csv"
     reviews.write_text("user_id,item_id,rating,timestamp\n" + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
     table = tmp_path / "items.csv"
-    table.write_text('item_id,title,description,price\n'
-                     + "".join(f'{a},"Item {k}, the best","line one\nline two",{k}.99\n' for k, a in enumerate(ITEMS))
-                     + f"{RARE_ITEM},Item 9,,1\n")
+    table.write_text(
+        "item_id,title,description,price\n"
+        + "".join(f'{a},"Item {k}, the best","line one\nline two",{k}.99\n' for k, a in enumerate(ITEMS))
+        + f"{RARE_ITEM},Item 9,,1\n"
+    )
     imgs = tmp_path / "images"
     imgs.mkdir()
     for k, a in enumerate(ITEMS[:4]):
@@ -370,12 +400,17 @@ def test_generic_csv_item_table_and_image_folder(tmp_path):
     (imgs / f"{ITEMS[4]}.png").write_bytes(b"this is not an image")  # corrupt → counted and mean-filled
     (imgs / "notes.txt").write_text("ignored")  # ITEMS[5]: no file at all
     out = tmp_path / "generic"
-    res = prepare_dataset(reviews, out, meta=table, images=imgs, text_encoder=FakeText(),
-                          image_encoder=FakeImage(), batch_size=3)
+    res = prepare_dataset(
+        reviews, out, meta=table, images=imgs, text_encoder=FakeText(), image_encoder=FakeImage(), batch_size=3
+    )
     assert res.report["inputs"]["reviews"]["format"] == "table"
     assert res.report["inputs"]["meta"]["format"] == "table"
-    assert res.report["parameters"]["columns"] == {"user": "user_id", "item": "item_id", "rating": "rating",
-                                                   "time": "timestamp"}
+    assert res.report["parameters"]["columns"] == {
+        "user": "user_id",
+        "item": "item_id",
+        "rating": "rating",
+        "time": "timestamp",
+    }
     assert _read_tsv(out / "i_id_mapping.csv")[0] == ["item_id", "itemID"]
     ds = load_dataset(out)
     assert (ds.n_users, ds.n_items, len(ds.users)) == (8, 6, 48)
@@ -490,8 +525,9 @@ def test_meta_is_parsed_with_literal_eval_never_eval(tmp_path):
     reviews = write_ratings_csv(tmp_path / "r.csv")
     meta = tmp_path / "meta.json"
     marker = tmp_path / "pwned"
-    meta.write_text(f"{{'asin': '{ITEMS[0]}', 'title': 'ok'}}\n"
-                    f"__import__('pathlib').Path({str(marker)!r}).write_text('x')\n")
+    meta.write_text(
+        f"{{'asin': '{ITEMS[0]}', 'title': 'ok'}}\n__import__('pathlib').Path({str(marker)!r}).write_text('x')\n"
+    )
     with pytest.raises(DataError, match=r"meta\.json:2: not a JSON object or Python dict literal"):
         prepare_dataset(reviews, tmp_path / "o", meta=meta, text_encoder=FakeText())
     assert not marker.exists()
@@ -500,11 +536,15 @@ def test_meta_is_parsed_with_literal_eval_never_eval(tmp_path):
 @pytest.mark.parametrize(
     ("content", "pattern"),
     [
-        ('{"reviewerID": "a", "asin": "b", "overall": 5, "unixReviewTime": 1}\n{"reviewerID": "a"\n',
-         r"r\.json:2: not a JSON object"),
+        (
+            '{"reviewerID": "a", "asin": "b", "overall": 5, "unixReviewTime": 1}\n{"reviewerID": "a"\n',
+            r"r\.json:2: not a JSON object",
+        ),
         ('{"reviewerID": "a", "asin": "b", "overall": 5}\n', r"r\.json:1: field 'unixReviewTime' is missing"),
-        ('{"reviewerID": "a", "asin": "b", "overall": "five", "unixReviewTime": 1}\n',
-         r"r\.json:1: field 'overall' 'five' is not a number"),
+        (
+            '{"reviewerID": "a", "asin": "b", "overall": "five", "unixReviewTime": 1}\n',
+            r"r\.json:1: field 'overall' 'five' is not a number",
+        ),
         ("u1,i1,5.0,100\nu1,i2,5.0\n", r"r\.json:2: expected 4 fields"),
         ("u1,i1,5.0,100\nu1,i2,x,100\n", r"r\.json:2: rating 'x' is not a number"),
         ("user,item,time\nu1,i1,yesterday\n", r"r\.json:2: column 'time': 'yesterday' is neither a number"),
@@ -571,8 +611,10 @@ def test_format_detection(tmp_path):
 
 
 def test_amazon_item_text_composition():
-    assert amazon_item_text({"title": "A", "brand": "B", "categories": [["C", "D"], ["C"]],
-                             "description": "E"}) == "A. B. C, D. E"
+    assert (
+        amazon_item_text({"title": "A", "brand": "B", "categories": [["C", "D"], ["C"]], "description": "E"})
+        == "A. B. C, D. E"
+    )
     assert amazon_item_text({"title": "Hi!", "category": ["X"], "description": ["p1", "", "p2"]}) == "Hi! X. p1 p2"
     assert amazon_item_text({"title": None, "imUrl": "u"}) == ""
     assert amazon_item_text({"title": "a\tb\n c", "brand": "  "}) == "a b c"
@@ -589,8 +631,23 @@ def test_cli_prepare(tmp_path, monkeypatch):
     feats = write_binary_features(tmp_path / "f.b", ITEMS[:3], dim=4096)
     monkeypatch.setattr(encode, "load_text_encoder", lambda path, device: FakeText())
     out = tmp_path / "cli"
-    r = CliRunner().invoke(app, ["data", "prepare", "--reviews", str(reviews), "--meta", str(meta),
-                                 "--image-features", str(feats), "--out", str(out), "--seed", "3"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "--reviews",
+            str(reviews),
+            "--meta",
+            str(meta),
+            "--image-features",
+            str(feats),
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "8 users" in r.stdout and "6 items" in r.stdout
     assert load_dataset(out).modalities == ["image", "text"]

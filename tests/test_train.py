@@ -32,8 +32,7 @@ def quiet(_line: str) -> None:
 def _interactions(draw):
     n_items = draw(st.integers(2, 12))
     n_users = draw(st.integers(1, 6))
-    pairs = draw(st.lists(st.tuples(st.integers(0, n_users - 1), st.integers(0, n_items - 1)), min_size=1,
-                          max_size=40))
+    pairs = draw(st.lists(st.tuples(st.integers(0, n_users - 1), st.integers(0, n_items - 1)), min_size=1, max_size=40))
     u = np.array([p[0] for p in pairs], dtype=np.int64)
     i = np.array([p[1] for p in pairs], dtype=np.int64)
     return u, i, n_items
@@ -206,8 +205,9 @@ class Scripted(Recommender):
 
 
 def _scripted_config(**overrides) -> Config:
-    base = resolve_config("bpr", overrides={"epochs": 30, "stopping_step": 3, "learning_rate": 0.01,
-                                            "train_batch_size": 100_000})
+    base = resolve_config(
+        "bpr", overrides={"epochs": 30, "stopping_step": 3, "learning_rate": 0.01, "train_batch_size": 100_000}
+    )
     return base.replace(**overrides)
 
 
@@ -309,8 +309,14 @@ def test_unknown_key_is_an_error_with_a_suggestion():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("epochs", "ten"), ("epochs", 1.5), ("learning_rate", "fast"), ("topk", 20), ("mask_valid_at_test", 1),
-     ("epochs", True)],
+    [
+        ("epochs", "ten"),
+        ("epochs", 1.5),
+        ("learning_rate", "fast"),
+        ("topk", 20),
+        ("mask_valid_at_test", 1),
+        ("epochs", True),
+    ],
 )
 def test_wrong_type_is_an_error(key, value):
     with pytest.raises(ConfigError, match=key):
@@ -351,7 +357,11 @@ def test_config_object_and_override_parsing():
     with pytest.raises(ConfigError, match="unknown configuration key 'epoch'"):
         cfg.replace(epoch=5)
     assert parse_overrides(["topk=[10, 50]", "learning_rate=0.01", "mask_valid_at_test=true", "x = a=b"]) == {
-        "topk": [10, 50], "learning_rate": 0.01, "mask_valid_at_test": True, "x": "a=b"}
+        "topk": [10, 50],
+        "learning_rate": 0.01,
+        "mask_valid_at_test": True,
+        "x": "a=b",
+    }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
     with pytest.raises(ConfigError, match="not valid YAML"):

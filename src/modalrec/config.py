@@ -128,9 +128,7 @@ def resolve_config(
     if chosen is None and dataset_name is not None:
         chosen = next((p for p in presets if p.lower() == dataset_name.lower()), None)
     elif chosen is not None and chosen not in presets:
-        raise ConfigError(
-            f"{model_file}: no preset {chosen!r} (available: {', '.join(presets) or 'none'})"
-        )
+        raise ConfigError(f"{model_file}: no preset {chosen!r} (available: {', '.join(presets) or 'none'})")
     if chosen is not None:
         values.update(_validated(defaults, presets[chosen], f"configs/{model_file}.yaml preset {chosen!r}"))
     values.update(_validated(defaults, dict(overrides or {}), source))

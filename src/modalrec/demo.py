@@ -23,8 +23,13 @@ DEMO_OVERRIDES = {
 TABLE_METRICS = ("recall@10", "ndcg@10", "precision@10", "recall@20", "ndcg@20", "precision@20")
 
 
-def run_demo(out: str | Path | None = None, runs_root: str | Path = "runs", console: Console | None = None,
-             user: int | None = None, cache_dir: str | Path | bool | None = None) -> dict:
+def run_demo(
+    out: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    console: Console | None = None,
+    user: int | None = None,
+    cache_dir: str | Path | bool | None = None,
+) -> dict:
     """Run the demo into a new directory and print its tables; returns what it printed."""
     console = console or Console()
     root = new_run_dir("demo", "synthetic", out, runs_root)
@@ -34,30 +39,39 @@ def run_demo(out: str | Path | None = None, runs_root: str | Path = "runs", cons
     s = dataset.summary()
     console.print(
         f"synthetic default dataset (SYNTHETIC, planted structure): {s['users']} users, {s['items']} items, "
-        f"{s['interactions']} interactions, modalities "
-        + ", ".join(f"{m} ({d})" for m, d in s["modalities"].items())
+        f"{s['interactions']} interactions, modalities " + ", ".join(f"{m} ({d})" for m, d in s["modalities"].items())
     )
     results = {}
     for name in DEMO_MODELS:
         t0 = time.perf_counter()
         with console.status(f"training {name} …"):
-            run_dir, res = train_run(name, data_dir, dataset=dataset, overrides=DEMO_OVERRIDES[name],
-                                     out=root / name, quiet=True, cache_dir=cache_dir)
+            run_dir, res = train_run(
+                name,
+                data_dir,
+                dataset=dataset,
+                overrides=DEMO_OVERRIDES[name],
+                out=root / name,
+                quiet=True,
+                cache_dir=cache_dir,
+            )
         secs = time.perf_counter() - t0
         console.print(f"  {name:<9} best epoch {res.best_epoch:3d}, {res.timings['epochs_run']} epochs, {secs:.1f}s")
-        results[name] = {"run": str(run_dir), "test": res.test.metrics, "best_epoch": res.best_epoch,
-                         "seconds": secs}
+        results[name] = {"run": str(run_dir), "test": res.test.metrics, "best_epoch": res.best_epoch, "seconds": secs}
 
-    table = Table(title="Test metrics (synthetic default data, best-valid epoch)",
-                  caption="R = Recall, N = NDCG, P = Precision; bold = best")
+    table = Table(
+        title="Test metrics (synthetic default data, best-valid epoch)",
+        caption="R = Recall, N = NDCG, P = Precision; bold = best",
+    )
     table.add_column("model")
     for m in TABLE_METRICS:
         name, k = m.split("@")
         table.add_column(f"{name[0].upper()}@{k}", justify="right")
     best = {m: max(r["test"][m] for r in results.values()) for m in TABLE_METRICS}
     for name, r in results.items():
-        cells = [f"[bold]{r['test'][m]:.4f}[/bold]" if r["test"][m] == best[m] else f"{r['test'][m]:.4f}"
-                 for m in TABLE_METRICS]
+        cells = [
+            f"[bold]{r['test'][m]:.4f}[/bold]" if r["test"][m] == best[m] else f"{r['test'][m]:.4f}"
+            for m in TABLE_METRICS
+        ]
         table.add_row(name, *cells)
     console.print(table)
 
@@ -78,7 +92,12 @@ def run_demo(out: str | Path | None = None, runs_root: str | Path = "runs", cons
         t2.add_column(p, justify="right")
     for e in rec["items"]:
         star = " ★" if e["item"] in test_items else ""
-        t2.add_row(str(e["rank"]), f"{e['item']}{star}", e.get("title", ""), f"{e['score']:.3f}",
-                   *[f"{e['weights'][p]:.2f}" for p in parts])
+        t2.add_row(
+            str(e["rank"]),
+            f"{e['item']}{star}",
+            e.get("title", ""),
+            f"{e['score']:.3f}",
+            *[f"{e['weights'][p]:.2f}" for p in parts],
+        )
     console.print(t2)
     return {"dir": str(root), "results": results, "recommendation": rec}

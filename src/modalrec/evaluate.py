@@ -40,7 +40,9 @@ class EvalResult:
 
 
 def _csr_rows(m: sp.csr_matrix, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(m.indptr.astype(np.int64)).to(device), torch.from_numpy(m.indices.astype(np.int64)).to(device)
+    return torch.from_numpy(m.indptr.astype(np.int64)).to(device), torch.from_numpy(m.indices.astype(np.int64)).to(
+        device
+    )
 
 
 def block_coo(indptr: torch.Tensor, indices: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +53,9 @@ def block_coo(indptr: torch.Tensor, indices: torch.Tensor, start: int, stop: int
     return rows, indices[lo:hi]
 
 
-def ranking_metrics(hits: torch.Tensor, n_targets: torch.Tensor, ks: list[int], metrics: tuple[str, ...] = METRICS) -> dict[str, torch.Tensor]:
+def ranking_metrics(
+    hits: torch.Tensor, n_targets: torch.Tensor, ks: list[int], metrics: tuple[str, ...] = METRICS
+) -> dict[str, torch.Tensor]:
     """Per-user metrics from a (users × K_max) 0/1 hit matrix (rank order) and |T_u|.
 
     Recall@K = hits/|T|; Precision@K = hits/K; NDCG@K = DCG/IDCG with binary gain and

@@ -189,7 +189,9 @@ class SparseOperator:
         self._scipy = m
 
     @classmethod
-    def from_coo(cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> SparseOperator:
+    def from_coo(
+        cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+    ) -> SparseOperator:
         """Build from COO triples already on a device (duplicates summed); stays on that device."""
         op = cls.__new__(cls)
         with warnings.catch_warnings():
@@ -254,7 +256,9 @@ class GraphStore:
     ``<kind>-<hash>.npz`` where the hash covers the data and the parameters.
     """
 
-    def __init__(self, dataset: Dataset, cache_dir: str | Path | bool | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self, dataset: Dataset, cache_dir: str | Path | bool | None = None, device: str | torch.device = "cpu"
+    ):
         self.dataset = dataset
         self.device = torch.device(device)
         if cache_dir is False:
@@ -320,7 +324,9 @@ class GraphStore:
             symmetric=False,
         )
 
-    def knn_matrix(self, modality: str, k: int = 10, weighted: bool = False, normalization: str = "sym") -> sp.csr_matrix:
+    def knn_matrix(
+        self, modality: str, k: int = 10, weighted: bool = False, normalization: str = "sym"
+    ) -> sp.csr_matrix:
         ds = self.dataset
         return self._get(
             "knn",

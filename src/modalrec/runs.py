@@ -122,29 +122,41 @@ def train_run(
         runlog(f"warning: {w}")
     model, config, graphs = prepare_model(cls.name, dataset, overrides, preset, device, cache_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    runlog(f"{cls.name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-           f"modalities {dataset.modalities or 'none'}, {n_params} parameters, device {device}")
-    write_yaml(run_dir / "config.yaml", {
-        "model": cls.name,
-        "data": {"path": str(dataset.path) if dataset.path else None, "name": dataset.name,
-                 "modalities": dataset.modalities, "fingerprint": dataset.fingerprint},
-        "config": config.to_dict(),
-    })
+    runlog(
+        f"{cls.name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+        f"modalities {dataset.modalities or 'none'}, {n_params} parameters, device {device}"
+    )
+    write_yaml(
+        run_dir / "config.yaml",
+        {
+            "model": cls.name,
+            "data": {
+                "path": str(dataset.path) if dataset.path else None,
+                "name": dataset.name,
+                "modalities": dataset.modalities,
+                "fingerprint": dataset.fingerprint,
+            },
+            "config": config.to_dict(),
+        },
+    )
     result = fit(model, dataset, config, log=runlog, progress=progress and not quiet, device=device)
     save_checkpoint(run_dir / "model.pt", model, config, dataset)
     write_npz(run_dir / "test_per_user.npz", users=result.test.users, **result.test.per_user)
     write_npz(run_dir / "valid_per_user.npz", users=result.valid.users, **result.valid.per_user)
-    write_json(run_dir / "metrics.json", {
-        "model": cls.name,
-        "dataset": dataset.name,
-        "best_epoch": result.best_epoch,
-        "stop_reason": result.stop_reason,
-        "valid": result.valid.metrics,
-        "test": result.test.metrics,
-        "timings": result.timings,
-        "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds},
-        "history": result.history,
-    })
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "model": cls.name,
+            "dataset": dataset.name,
+            "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason,
+            "valid": result.valid.metrics,
+            "test": result.test.metrics,
+            "timings": result.timings,
+            "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds},
+            "history": result.history,
+        },
+    )
     return run_dir, result
 
 
@@ -153,8 +165,13 @@ def save_checkpoint(path: Path, model: Recommender, config: Config, dataset: Dat
         "version": CHECKPOINT_VERSION,
         "model": model.name,
         "config": config.to_dict(),
-        "dataset": {"path": str(dataset.path) if dataset.path else None, "fingerprint": dataset.fingerprint,
-                    "modalities": dataset.modalities, "n_users": dataset.n_users, "n_items": dataset.n_items},
+        "dataset": {
+            "path": str(dataset.path) if dataset.path else None,
+            "fingerprint": dataset.fingerprint,
+            "modalities": dataset.modalities,
+            "n_users": dataset.n_users,
+            "n_items": dataset.n_items,
+        },
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_write(path, lambda fh: torch.save(state, fh), mode="wb")
@@ -169,8 +186,12 @@ class LoadedRun:
     metrics: dict
 
 
-def load_run(run_dir: str | Path, device: str = "cpu", data_dir: str | Path | None = None,
-             cache_dir: str | Path | bool | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | bool | None = None,
+) -> LoadedRun:
     """Rebuild a trained model from its run directory (the dataset is re-read and checked)."""
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "model.pt"
@@ -203,12 +224,20 @@ def load_run(run_dir: str | Path, device: str = "cpu", data_dir: str | Path | No
     return LoadedRun(run_dir, model, dataset, config, metrics)
 
 
-def evaluate_run(run: LoadedRun, split: str = "test", ks: list[int] | None = None,
-                 mask_valid: bool | None = None) -> EvalResult:
+def evaluate_run(
+    run: LoadedRun, split: str = "test", ks: list[int] | None = None, mask_valid: bool | None = None
+) -> EvalResult:
     cfg = run.config
     mask = cfg.mask_valid_at_test if mask_valid is None else mask_valid
-    ev = Evaluator(run.dataset, split, ks or list(cfg.topk), tuple(cfg.metrics), mask_valid=mask,
-                   block_size=cfg.eval_batch_size, device=run.model.device)
+    ev = Evaluator(
+        run.dataset,
+        split,
+        ks or list(cfg.topk),
+        tuple(cfg.metrics),
+        mask_valid=mask,
+        block_size=cfg.eval_batch_size,
+        device=run.model.device,
+    )
     return ev.evaluate(run.model)
 
 
@@ -222,14 +251,21 @@ def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exc
     users = torch.tensor([user], device=model.device)
     items, scores = top_k_items(model, users, k, ds.train_matrix if exclude_seen else None)
     items, scores = items[0], scores[0]
-    out: dict[str, Any] = {"model": model.name, "dataset": ds.name, "user": user, "k": k,
-                           "exclude_seen": exclude_seen, "items": []}
+    out: dict[str, Any] = {
+        "model": model.name,
+        "dataset": ds.name,
+        "user": user,
+        "k": k,
+        "exclude_seen": exclude_seen,
+        "items": [],
+    }
     expl = None
     if explain:
         with torch.no_grad():
             expl = model.explain(users.expand(len(items)), items)
         out["explanation"] = (
-            {"kind": expl.kind, "parts": expl.parts} if expl is not None
+            {"kind": expl.kind, "parts": expl.parts}
+            if expl is not None
             else {"kind": None, "note": f"{model.name} has no per-modality explanation"}
         )
     for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True), start=1):

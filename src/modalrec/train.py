@@ -109,8 +109,12 @@ class ProgressReporter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), transient=True,
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeElapsedColumn(),
+                transient=True,
             )
             self._progress.__enter__()
         return self
@@ -158,7 +162,9 @@ def fit(
     sampler = NegativeSampler(train_u, train_i, dataset.n_items, rng)
     ks = list(config.topk)
     metric = config.valid_metric.lower()
-    valid_eval = Evaluator(dataset, "valid", ks, tuple(config.metrics), block_size=config.eval_batch_size, device=device)
+    valid_eval = Evaluator(
+        dataset, "valid", ks, tuple(config.metrics), block_size=config.eval_batch_size, device=device
+    )
     if metric not in {f"{m}@{k}" for m in config.metrics for k in ks}:
         raise ModalrecError(f"valid_metric {config.valid_metric!r} is not among the computed metrics/topk")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -221,11 +227,18 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     test = Evaluator(
-        dataset, "test", ks, tuple(config.metrics), mask_valid=config.mask_valid_at_test,
-        block_size=config.eval_batch_size, device=device,
+        dataset,
+        "test",
+        ks,
+        tuple(config.metrics),
+        mask_valid=config.mask_valid_at_test,
+        block_size=config.eval_batch_size,
+        device=device,
     ).evaluate(model)
-    log(f"best epoch {best_epoch}: valid {metric} {best_valid.metrics[metric]:.4f}; "
-        f"test " + "  ".join(f"{k} {v:.4f}" for k, v in test.metrics.items() if k.startswith(("recall", "ndcg"))))
+    log(
+        f"best epoch {best_epoch}: valid {metric} {best_valid.metrics[metric]:.4f}; "
+        f"test " + "  ".join(f"{k} {v:.4f}" for k, v in test.metrics.items() if k.startswith(("recall", "ndcg")))
+    )
     timings = {
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
         "ranking_seconds": float(np.mean(eval_seconds)) if eval_seconds else best_valid.seconds,

@@ -57,9 +57,7 @@ class Dataset:
     def split_matrix(self, split: str | int) -> sp.csr_matrix:
         """Binary user × item CSR matrix of one split (sorted indices)."""
         u, i = self.split(split)
-        m = sp.csr_matrix(
-            (np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.n_users, self.n_items)
-        )
+        m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.n_users, self.n_items))
         m.sum_duplicates()
         m.sort_indices()
         m.data[:] = 1.0
@@ -83,14 +81,20 @@ class Dataset:
             where = self.path if self.path is not None else self.name
             raise DataError(
                 where,
-                f"modality {missing[0]!r} not found (available: "
-                f"{', '.join(self.features) or 'none'})",
+                f"modality {missing[0]!r} not found (available: {', '.join(self.features) or 'none'})",
             )
         ds = Dataset(
-            name=self.name, n_users=self.n_users, n_items=self.n_items, users=self.users,
-            items=self.items, labels=self.labels, timestamps=self.timestamps,
-            features={n: self.features[n] for n in names}, item_titles=self.item_titles,
-            path=self.path, warnings=list(self.warnings),
+            name=self.name,
+            n_users=self.n_users,
+            n_items=self.n_items,
+            users=self.users,
+            items=self.items,
+            labels=self.labels,
+            timestamps=self.timestamps,
+            features={n: self.features[n] for n in names},
+            item_titles=self.item_titles,
+            path=self.path,
+            warnings=list(self.warnings),
         )
         return ds
 
@@ -221,8 +225,9 @@ def read_inter_file(path: Path) -> dict[str, np.ndarray]:
     for col in REQUIRED_COLUMNS:
         if col not in header:
             raise DataError(
-                path, f"missing column {col!r} in header (found: {' '.join(header)}); "
-                "the file must be tab-separated", line=1,
+                path,
+                f"missing column {col!r} in header (found: {' '.join(header)}); the file must be tab-separated",
+                line=1,
             )
     width = len(header)
     rows = []
@@ -277,9 +282,7 @@ def read_feature_file(path: Path, n_items: int) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(path, f"expected numeric features, found dtype {x.dtype}")
     if x.shape[0] != n_items:
-        raise DataError(
-            path, f"has {x.shape[0]} rows but the dataset has {n_items} items (row j must be item j)"
-        )
+        raise DataError(path, f"has {x.shape[0]} rows but the dataset has {n_items} items (row j must be item j)")
     x = np.ascontiguousarray(x, dtype=np.float32)
     finite = np.isfinite(x)
     if not finite.all():
@@ -333,8 +336,7 @@ def clean_interactions(
     if cold.any():
         n_users_cold = int(np.unique(users[keep][cold]).size)
         warnings.append(
-            f"{int(cold.sum())} valid/test interactions of {n_users_cold} users with no training "
-            "interaction dropped"
+            f"{int(cold.sum())} valid/test interactions of {n_users_cold} users with no training interaction dropped"
         )
         keep = keep[~cold]
     return keep, warnings
@@ -350,9 +352,7 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
     inter_path = find_inter_file(directory)
     parsed = read_inter_file(inter_path)
     n_users, n_items = int(parsed["n_users"]), int(parsed["n_items"])
-    keep, warnings = clean_interactions(
-        parsed["users"], parsed["items"], parsed["labels"], parsed.get("timestamps")
-    )
+    keep, warnings = clean_interactions(parsed["users"], parsed["items"], parsed["labels"], parsed.get("timestamps"))
     users, items, labels = parsed["users"][keep], parsed["items"][keep], parsed["labels"][keep]
     timestamps = parsed["timestamps"][keep] if "timestamps" in parsed else None
     if not (labels == TRAIN).any():
@@ -371,9 +371,17 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
     titles_path = directory / "item_text.tsv"
     titles = read_item_titles(titles_path, n_items) if titles_path.exists() else None
     return Dataset(
-        name=inter_path.stem, n_users=n_users, n_items=n_items, users=users, items=items,
-        labels=labels, timestamps=timestamps, features=features, item_titles=titles,
-        path=directory.resolve(), warnings=[f"{inter_path.name}: {w}" for w in warnings],
+        name=inter_path.stem,
+        n_users=n_users,
+        n_items=n_items,
+        users=users,
+        items=items,
+        labels=labels,
+        timestamps=timestamps,
+        features=features,
+        item_titles=titles,
+        path=directory.resolve(),
+        warnings=[f"{inter_path.name}: {w}" for w in warnings],
     )
 
 
@@ -409,7 +417,9 @@ def write_dataset(
         rt = ratings if ratings is not None else np.ones(n)
         body = "\n".join(
             f"{u}\t{i}\t{_number(r)}\t{_number(t)}\t{x}"
-            for u, i, r, t, x in zip(users.tolist(), items.tolist(), rt.tolist(), ts.tolist(), labels.tolist(), strict=True)
+            for u, i, r, t, x in zip(
+                users.tolist(), items.tolist(), rt.tolist(), ts.tolist(), labels.tolist(), strict=True
+            )
         )
         write_text(tmp / f"{name}.inter", "userID\titemID\trating\ttimestamp\tx_label\n" + body + "\n")
         for m, x in (features or {}).items():

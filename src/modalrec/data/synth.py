@@ -23,8 +23,18 @@ DEFAULT_MODALITIES = {"image": 256, "text": 128}
 SHAPES = {
     "default": {"n_users": 1500, "n_items": 2000, "modalities": DEFAULT_MODALITIES, "mean_interactions": 14.0},
     "baby": {"n_users": 19445, "n_items": 7050, "modalities": {"image": 4096, "text": 384}, "mean_interactions": 8.27},
-    "sports": {"n_users": 35598, "n_items": 18357, "modalities": {"image": 4096, "text": 384}, "mean_interactions": 8.32},
-    "clothing": {"n_users": 39387, "n_items": 23033, "modalities": {"image": 4096, "text": 384}, "mean_interactions": 7.08},
+    "sports": {
+        "n_users": 35598,
+        "n_items": 18357,
+        "modalities": {"image": 4096, "text": 384},
+        "mean_interactions": 8.32,
+    },
+    "clothing": {
+        "n_users": 39387,
+        "n_items": 23033,
+        "modalities": {"image": 4096, "text": 384},
+        "mean_interactions": 7.08,
+    },
 }
 
 
@@ -98,9 +108,17 @@ def generate_synthetic(
     labels = split_mmrec(users, seed)
     titles = {j: f"Synthetic item {j} · topic {int(topic[j])}" for j in range(n_items)}
     return {
-        "z_users": z_users, "z_items": z_items, "item_bias": item_bias,
-        "users": users, "items": items, "labels": labels, "timestamps": timestamps,
-        "features": features, "titles": titles, "n_users": n_users, "n_items": n_items,
+        "z_users": z_users,
+        "z_items": z_items,
+        "item_bias": item_bias,
+        "users": users,
+        "items": items,
+        "labels": labels,
+        "timestamps": timestamps,
+        "features": features,
+        "titles": titles,
+        "n_users": n_users,
+        "n_items": n_items,
     }
 
 
@@ -128,7 +146,14 @@ def synthetic_dataset(shape: str = "default", seed: int = 2024, **overrides) -> 
     g = generate_synthetic(seed=seed, **params)
     keep, warnings = clean_interactions(g["users"], g["items"], g["labels"], g["timestamps"])
     return Dataset(
-        name=f"synthetic-{shape}", n_users=g["n_users"], n_items=g["n_items"], users=g["users"][keep],
-        items=g["items"][keep], labels=g["labels"][keep], timestamps=g["timestamps"][keep],
-        features=g["features"], item_titles=g["titles"], warnings=warnings,
+        name=f"synthetic-{shape}",
+        n_users=g["n_users"],
+        n_items=g["n_items"],
+        users=g["users"][keep],
+        items=g["items"][keep],
+        labels=g["labels"][keep],
+        timestamps=g["timestamps"][keep],
+        features=g["features"],
+        item_titles=g["titles"],
+        warnings=warnings,
     )

@@ -43,5 +43,13 @@ def list_models() -> list[type[Recommender]]:
 # Importing the model modules registers them.
 from modalrec.models import bpr, lightgcn, mario, meaim, ngcf  # noqa: E402,F401
 
-__all__ = ["MODEL_REGISTRY", "Batch", "Explanation", "Recommender", "build_model", "get_model_class",
-           "list_models", "register"]
+__all__ = [
+    "MODEL_REGISTRY",
+    "Batch",
+    "Explanation",
+    "Recommender",
+    "build_model",
+    "get_model_class",
+    "list_models",
+    "register",
+]

@@ -130,8 +130,9 @@ class MARIO(Recommender):
             self.adj = graphs.norm_adj()
         elif self.backbone == "ngcf":
             self.adj = graphs.rw_adj()
-            self.ngcf = NGCFPropagation(d, [d] * self.n_layers, float(config.ngcf_mess_dropout),
-                                        float(config.ngcf_leaky_slope))
+            self.ngcf = NGCFPropagation(
+                d, [d] * self.n_layers, float(config.ngcf_mess_dropout), float(config.ngcf_leaky_slope)
+            )
             self.ngcf_out = nn.Linear(self.ngcf.out_dim, d)
 
         # --- content modalities (§1.1, §1.2 step 2–3)
@@ -148,8 +149,9 @@ class MARIO(Recommender):
                 fixed = graphs.knn_matrix(m, self.k, weighted=True, normalization="none").tocoo()
                 self.register_buffer(f"fixed_rows_{i}", torch.from_numpy(fixed.row.astype(np.int64)), persistent=False)
                 self.register_buffer(f"fixed_cols_{i}", torch.from_numpy(fixed.col.astype(np.int64)), persistent=False)
-                self.register_buffer(f"fixed_vals_{i}", torch.from_numpy(fixed.data.astype(np.float32)),
-                                     persistent=False)
+                self.register_buffer(
+                    f"fixed_vals_{i}", torch.from_numpy(fixed.data.astype(np.float32)), persistent=False
+                )
         self.fc: nn.Linear | None = nn.Linear(len(self.parts) * d, d) if self.fusion == "fc" else None
         self._graph_cache: list[SparseOperator] | None = None  # Ḡ_m when reused (epoch refresh, or λ = 1)
         self.to(graphs.device)
@@ -158,12 +160,21 @@ class MARIO(Recommender):
     # ------------------------------------------------------------------ config helpers
     @staticmethod
     def _check_choices(config) -> None:
-        for key, allowed in (("backbone", BACKBONES), ("fusion", FUSIONS), ("decode_from", DECODE_FROM),
-                             ("graph_refresh", GRAPH_REFRESH)):
+        for key, allowed in (
+            ("backbone", BACKBONES),
+            ("fusion", FUSIONS),
+            ("decode_from", DECODE_FROM),
+            ("graph_refresh", GRAPH_REFRESH),
+        ):
             if config[key] not in allowed:
                 raise ConfigError(f"MARIO: {key} must be one of {', '.join(allowed)}; got {config[key]!r}")
-        for key, low in (("n_layers", 0), ("n_mm_layers", 0), ("knn_k", 1), ("ranking_block_size", 1),
-                         ("knn_block_size", 1)):
+        for key, low in (
+            ("n_layers", 0),
+            ("n_mm_layers", 0),
+            ("knn_k", 1),
+            ("ranking_block_size", 1),
+            ("knn_block_size", 1),
+        ):
             if int(config[key]) < low:
                 raise ConfigError(f"MARIO: {key} must be an integer >= {low}; got {config[key]!r}")
         if not 0.0 <= float(config.lambda_coeff) <= 1.0:
@@ -178,16 +189,19 @@ class MARIO(Recommender):
         """Active modalities: content modalities in dataset order, then ``interaction`` (§1.6)."""
         content = list(dataset.features)
         if INTERACTION in content:
-            raise ConfigError(f"MARIO: dataset {dataset.name!r} has a content modality named {INTERACTION!r}, "
-                              f"which is reserved for the interaction (CF) modality; rename its feature file")
+            raise ConfigError(
+                f"MARIO: dataset {dataset.name!r} has a content modality named {INTERACTION!r}, "
+                f"which is reserved for the interaction (CF) modality; rename its feature file"
+            )
         available = [*content, INTERACTION]
         if wanted is None:
             return available
         if isinstance(wanted, str):
             wanted = [wanted]
         if not isinstance(wanted, list | tuple) or not all(isinstance(w, str) for w in wanted):
-            raise ConfigError(f"MARIO: modalities must be a list of modality names (from {', '.join(available)}); "
-                              f"got {wanted!r}")
+            raise ConfigError(
+                f"MARIO: modalities must be a list of modality names (from {', '.join(available)}); got {wanted!r}"
+            )
         if len(wanted) == 0:
             raise ConfigError(f"MARIO: modalities must name at least one of {', '.join(available)}; got an empty list")
         unknown = [w for w in wanted if w not in available]
@@ -271,8 +285,10 @@ class MARIO(Recommender):
         users, v_in = self.backbone_forward()
         compressed = self._compressed()
         ops = self._graphs_for(compressed) if compressed else []
-        tables = {m: propagate(op, c, self.n_mm_layers, "last")
-                  for m, op, c in zip(self.content, ops, compressed, strict=True)}
+        tables = {
+            m: propagate(op, c, self.n_mm_layers, "last")
+            for m, op, c in zip(self.content, ops, compressed, strict=True)
+        }
         tables[INTERACTION] = v_in
         items = torch.stack([tables[m] for m in self.parts])
         return MarioRepresentations(users, items, self._fuse(items), compressed)
@@ -353,8 +369,10 @@ class MARIO(Recommender):
 
     # ------------------------------------------------------------------ analyses
     def extra_repr(self) -> str:
-        return (f"users={self.n_users}, items={self.n_items}, parts={self.parts}, backbone={self.backbone}, "
-                f"fusion={self.fusion}")
+        return (
+            f"users={self.n_users}, items={self.n_items}, parts={self.parts}, backbone={self.backbone}, "
+            f"fusion={self.fusion}"
+        )
 
     def item_representation(self) -> torch.Tensor:
         """Attention-free mean of the active modality item embeddings **[choice, §1.7]**."""

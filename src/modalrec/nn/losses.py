@@ -53,8 +53,9 @@ class _EagerBlockSum(torch.autograd.Function):
         with torch.enable_grad():
             shared_leaves = [t.detach().requires_grad_(r) for t, r in zip(shared, need[n_rows:], strict=True)]
             for lo in range(0, n, block_size):
-                row_leaves = [t[lo : lo + block_size].detach().requires_grad_(r)
-                              for t, r in zip(rows, need[:n_rows], strict=True)]
+                row_leaves = [
+                    t[lo : lo + block_size].detach().requires_grad_(r) for t, r in zip(rows, need[:n_rows], strict=True)
+                ]
                 leaves = row_leaves + shared_leaves
                 value = fn(*leaves)
                 wrt = [leaf for leaf, r in zip(leaves, need, strict=True) if r]

@@ -44,8 +44,9 @@ class NGCFPropagation(nn.Module):
     (dimension d·(L+1)). Only the copy that goes into the output is normalised.
     """
 
-    def __init__(self, dim: int, layer_sizes: list[int], message_dropout: list[float] | float = 0.1,
-                 negative_slope: float = 0.01) -> None:
+    def __init__(
+        self, dim: int, layer_sizes: list[int], message_dropout: list[float] | float = 0.1, negative_slope: float = 0.01
+    ) -> None:
         super().__init__()
         sizes = [dim, *layer_sizes]
         drops = message_dropout if isinstance(message_dropout, list) else [message_dropout] * len(layer_sizes)

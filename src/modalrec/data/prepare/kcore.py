@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def kcore_mask(
-    users: np.ndarray, items: np.ndarray, k_user: int, k_item: int | None = None
-) -> tuple[np.ndarray, int]:
+def kcore_mask(users: np.ndarray, items: np.ndarray, k_user: int, k_item: int | None = None) -> tuple[np.ndarray, int]:
     """Mask of the interactions in the maximal k-core, and the number of passes it took.
 
     The maximal k-core is the largest set of users and items in which every user has at

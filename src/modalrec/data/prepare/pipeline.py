@@ -87,8 +87,13 @@ def _progress(enabled: bool):
     )
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
     )
 
 
@@ -251,8 +256,9 @@ def prepare_dataset(
     if images is not None:
         image_files, ambiguous = list_images(images)
         if ambiguous:
-            warnings.append(f"{ambiguous} image files share an item id with another file in {images}; "
-                            "the first by name was used")
+            warnings.append(
+                f"{ambiguous} image files share an item id with another file in {images}; the first by name was used"
+            )
 
     # Load encoders first: a missing package should stop the command before any long read.
     with stage("load_encoders"):
@@ -270,16 +276,19 @@ def prepare_dataset(
     # ------------------------------------------------------------ interactions
     with stage("read_interactions"):
         raw: RawInteractions = read_interactions(reviews, review_format, user_col, item_col, rating_col, time_col)
-    say(f"read {len(raw):,} interactions ({raw.format}) of {len(raw.user_ids):,} users and "
-        f"{len(raw.item_ids):,} items from {reviews}")
+    say(
+        f"read {len(raw):,} interactions ({raw.format}) of {len(raw.user_ids):,} users and "
+        f"{len(raw.item_ids):,} items from {reviews}"
+    )
     counts: dict = {"records": len(raw), "users_raw": len(raw.user_ids), "items_raw": len(raw.item_ids)}
 
     with stage("filter"):
         keep = np.ones(len(raw), dtype=bool)
         if min_rating is not None:
             if raw.ratings is None:
-                raise DataError(reviews, "--min-rating given but the file has no rating column (name it with "
-                                "--rating-col)")
+                raise DataError(
+                    reviews, "--min-rating given but the file has no rating column (name it with --rating-col)"
+                )
             keep = raw.ratings >= min_rating
             counts["below_min_rating"] = int((~keep).sum())
             if not keep.any():
@@ -294,7 +303,8 @@ def prepare_dataset(
         sel = np.sort(idx[order[first]])
         counts["duplicates"] = int(len(idx) - len(sel))
         before = {
-            "users": int(np.unique(raw.users[sel]).size), "items": int(np.unique(raw.items[sel]).size),
+            "users": int(np.unique(raw.users[sel]).size),
+            "items": int(np.unique(raw.items[sel]).size),
             "interactions": int(len(sel)),
         }
         counts["before_kcore"] = before
@@ -303,7 +313,8 @@ def prepare_dataset(
         counts["kcore_passes"] = passes
         if sel.size == 0:
             raise DataError(
-                reviews, f"no interaction is left after the {kcore}-core filter ({before['users']:,} users, "
+                reviews,
+                f"no interaction is left after the {kcore}-core filter ({before['users']:,} users, "
                 f"{before['items']:,} items, {before['interactions']:,} interactions before it); lower --kcore",
             )
         users, user_names = _reindex(raw.users[sel], raw.user_ids)
@@ -317,20 +328,26 @@ def prepare_dataset(
         ratings = ratings[order] if ratings is not None else None
         n_users, n_items = len(user_names), len(item_names)
         counts["removed_by_kcore"] = {
-            "users": before["users"] - n_users, "items": before["items"] - n_items,
+            "users": before["users"] - n_users,
+            "items": before["items"] - n_items,
             "interactions": before["interactions"] - len(users),
         }
     _check_id("user", reviews, user_names.tolist())
     _check_id("item", reviews, item_names.tolist())
-    say(f"{kcore}-core: {n_users:,} users, {n_items:,} items, {len(users):,} interactions "
-        f"({counts['duplicates']:,} repeats removed, {passes} passes)")
+    say(
+        f"{kcore}-core: {n_users:,} users, {n_items:,} items, {len(users):,} interactions "
+        f"({counts['duplicates']:,} repeats removed, {passes} passes)"
+    )
 
     with stage("split"):
         labels = split_labels(split, users, ts, seed, source=reviews)
     per_split = {k: int((labels == v).sum()) for k, v in SPLIT_NAMES.items()}
     counts["final"] = {
-        "users": n_users, "items": n_items, "interactions": int(len(users)),
-        "density": len(users) / (n_users * n_items), "per_split": per_split,
+        "users": n_users,
+        "items": n_items,
+        "interactions": int(len(users)),
+        "density": len(users) / (n_users * n_items),
+        "per_split": per_split,
     }
 
     inputs: dict = {"reviews": _file_info(reviews, raw.format)}
@@ -349,13 +366,18 @@ def prepare_dataset(
         has_record = np.array([n in m.texts for n in item_names.tolist()])
         has_text = np.array([bool(t) for t in item_texts])
         if not has_record.any():
-            raise DataError(meta, f"none of the {n_items:,} items has a record here (do its item ids match the "
-                            f"interactions'? first item: {item_names[0]!r})")
+            raise DataError(
+                meta,
+                f"none of the {n_items:,} items has a record here (do its item ids match the "
+                f"interactions'? first item: {item_names[0]!r})",
+            )
         if not has_text.any():
             raise DataError(meta, f"none of the {n_items:,} items has any text in the fields {m.text_fields}")
         text_report = {
-            "fields": m.text_fields, "composition": "fields joined as sentences ('. '), missing ones skipped",
-            "meta_records": m.records, "meta_duplicates": m.duplicates,
+            "fields": m.text_fields,
+            "composition": "fields joined as sentences ('. '), missing ones skipped",
+            "meta_records": m.records,
+            "meta_duplicates": m.duplicates,
             "items_with_text": int(has_text.sum()),
             "items_without_record": int((~has_record).sum()),
             "items_with_empty_text": int((has_record & ~has_text).sum()),
@@ -372,8 +394,9 @@ def prepare_dataset(
         if text:
             say(f"encoding {int(has_text.sum()):,} item texts")
             with stage("encode_text"):
-                enc = encode_texts(text_encoder, [t for t, h in zip(item_texts, has_text, strict=True) if h],
-                                   batch_size, progress)
+                enc = encode_texts(
+                    text_encoder, [t for t, h in zip(item_texts, has_text, strict=True) if h], batch_size, progress
+                )
                 x = np.zeros((n_items, enc.shape[1]), dtype=np.float32)
                 x[has_text] = enc
                 features["text"] = _mean_fill(x, has_text)
@@ -385,21 +408,31 @@ def prepare_dataset(
     if image_features is not None:
         with stage("read_image_features"):
             x, found, records, dups = read_image_features(image_features, row_of_item, image_feature_dim)
-        inputs["image_features"] = _file_info(image_features, f"amazon-binary (10-byte ASIN + {image_feature_dim} "
-                                              "float32 little-endian)")
+        inputs["image_features"] = _file_info(
+            image_features, f"amazon-binary (10-byte ASIN + {image_feature_dim} float32 little-endian)"
+        )
         if not found.any():
-            raise DataError(image_features, f"none of the {n_items:,} items has a feature here (ASINs must match "
-                            f"the item ids; first item: {item_names[0]!r})")
+            raise DataError(
+                image_features,
+                f"none of the {n_items:,} items has a feature here (ASINs must match "
+                f"the item ids; first item: {item_names[0]!r})",
+            )
         features["image"] = _mean_fill(x, found)
         image_report = {
-            "source": "binary feature file", "dim": image_feature_dim, "records": records,
-            "duplicate_records": dups, "items_with_feature": int(found.sum()),
-            "items_missing": int((~found).sum()), "missing_examples": item_names[~found][:EXAMPLES].tolist(),
+            "source": "binary feature file",
+            "dim": image_feature_dim,
+            "records": records,
+            "duplicate_records": dups,
+            "items_with_feature": int(found.sum()),
+            "items_missing": int((~found).sum()),
+            "missing_examples": item_names[~found][:EXAMPLES].tolist(),
             "fill": "mean of the items with a feature",
         }
         if (~found).any():
-            warnings.append(f"{int((~found).sum()):,} of {n_items:,} items have no image feature in "
-                            f"{image_features.name}; their image feature is the mean of the others")
+            warnings.append(
+                f"{int((~found).sum()):,} of {n_items:,} items have no image feature in "
+                f"{image_features.name}; their image feature is the mean of the others"
+            )
         say(f"image: {int(found.sum()):,} of {n_items:,} items have a feature")
     elif images is not None:
         inputs["images"] = _folder_info(images, image_files)
@@ -413,23 +446,31 @@ def prepare_dataset(
         found = np.zeros(n_items, dtype=bool)
         found[rows[ok_pos]] = True
         if not found.any():
-            raise DataError(images, f"none of the {n_items:,} items has a readable image (files must be named "
-                            f"<item id>.<ext>; first item: {item_names[0]!r}; {len(bad)} unreadable)")
+            raise DataError(
+                images,
+                f"none of the {n_items:,} items has a readable image (files must be named "
+                f"<item id>.<ext>; first item: {item_names[0]!r}; {len(bad)} unreadable)",
+            )
         x = np.zeros((n_items, enc.shape[1]), dtype=np.float32)
         x[found] = enc
         features["image"] = _mean_fill(x, found)
         unreadable = [(item_names[rows[p]], image_files[item_names[rows[p]]].name, why) for p, why in bad]
         image_report = {
-            "source": "image files", "encoder": _describe(image_encoder), "dim": int(enc.shape[1]),
-            "items_with_feature": int(found.sum()), "items_without_file": int((~with_file).sum()),
+            "source": "image files",
+            "encoder": _describe(image_encoder),
+            "dim": int(enc.shape[1]),
+            "items_with_feature": int(found.sum()),
+            "items_without_file": int((~with_file).sum()),
             "missing_examples": item_names[~with_file][:EXAMPLES].tolist(),
             "unreadable": len(bad),
             "unreadable_examples": [{"item": a, "file": f, "error": w} for a, f, w in unreadable[:EXAMPLES]],
             "fill": "mean of the items with a readable image",
         }
         if (~with_file).any():
-            warnings.append(f"{int((~with_file).sum()):,} of {n_items:,} items have no image file in {images}; "
-                            "their image feature is the mean of the others")
+            warnings.append(
+                f"{int((~with_file).sum()):,} of {n_items:,} items have no image file in {images}; "
+                "their image feature is the mean of the others"
+            )
         if bad:
             shown = ", ".join(f for _, f, _ in unreadable[:3]) + (", …" if len(bad) > 3 else "")
             warnings.append(f"{len(bad):,} image files could not be read ({shown}); mean-filled")
@@ -442,13 +483,20 @@ def prepare_dataset(
         "name": name,
         "inputs": inputs,
         "parameters": {
-            "kcore": kcore, "split": split, "seed": seed, "min_rating": min_rating,
-            "format": review_format, "meta_format": meta_format, "columns": raw.columns,
+            "kcore": kcore,
+            "split": split,
+            "seed": seed,
+            "min_rating": min_rating,
+            "format": review_format,
+            "meta_format": meta_format,
+            "columns": raw.columns,
             "implicit": "every kept interaction is a positive; rating is kept as a column only",
             "dedup": "repeated (user, item) pairs keep the earliest",
             "ids": "contiguous from 0 in the sorted order of the original id strings",
-            "text": text if meta is not None else None, "text_model": None if text_model is None else str(text_model),
-            "device": device, "batch_size": batch_size,
+            "text": text if meta is not None else None,
+            "text_model": None if text_model is None else str(text_model),
+            "device": device,
+            "batch_size": batch_size,
         },
         "counts": counts,
         "text": text_report,
@@ -456,15 +504,15 @@ def prepare_dataset(
         "files": [],
         "warnings": warnings,
         "timings_s": timings,
-        "environment": {"python": platform.python_version(), "numpy": np.__version__,
-                        "platform": platform.platform()},
+        "environment": {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         with stage("write"):
-            files = _write_folder(tmp, name, users, items, labels, ts, ratings, features, user_names, item_names,
-                                  item_texts, raw)
+            files = _write_folder(
+                tmp, name, users, items, labels, ts, ratings, features, user_names, item_names, item_texts, raw
+            )
         with stage("validate"):
             ds = load_dataset(tmp)
             if (ds.n_users, ds.n_items) != (n_users, n_items):  # pragma: no cover - a bug, not bad input
@@ -498,8 +546,11 @@ def _write_folder(
 ) -> list[str]:
     files = []
     n = len(users)
-    cols = [[str(v) for v in users.tolist()], [str(v) for v in items.tolist()],
-            _format_numbers(ratings) if ratings is not None else ["1"] * n]
+    cols = [
+        [str(v) for v in users.tolist()],
+        [str(v) for v in items.tolist()],
+        _format_numbers(ratings) if ratings is not None else ["1"] * n,
+    ]
     header = ["userID", "itemID", "rating"]
     if ts is not None:
         cols.append(_format_numbers(ts))
@@ -520,8 +571,9 @@ def _write_folder(
         write_npy(d / f"{m}{FEATURE_SUFFIX}", np.ascontiguousarray(x, dtype=np.float32))
         files.append(f"{m}{FEATURE_SUFFIX}")
     if item_texts is not None:
-        lines = [f"itemID\t{i_src}\ttext"] + [f"{j}\t{s}\t{t}" for j, (s, t) in enumerate(zip(item_names,
-                                                                                         item_texts, strict=True))]
+        lines = [f"itemID\t{i_src}\ttext"] + [
+            f"{j}\t{s}\t{t}" for j, (s, t) in enumerate(zip(item_names, item_texts, strict=True))
+        ]
         write_text(d / ITEM_TEXT, "\n".join(lines) + "\n")
         files.append(ITEM_TEXT)
     return files

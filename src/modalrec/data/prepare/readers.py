@@ -243,8 +243,15 @@ def read_amazon_reviews(path: Path) -> RawInteractions:
     return _finish(path, "amazon-reviews", users, items, ratings, times, uid, iid, cols)
 
 
-def _pick_column(path: Path, header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
-                 option: str, required: bool) -> int | None:
+def _pick_column(
+    path: Path,
+    header: list[str],
+    wanted: str | None,
+    candidates: tuple[str, ...],
+    what: str,
+    option: str,
+    required: bool,
+) -> int | None:
     if wanted is not None:
         if wanted not in header:
             raise DataError(
@@ -404,12 +411,14 @@ def join_parts(parts: list[str]) -> str:
 def amazon_item_text(rec: dict) -> str:
     """title + brand + categories + description of an Amazon 2014/2018 metadata record."""
     cats = rec.get("categories", rec.get("category"))
-    return join_parts([
-        clean_text(rec.get("title")),
-        clean_text(rec.get("brand")),
-        ", ".join(_categories(cats)),
-        clean_text(rec.get("description")),
-    ])
+    return join_parts(
+        [
+            clean_text(rec.get("title")),
+            clean_text(rec.get("brand")),
+            ", ".join(_categories(cats)),
+            clean_text(rec.get("description")),
+        ]
+    )
 
 
 @dataclass
@@ -480,7 +489,8 @@ def read_item_table(
         missing = [c for c in text_cols if c not in header]
         if missing:
             raise DataError(
-                path, f"no column {missing[0]!r} (given by --text-cols) in the header; found: {', '.join(header)}",
+                path,
+                f"no column {missing[0]!r} (given by --text-cols) in the header; found: {', '.join(header)}",
                 line=1,
             )
         cols = [header.index(c) for c in text_cols]
