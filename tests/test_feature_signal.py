@@ -19,8 +19,9 @@ def test_mario_beats_id_only_models_on_synthetic_data(tmp_path, seed):
     ds = synthetic_dataset("default", n_users=600, n_items=800, seed=seed)
     recall = {}
     for name, extra in (("BPR", {"reg_weight": 0.0}), ("LightGCN", {"reg_weight": 0.0}), ("MARIO", {})):
-        _, result = train_run(name, None, dataset=ds, overrides={**COMMON, **extra}, quiet=True,
-                              cache_dir=False, runs_root=tmp_path)
+        _, result = train_run(
+            name, None, dataset=ds, overrides={**COMMON, **extra}, quiet=True, cache_dir=False, runs_root=tmp_path
+        )
         recall[name] = result.test.metrics["recall@20"]
     # Random ranking: about 20 / 800 · (test items per user) ≈ 0.025 recall@20.
     assert recall["BPR"] > 0.05, recall

@@ -134,8 +134,12 @@ def test_bernoulli_kl_primitive():
     # the logit form used in training is the same function, clamping included
     x = torch.tensor([-30.0, -16.2, -3.0, 0.0, 0.5, 2.0, 16.0, 40.0], dtype=torch.float64)
     y = torch.tensor([-1.0, 20.0, -3.0, 4.0, -0.5, 2.5, 17.0, 16.5], dtype=torch.float64)
-    assert torch.allclose(bernoulli_kl_symmetric_logits(x, y),
-                          bernoulli_kl_symmetric(torch.sigmoid(x), torch.sigmoid(y)), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(
+        bernoulli_kl_symmetric_logits(x, y),
+        bernoulli_kl_symmetric(torch.sigmoid(x), torch.sigmoid(y)),
+        rtol=1e-6,
+        atol=1e-9,
+    )
     assert bernoulli_kl_symmetric_logits(x, x).abs().max() == 0
     torch.manual_seed(1)
     u, ip, iq = (torch.randn(n, 6, dtype=torch.float64) for n in (11, 9, 9))
@@ -164,14 +168,17 @@ class MaxNumel(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("n_mod,overrides", [
-    (2, {}),
-    (2, {"cf_model": "mf"}),
-    (2, {"use_knn": False, "content_layers": [1, 0]}),
-    (3, {"content_layers": [2, 3, 1]}),
-    (3, {"content_layers": [1, 2, 2], "cf_model": "mf", "use_knn": False, "n_knn_layers": 2}),
-    (3, {"content_layers": [1, 1, 1], "n_knn_layers": 2, "kl_modality_weights": [0.2, 0.3, 0.5]}),
-])
+@pytest.mark.parametrize(
+    "n_mod,overrides",
+    [
+        (2, {}),
+        (2, {"cf_model": "mf"}),
+        (2, {"use_knn": False, "content_layers": [1, 0]}),
+        (3, {"content_layers": [2, 3, 1]}),
+        (3, {"content_layers": [1, 2, 2], "cf_model": "mf", "use_knn": False, "n_knn_layers": 2}),
+        (3, {"content_layers": [1, 1, 1], "n_knn_layers": 2, "kl_modality_weights": [0.2, 0.3, 0.5]}),
+    ],
+)
 def test_fast_ranking_equals_naive(ds2, ds3, n_mod, overrides):
     ds = ds2 if n_mod == 2 else ds3
     model, _ = make(ds, ranking_block_size=16, **overrides)
@@ -221,6 +228,39 @@ def test_explain_and_item_representation(ds3):
     with torch.no_grad():
         _, item_reps = model.forward_representations()
     assert torch.allclose(rep, torch.stack(item_reps).mean(0), atol=1e-6)
+
+
+def test_loss_composition(ds3):
+    """loss() = γ-weighted per-branch BPR + β·Σ_pairs InfoNCE + λ·symmetric KL, recomputed plainly."""
+    model, config = make(ds3, content_layers=[1, 2, 1], dropout=0.0, beta_cl=0.3, lambda_kl=2.0, gamma_bpr=0.7)
+    randomise(model, seed=5)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    batch = Batch(
+        torch.randint(0, 150, (64,), generator=gen),
+        torch.randint(0, 100, (64,), generator=gen),
+        torch.randint(0, 100, (64,), generator=gen),
+    )
+    with torch.no_grad():
+        got = model.loss(batch)
+        users, items = model.forward_representations()
+        u = [t[batch.users] for t in users]
+        pos = model.pair_forward(u, [t[batch.pos] for t in items])
+        neg = model.pair_forward(u, [t[batch.neg] for t in items])
+        branch = -F.logsigmoid(pos["y"] - neg["y"])
+        omega_bar = (pos["omega"] + neg["omega"]) / 2
+        bpr = (0.7 * (omega_bar * branch).sum(1) + 0.3 * branch[:, 0]).mean()
+        cl = 0.0
+        for a, b in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]:  # every pair of {id, image, text, audio}
+            for table_a, table_b, rows in ((users[a], users[b], batch.users), (items[a], items[b], batch.pos)):
+                logits = F.normalize(table_a[rows], dim=1) @ F.normalize(table_b, dim=1).T / 0.2
+                cl = cl + F.cross_entropy(logits, rows)
+        content = F.normalize(0.1 * items[1] + 0.45 * items[2] + 0.45 * items[3], dim=1)
+        p = torch.sigmoid(users[0][batch.users] @ content.T)
+        q = torch.sigmoid(users[0][batch.users] @ F.normalize(items[0], dim=1).T)
+        kl = bernoulli_kl_symmetric(p, q).mean()
+    assert kl > 0 and cl > 0
+    assert torch.allclose(got, bpr + 0.3 * cl + 2.0 * kl, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------- training

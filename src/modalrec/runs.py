@@ -276,6 +276,14 @@ def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exc
         if expl is not None:
             w = expl.weights[rank - 1].detach().cpu().numpy()
             entry["weights"] = {p: round(float(x), 4) for p, x in zip(expl.parts, w, strict=True)}
+            nested = (expl.extra or {}).get("item_weights")
+            if nested is not None:  # e.g. MeAIM's stage-1 weights: user representation → item representation
+                item_parts = expl.extra.get("item_parts", expl.parts)
+                rows = nested[rank - 1].detach().cpu().numpy()
+                entry["pair_weights"] = {
+                    a: {b: round(float(x), 4) for b, x in zip(item_parts, row, strict=True)}
+                    for a, row in zip(expl.parts, rows, strict=True)
+                }
         out["items"].append(entry)
     return out
 

@@ -88,8 +88,16 @@ class RankCache:
     g2: torch.Tensor  # (A, B, B, I)
 
     def to(self, dtype: torch.dtype) -> RankCache:
-        return RankCache(**{f.name: (getattr(self, f.name).to(dtype) if isinstance(getattr(self, f.name), torch.Tensor)
-                                     else getattr(self, f.name)) for f in fields(self)})
+        return RankCache(
+            **{
+                f.name: (
+                    getattr(self, f.name).to(dtype)
+                    if isinstance(getattr(self, f.name), torch.Tensor)
+                    else getattr(self, f.name)
+                )
+                for f in fields(self)
+            }
+        )
 
 
 @register
@@ -163,7 +171,8 @@ class MeAIM(Recommender):
         self.mix_weights = self._mix_weights(config, n_mod)
         if not 0.0 <= float(config.dropout) < 1.0:
             raise ConfigError(f"MeAIM: dropout must be in [0, 1), got {config.dropout}")
-        if int(config.loss_block_size) < 1 or int(config.ranking_block_size) < 1:
+        rank_block = config.ranking_block_size
+        if int(config.loss_block_size) < 1 or (rank_block is not None and int(rank_block) < 1):
             raise ConfigError("MeAIM: loss_block_size and ranking_block_size must be positive")
 
         self.user_emb = xavier_embedding(self.n_users, d)
@@ -273,8 +282,9 @@ class MeAIM(Recommender):
         users, items = self.forward_representations()
         n = batch.users.shape[0]
         u = [t[batch.users] for t in users]
-        pairs = self.pair_forward([torch.cat([t, t]) for t in u],
-                                  [torch.cat([t[batch.pos], t[batch.neg]]) for t in items])
+        pairs = self.pair_forward(
+            [torch.cat([t, t]) for t in u], [torch.cat([t[batch.pos], t[batch.neg]]) for t in items]
+        )
         y_pos, y_neg = pairs["y"][:n], pairs["y"][n:]
         omega_bar = (pairs["omega"][:n] + pairs["omega"][n:]) / 2
         branch = -F.logsigmoid(y_pos - y_neg)  # (n, A), ℓ_a
@@ -298,8 +308,9 @@ class MeAIM(Recommender):
     def kl_loss(self, users: list[torch.Tensor], items: list[torch.Tensor], batch: Batch) -> torch.Tensor:
         """Symmetric Bernoulli KL between content- and ID-based preference distributions."""
         content = F.normalize(sum(w * z for w, z in zip(self.mix_weights, items[1:], strict=True)), dim=1)
-        return dot_bernoulli_kl_full(users[0][batch.users], content, F.normalize(items[0], dim=1),
-                                     int(self.config.loss_block_size))
+        return dot_bernoulli_kl_full(
+            users[0][batch.users], content, F.normalize(items[0], dim=1), int(self.config.loss_block_size)
+        )
 
     # ------------------------------------------------------------------ ranking (§2.7)
     def compute_representations(self) -> RankCache:
@@ -333,25 +344,42 @@ class MeAIM(Recommender):
             k2.append(-2.0 * scale * float(c_delta.detach()))
             q2.append(scale * (it @ q))  # (B, I)
             g2.append(scale * c_delta * gram)
-        return RankCache(u, it, it.reshape(-1, it.shape[-1]), torch.stack(u1), torch.stack(i1), k1, torch.stack(u2), k2,
-                         torch.stack(q2), torch.stack(g2))
+        return RankCache(
+            u,
+            it,
+            it.reshape(-1, it.shape[-1]),
+            torch.stack(u1),
+            torch.stack(i1),
+            k1,
+            torch.stack(u2),
+            k2,
+            torch.stack(q2),
+            torch.stack(g2),
+        )
 
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Exact ŷ of the given users on all items via the affine head forms (§2.7).
 
-        Per block of ``ranking_block_size`` users: one GEMM gives all (M+1)² score
+        Per block of :meth:`ranking_block_size` users: one GEMM gives all (M+1)² score
         matrices s_ab = u^a·i^b; every head pre-activation is then a per-user scalar plus a
         per-item scalar plus a multiple of s_ab (stage 1), or of y_a, the item Gram
         i^b·i^b' and q·i^b combined with the stage-1 weights (stage 2, since
         ‖ĩ_a‖² = Σ_bb' w_ab w_ab' i^b·i^b'). Only (block × items) arrays are formed.
         """
-        step = int(self.config.ranking_block_size)
         with torch.no_grad():
             c = self.representations()
+            step = self.ranking_block_size(c.users.device)
             out = torch.empty(users.shape[0], self.n_items, dtype=c.users.dtype, device=c.users.device)
             for lo in range(0, users.shape[0], step):
                 out[lo : lo + step] = self._fast_block(c, users[lo : lo + step])
         return out
+
+    def ranking_block_size(self, device: torch.device) -> int:
+        """Users per element-wise block: ``ranking_block_size``, or when null 1024 on a GPU
+        and 32 per CPU thread (blocks whose (M+1)² score matrices stay cache-sized)."""
+        if self.config.ranking_block_size is not None:
+            return int(self.config.ranking_block_size)
+        return 1024 if device.type == "cuda" else 32 * max(1, torch.get_num_threads())
 
     @staticmethod
     def _fast_block(c: RankCache, idx: torch.Tensor) -> torch.Tensor:
@@ -422,5 +450,9 @@ class MeAIM(Recommender):
             c = self.representations()
             out = self.pair_forward(list(c.users[:, users]), list(c.items[:, items]))
         self.train(was_training)
-        return Explanation(kind="meta-weights", parts=list(self.parts), weights=out["omega"],
-                           extra={"item_weights": out["w"], "item_parts": list(self.parts)})
+        return Explanation(
+            kind="meta-weights",
+            parts=list(self.parts),
+            weights=out["omega"],
+            extra={"item_weights": out["w"], "item_parts": list(self.parts)},
+        )

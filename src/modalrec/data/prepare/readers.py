@@ -47,15 +47,19 @@ TEXT_COLUMNS = ("title", "name", "brand", "categories", "category", "description
 
 
 # ====================================================================== files
-def open_text(path: Path) -> IO[str]:
-    """Open a (possibly gzipped) UTF-8 text file."""
+def is_gzipped(path: Path, expected: str = "a file") -> bool:
+    """Whether an existing regular file starts with the gzip magic bytes (errors name the file)."""
     if not path.exists():
         raise DataError(path, "no such file")
     if path.is_dir():
-        raise DataError(path, "is a directory; expected a file")
+        raise DataError(path, f"is a directory; expected {expected}")
     with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a (possibly gzipped) UTF-8 text file."""
+    if is_gzipped(path):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
 
@@ -549,13 +553,7 @@ def read_image_features(
     out = np.zeros((len(wanted), dim), dtype=np.float32)
     found = np.zeros(len(wanted), dtype=bool)
     records = dups = 0
-    if not path.exists():
-        raise DataError(path, "no such file")
-    if path.is_dir():
-        raise DataError(path, "is a directory; expected the binary image-feature file")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    opener = gzip.open if magic == b"\x1f\x8b" else open
+    opener = gzip.open if is_gzipped(path, "the binary image-feature file") else open
     try:
         with opener(path, "rb") as fh:
             while True:
