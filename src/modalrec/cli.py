@@ -240,7 +240,8 @@ def recommend_cmd(
     """Top-k recommendations of one user as JSON on stdout."""
     from modalrec.runs import load_run, recommend
 
-    print(json.dumps(recommend(load_run(run, device), user, k, explain, not include_seen), indent=2, ensure_ascii=False))
+    result = recommend(load_run(run, device), user, k, explain, not include_seen)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 @app.command("demo")

@@ -298,6 +298,16 @@ def _iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise DataError(path, f"cannot read ({exc}); truncated or corrupt gzip file?", line=n + 1) from None
 
 
+def _table_with_header(path: Path):
+    """(iterator over the remaining rows, stripped header fields) of a CSV/TSV table."""
+    rows = _iter_table(path)
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise DataError(path, "empty file") from None
+    return rows, [h.strip() for h in header]
+
+
 def read_interaction_table(
     path: Path,
     user_col: str | None = None,
@@ -306,12 +316,7 @@ def read_interaction_table(
     time_col: str | None = None,
 ) -> RawInteractions:
     """A CSV/TSV with a header. Rating and time columns are optional unless named."""
-    rows = _iter_table(path)
-    try:
-        _, header = next(rows)
-    except StopIteration:
-        raise DataError(path, "empty file") from None
-    header = [h.strip() for h in header]
+    rows, header = _table_with_header(path)
     cu = _pick_column(path, header, user_col, USER_COLUMNS, "user", "--user-col", True)
     ci = _pick_column(path, header, item_col, ITEM_COLUMNS, "item", "--item-col", True)
     cr = _pick_column(path, header, rating_col, RATING_COLUMNS, "rating", "--rating-col", False)
@@ -481,12 +486,7 @@ def read_item_table(
 ) -> ItemMeta:
     """CSV/TSV item table: the id column and the text columns (default: title, name, brand,
     categories, category, description as present; if none is, every other column)."""
-    rows = _iter_table(path)
-    try:
-        _, header = next(rows)
-    except StopIteration:
-        raise DataError(path, "empty file") from None
-    header = [h.strip() for h in header]
+    rows, header = _table_with_header(path)
     candidates = ((item_col,) if item_col else ()) + ITEM_COLUMNS
     ci = _pick_column(path, header, None, candidates, "item id", "--item-col", True)
     if text_cols:
