@@ -72,8 +72,9 @@ def test_registered_and_configured():
 
 
 def test_config_errors(ds2, ds3):
-    with pytest.raises(ConfigError, match="content_layers has 2 entries.*3 content modalities"):
-        make(ds3)
+    with pytest.raises(ConfigError, match="content_layers has 4 entries.*3 content modalities"):
+        make(ds3, content_layers=[1, 2, 3, 4])
+    assert make(ds3)[0].content_layers == [2, 3, 3]  # the paper's [2, 3] extended by its last entry
     with pytest.raises(ConfigError, match="kl_modality_weights"):
         make(ds2, kl_modality_weights=[1.0])
     one = ds2.select_modalities(["image"])

@@ -40,8 +40,17 @@ def list_models() -> list[type[Recommender]]:
     return sorted(MODEL_REGISTRY.values(), key=lambda c: c.name.lower())
 
 
-# Importing the model modules registers them.
-from modalrec.models import bpr, lightgcn, mario, meaim, ngcf  # noqa: E402,F401
+def _import_model_modules() -> None:
+    """Import every module of this package (one model per file); importing registers the model."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_model_modules()
 
 __all__ = [
     "MODEL_REGISTRY",

@@ -207,12 +207,15 @@ class MeAIM(Recommender):
             counts = [value] * n_mod
         else:
             counts = list(value)
-            if len(counts) != n_mod:
+            if len(counts) > n_mod or not counts:
                 raise ConfigError(
                     f"MeAIM: content_layers has {len(counts)} entries {counts} but the dataset has {n_mod} "
                     f"content modalities ({', '.join(self.modalities)}); give one layer count per modality, "
                     f"in that order (e.g. content_layers=[{', '.join(['2'] * n_mod)}])"
                 )
+            # a list written for image + text still serves a dataset with more modalities: the extra
+            # ones take the last entry (so the paper's [2, 3] gives image 2, text 3, audio 3)
+            counts = counts + [counts[-1]] * (n_mod - len(counts))
         if any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in counts):
             raise ConfigError(f"MeAIM: content_layers must be non-negative integers, got {counts}")
         return counts
