@@ -343,3 +343,44 @@ def test_graph_store_operators(syn_dataset):
     # row-normalised weighted kNN graph of positive rows sums to 1 per row (sims to self are 1 > 0)
     out = (knn @ x).squeeze(1)
     assert torch.isfinite(out).all()
+
+
+def test_degree_sensitive_pruning_keeps_the_right_count_and_prefers_low_degree_edges():
+    import scipy.sparse as sp
+
+    from modalrec.graphs import degree_sensitive_edge_probs, pruned_sym_norm_adjacency, sample_edges_without_replacement
+
+    rng = np.random.default_rng(0)
+    # user 0 interacts with every item (a hub); users 1..29 with two items each
+    rows = [(0, j) for j in range(20)] + [(u, int(j)) for u in range(1, 30) for j in rng.choice(20, 2, replace=False)]
+    r = sp.csr_matrix((np.ones(len(rows)), tuple(np.array(rows).T)), shape=(30, 20))
+    users, items, probs = degree_sensitive_edge_probs(r)
+    assert np.allclose(probs, 1 / np.sqrt(np.asarray(r.sum(1)).ravel()[users] * np.asarray(r.sum(0)).ravel()[items]))
+    gen = torch.Generator().manual_seed(0)
+    hub_kept = other_kept = 0
+    for _ in range(200):
+        keep = sample_edges_without_replacement(probs, len(users) // 2, gen).numpy()
+        assert len(np.unique(keep)) == len(users) // 2  # without replacement
+        hub_kept += (users[keep] == 0).mean()
+        other_kept += (users[keep] != 0).mean()
+    assert hub_kept / 200 < (users == 0).mean() < other_kept / 200  # the hub's edges are dropped more often
+    adj = pruned_sym_norm_adjacency(r, 0.3, torch.Generator().manual_seed(1))
+    assert adj.nnz == 2 * int(np.floor(r.nnz * 0.7))
+    deg = np.diff(adj.indptr)  # degrees on the kept graph: entries are 1/sqrt(deg_u deg_i)
+    coo = adj.tocoo()
+    assert np.allclose(coo.data, 1 / np.sqrt(deg[coo.row] * deg[coo.col]), rtol=1e-5)
+
+
+def test_exponential_race_matches_multinomial_without_replacement():
+    from modalrec.graphs import sample_edges_without_replacement
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    gen = torch.Generator().manual_seed(3)
+    first = np.zeros(4)
+    n = 20000
+    picks = torch.stack([sample_edges_without_replacement(probs, 2, gen) for _ in range(n)])
+    for i in range(4):
+        first[i] = (picks == i).any(1).float().mean()
+    ref = torch.multinomial(probs.repeat(n, 1), 2, replacement=False, generator=torch.Generator().manual_seed(4))
+    expected = np.array([(ref == i).any(1).float().mean() for i in range(4)])
+    assert np.allclose(first, expected, atol=0.015), (first, expected)

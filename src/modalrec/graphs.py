@@ -240,6 +240,62 @@ def _csr_tensor(m: sp.csr_matrix, device: torch.device | str) -> torch.Tensor:
 
 
 # ====================================================================== cache
+# ====================================================================== edge dropout / pruning
+def degree_sensitive_edge_probs(interactions: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training edges (users, items) and π_ui = 1/sqrt(deg_u · deg_i) on the full graph (baselines.md §2.5)."""
+    r = sp.coo_matrix(interactions)
+    du = np.asarray(interactions.sum(axis=1)).ravel()
+    di = np.asarray(interactions.sum(axis=0)).ravel()
+    probs = 1.0 / np.sqrt(du[r.row] * di[r.col])
+    return r.row.astype(np.int64), r.col.astype(np.int64), probs
+
+
+def sample_edges_without_replacement(
+    probs: np.ndarray | torch.Tensor, n_keep: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Indices of ``n_keep`` edges drawn without replacement with probability ∝ ``probs``.
+
+    Same distribution as ``torch.multinomial(probs, n_keep, replacement=False)`` (successive
+    draws ∝ the remaining weights), by the exponential-race identity: the ``n_keep`` smallest
+    of E_e / π_e with E_e ~ Exp(1) — one pass and a top-k instead of sequential draws.
+    """
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    keys = torch.empty_like(p).exponential_(generator=generator) / p
+    return torch.topk(keys, n_keep, largest=False, sorted=False).indices.sort().values
+
+
+def pruned_sym_norm_adjacency(
+    interactions: sp.spmatrix,
+    drop_ratio: float,
+    generator: torch.Generator | None = None,
+    edge_probs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> sp.csr_matrix:
+    """Degree-sensitive edge pruning (baselines.md §2.5; LayerGCN, FREEDOM).
+
+    Keep m = floor(|E|·(1 − ρ)) training edges sampled without replacement ∝ π_ui, then build
+    Â = D^{-1/2} A D^{-1/2} from the kept edges with degrees recomputed on the kept graph.
+    ``edge_probs`` is :func:`degree_sensitive_edge_probs` of ``interactions`` (pass it to skip
+    recomputing it every epoch).
+    """
+    users, items, probs = edge_probs if edge_probs is not None else degree_sensitive_edge_probs(interactions)
+    n_keep = int(np.floor(len(users) * (1.0 - drop_ratio)))
+    keep = sample_edges_without_replacement(probs, n_keep, generator).numpy()
+    kept = sp.csr_matrix(
+        (np.ones(n_keep, dtype=np.float32), (users[keep], items[keep])), shape=interactions.shape
+    )
+    return sym_norm_adjacency(kept)
+
+
+def random_edge_dropout(
+    interactions: sp.spmatrix, drop_ratio: float, generator: torch.Generator | None = None
+) -> sp.csr_matrix:
+    """The training interactions with a uniformly random ``drop_ratio`` share of edges removed."""
+    r = sp.coo_matrix(interactions)
+    n_keep = int(np.floor(r.nnz * (1.0 - drop_ratio)))
+    keep = torch.randperm(r.nnz, generator=generator)[:n_keep].sort().values.numpy()
+    return sp.csr_matrix((r.data[keep], (r.row[keep], r.col[keep])), shape=r.shape)
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("MODALREC_CACHE")
     if env:
