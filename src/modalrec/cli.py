@@ -244,6 +244,19 @@ def recommend_cmd(
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    run: Path,
+    host: Annotated[str, typer.Option(help="Interface to bind (default: local only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+) -> None:
+    """Serve a trained run: JSON API (/docs) and a web page at / (refuses to start on a bad run)."""
+    from modalrec.serve import serve
+
+    serve(run, host, port)
+
+
 @app.command("demo")
 @handle_errors
 def demo_cmd(
@@ -350,6 +363,186 @@ def data_prepare(
     )
     for w in res.report["warnings"]:
         err_console.print(f"warning: {w}", highlight=False, soft_wrap=True, markup=False)
+
+
+# ---------------------------------------------------------------------- experiments and analyses (issue #8)
+analyze_app = typer.Typer(no_args_is_help=True, help="The papers' analyses: preservation, modalities, t-SNE.")
+app.add_typer(analyze_app, name="analyze")
+
+
+def _experiment_overrides(set_: list[str] | None, epochs: int | None) -> dict:
+    from modalrec.config import parse_overrides
+
+    overrides = parse_overrides(set_)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    return overrides
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        return [int(s) for s in _split_list(value) or []]
+    except ValueError:
+        raise ModalrecError(f"--seeds {value!r}: give integers like 1,2,3") from None
+
+
+def _list_files(files: list[Path]) -> None:
+    figures = [f for f in files if f.suffix == ".png"]
+    others = [f for f in files if f.suffix != ".png"]
+    c = Console(highlight=False, soft_wrap=True)
+    c.print("files:\n" + "\n".join(f"  {f}" for f in others), markup=False)
+    if figures:
+        c.print("figures:\n" + "\n".join(f"  {f}" for f in figures), markup=False)
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+@app.command("benchmark")
+@handle_errors
+def benchmark_cmd(
+    models: Annotated[str, typer.Option(help="Comma-separated model names, e.g. BPR,LightGCN,MARIO.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; mean ± std over them.")] = "999",
+    grid: Annotated[bool, typer.Option("--grid", help="Search each model's search_space, select on valid.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default reports/benchmark-<dataset>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every model, key=value.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs for every model.")] = None,
+    target: Annotated[str | None, typer.Option(help="Row of Improv. % and t-tests (default: best).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
+    from modalrec.experiments.benchmark import run_benchmark
+
+    report = run_benchmark(
+        _split_list(models) or [],
+        data,
+        _seeds(seeds),
+        grid,
+        out,
+        _experiment_overrides(set_, epochs),
+        target,
+        device=device,
+        log=_echo,
+    )
+    print(report.table.to_markdown())
+    print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
+    _list_files(report.files)
+
+
+@app.command("ablate")
+@handle_errors
+def ablate_cmd(
+    model: Annotated[str, typer.Argument(help="MARIO or MeAIM.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "999",
+    out: Annotated[Path | None, typer.Option(help="Report folder (default reports/ablate-<dataset>-<model>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every variant, key=value.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """The paper's ablations of MARIO or MeAIM in one table."""
+    from modalrec.experiments.ablate import run_ablation
+
+    report = run_ablation(
+        model, data, _seeds(seeds), out, _experiment_overrides(set_, epochs), device=device, log=_echo
+    )
+    print(report.table.to_markdown())
+    print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
+    _list_files(report.files)
+
+
+@app.command("sweep")
+@handle_errors
+def sweep_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    param: Annotated[str, typer.Option(help="name=v1,v2,... (values are YAML; lists in brackets).")],
+    param2: Annotated[str | None, typer.Option(help="Second parameter: a heat map instead of lines.")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "999",
+    out: Annotated[Path | None, typer.Option(help="Report folder (default reports/sweep-<dataset>-...).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed override, key=value.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """One- or two-parameter sensitivity of Recall/NDCG@10/@20 (line plots or heat maps)."""
+    from modalrec.experiments.sweep import run_sweep
+
+    report = run_sweep(
+        model,
+        data,
+        [param] + ([param2] if param2 else []),
+        _seeds(seeds),
+        out,
+        _experiment_overrides(set_, epochs),
+        device=device,
+        log=_echo,
+    )
+    print((report.folder / "sweep.md").read_text())
+    print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
+    _list_files(report.files)
+
+
+@analyze_app.command("preservation")
+@handle_errors
+def analyze_preservation_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    min_degree: Annotated[
+        float | None, typer.Option(help="High-degree items: training degree above this (default: 90th pct).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default <first run>/analysis).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder, if it moved since training.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """MARIO Table 6 / Fig. 3: mean |f-sim − p-sim| per modality, and its density."""
+    from modalrec.analysis.preservation import analyze_preservation
+
+    _, files = analyze_preservation(runs, min_degree, out, data, device, log=_echo)
+    print(next(f for f in files if f.name.startswith("preservation") and f.suffix == ".md").read_text())
+    _list_files(files)
+
+
+@analyze_app.command("modalities")
+@handle_errors
+def analyze_modalities_cmd(
+    directory: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    run: Annotated[Path | None, typer.Option(help="Trained run: adds its interaction modality.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default <run>/analysis or reports/).")] = None,
+    max_items: Annotated[int, typer.Option(help="Random item sample above this many items.")] = 4000,
+    heatmap_items: Annotated[int, typer.Option(help="Items in the heat maps.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the item samples.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """MARIO's motivation analysis: correlation of modality similarities, heat maps (Fig. 2)."""
+    from modalrec.analysis.modalities import analyze_modalities
+
+    if max_items < 2 or heatmap_items < 2:
+        raise ModalrecError("--max-items and --heatmap-items must be at least 2")
+    _, files = analyze_modalities(directory, run, out, max_items, heatmap_items, seed, device, log=_echo)
+    print(next(f for f in files if f.suffix == ".md").read_text())
+    _list_files(files)
+
+
+@analyze_app.command("tsne")
+@handle_errors
+def analyze_tsne_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (shown side by side).")],
+    modality: Annotated[str, typer.Option(help="Representation: a content modality, or interaction/id.")] = "text",
+    users: Annotated[int, typer.Option(help="Random users.")] = 500,
+    items: Annotated[int, typer.Option(help="Random items.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the samples and of t-SNE.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default <first run>/analysis).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder, if it moved since training.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """MeAIM Figs. 5–6: t-SNE of users' and items' representations with the KDE of their angles."""
+    from modalrec.analysis.tsne import analyze_tsne
+
+    if users < 5 or items < 5:
+        raise ModalrecError("--users and --items must be at least 5")
+    _, files = analyze_tsne(runs, modality, users, items, seed, out, data, device, log=_echo)
+    _list_files(files)
 
 
 def main() -> None:

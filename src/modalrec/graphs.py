@@ -280,9 +280,7 @@ def pruned_sym_norm_adjacency(
     users, items, probs = edge_probs if edge_probs is not None else degree_sensitive_edge_probs(interactions)
     n_keep = int(np.floor(len(users) * (1.0 - drop_ratio)))
     keep = sample_edges_without_replacement(probs, n_keep, generator).numpy()
-    kept = sp.csr_matrix(
-        (np.ones(n_keep, dtype=np.float32), (users[keep], items[keep])), shape=interactions.shape
-    )
+    kept = sp.csr_matrix((np.ones(n_keep, dtype=np.float32), (users[keep], items[keep])), shape=interactions.shape)
     return sym_norm_adjacency(kept)
 
 
@@ -394,3 +392,125 @@ class GraphStore:
         """kNN item graph of a modality's raw features (I × I), normalised."""
         name = f"knn:{modality}:{k}:{weighted}:{normalization}"
         return self._op(name, lambda: self.knn_matrix(modality, k, weighted, normalization), symmetric=False)
+
+
+# ====================================================================== edge lists (MMGCN, GRCN)
+def bipartite_edge_list(interactions: sp.spmatrix) -> tuple[torch.Tensor, torch.Tensor]:
+    """(src, dst) of the directed user–item edge list with every training pair in both directions.
+
+    Node ids as in :func:`bipartite_adjacency` (item j is node U + j); the first |E| edges go
+    user → item, the next |E| item → user (baselines.md §2.1 "edge list", 2|E| edges).
+    """
+    r = sp.coo_matrix(interactions)
+    users = torch.from_numpy(r.row.astype(np.int64))
+    items = torch.from_numpy(r.col.astype(np.int64)) + interactions.shape[0]
+    return torch.cat([users, items]), torch.cat([items, users])
+
+
+# ====================================================================== learned kNN graphs (LATTICE)
+def learned_knn_coo(
+    features: torch.Tensor, k: int, block_size: int = 1024, stable_ties: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """COO triples (rows, cols, sims) of the directed top-k cosine graph of ``features``, differentiable.
+
+    The neighbour sets come from :func:`knn_topk` in row blocks under ``no_grad`` (never an
+    I × I matrix); the kept similarities are then recomputed from ``features`` with autograd,
+    so gradients reach ``features`` through the kept values exactly as through
+    ``topk(dense_cos_sim)`` would (LATTICE's learned graph, baselines.md §10). Values are
+    not normalised (see :func:`normalize_sparse_rows`).
+    """
+    with torch.no_grad():
+        idx, _ = knn_topk(features.detach(), k, block_size=block_size, stable_ties=stable_ties)
+    n, kk = idx.shape
+    rows = torch.arange(n, device=idx.device).repeat_interleave(kk)
+    cols = idx.reshape(-1)
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    sims = (x.index_select(0, rows) * x.index_select(0, cols)).sum(dim=1)
+    return rows, cols, sims
+
+
+# ====================================================================== cross-modal denoised kNN (DA-MRS)
+def cross_modal_denoised_knn(
+    features: list[torch.Tensor] | list[np.ndarray], k: int, block_size: int = 1024
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """DA-MRS's denoised binary kNN item graphs, one per modality (baselines.md §15, "Graphs" 1).
+
+    With S_m the cosine similarities of modality m and μ_m the mean of ALL entries of S_m
+    (diagonal included; computed exactly as ‖Σ_i x̂_i‖² / n² without an n×n matrix), an
+    entry (i, j) survives when S_m[i, j] ≥ μ_m in EVERY modality. Item i keeps
+    k_i = min(c_i, k) neighbours per modality, c_i = its number of surviving entries, chosen
+    as the top-k_i surviving entries of that modality's row (ties: lowest item id). Edges are
+    binary, normalised 1/sqrt(r_i · r_j) with r the row counts. Row blocks of ``block_size``:
+    memory O(block × n). Returns COO triples (rows, cols, values) per modality, in input order.
+    """
+    xs = [torch.nn.functional.normalize(torch.as_tensor(f).float(), dim=1) for f in features]
+    n = xs[0].shape[0]
+    means = [float(x.sum(0) @ x.sum(0)) / float(n) ** 2 for x in xs]
+    kk = min(k, n)
+    rows_m: list[list[torch.Tensor]] = [[] for _ in xs]
+    cols_m: list[list[torch.Tensor]] = [[] for _ in xs]
+    for start in range(0, n, block_size):
+        sims = [x[start : start + block_size] @ x.T for x in xs]
+        keep = torch.ones_like(sims[0], dtype=torch.bool)
+        for s, mu in zip(sims, means, strict=True):
+            keep &= s >= mu
+        k_i = keep.sum(1).clamp(max=kk)
+        valid = torch.arange(kk, device=k_i.device).unsqueeze(0) < k_i.unsqueeze(1)
+        row_ids = torch.arange(start, start + sims[0].shape[0], device=k_i.device).unsqueeze(1).expand(-1, kk)
+        for m, s in enumerate(sims):
+            masked = s.masked_fill(~keep, float("-inf"))
+            idx = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :kk]
+            rows_m[m].append(row_ids[valid])
+            cols_m[m].append(idx[valid])
+    out = []
+    for rs, cs in zip(rows_m, cols_m, strict=True):
+        rows, cols = torch.cat(rs), torch.cat(cs)
+        vals = normalize_sparse_rows(rows, cols, torch.ones(rows.shape[0], device=rows.device), n, "sym")
+        out.append((rows, cols, vals))
+    return out
+
+
+def co_interaction_graph(interactions: sp.spmatrix, k: int = 2, min_count: int = 2) -> sp.csr_matrix:
+    """DA-MRS's item–item behaviour graph (baselines.md §15, "Graphs" 2), binary and normalised.
+
+    c_ij = number of users who interacted with both i and j (i ≠ j); pairs with
+    c_ij ≥ ``min_count`` are candidates; each item keeps its top-``k`` partners by c_ij (ties:
+    lowest item id); a self-loop is added to every item; counts are then discarded and the
+    edges normalised 1/sqrt(r_i · r_j) with r the row counts (self-loop included).
+    """
+    r = sp.csr_matrix(interactions, dtype=np.float32)
+    r.data[:] = 1.0
+    n = r.shape[1]
+    c = (r.T @ r).tocoo()
+    sel = (c.row != c.col) & (c.data >= min_count)
+    row, col, cnt = c.row[sel], c.col[sel], c.data[sel]
+    order = np.lexsort((col, -cnt, row))
+    row, col = row[order], col[order]
+    starts = np.searchsorted(row, np.arange(n))
+    rank = np.arange(row.size) - starts[row]
+    keep = rank < k
+    rows = np.concatenate([row[keep], np.arange(n)]).astype(np.int64)
+    cols = np.concatenate([col[keep], np.arange(n)]).astype(np.int64)
+    vals = normalize_sparse_rows(torch.from_numpy(rows), torch.from_numpy(cols), torch.ones(rows.size), n, "sym")
+    g = sp.csr_matrix((vals.numpy(), (rows, cols)), shape=(n, n), dtype=np.float32)
+    g.sort_indices()
+    return g
+
+
+# ====================================================================== left-normalised R (MMSSL)
+def left_norm_bipartite_operators(
+    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, eps: float = 1e-8
+) -> tuple[SparseOperator, SparseOperator]:
+    """(D_u^{-1/2} R, D_i^{-1/2} Rᵀ) of the binary interactions given as (user, item) pairs.
+
+    MMSSL's "mean_flag" normalisation (baselines.md §2.1 ``R_left``): only the row side is
+    degree-scaled, deg + ``eps``; duplicate pairs count once. Built on the pairs' device.
+    Returns operators of shapes (n_users × n_items) and (n_items × n_users).
+    """
+    key = torch.unique(users.long() * n_items + items.long())
+    u, i = key // n_items, key % n_items
+    du = torch.bincount(u, minlength=n_users).to(torch.float32) + eps
+    di = torch.bincount(i, minlength=n_items).to(torch.float32) + eps
+    ui = SparseOperator.from_coo(u, i, du.pow(-0.5)[u], (n_users, n_items))
+    iu = SparseOperator.from_coo(i, u, di.pow(-0.5)[i], (n_items, n_users))
+    return ui, iu

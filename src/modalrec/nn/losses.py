@@ -162,3 +162,168 @@ def dot_bernoulli_kl_full(
 
     n = anchors.shape[0] * table_p.shape[0]
     return blocked_row_sum(block, [anchors], [table_p, table_q], block_size) / max(1, n)
+
+
+# ====================================================================== GRACE InfoNCE (MMSSL)
+def grace_info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, block_size: int = 1024) -> torch.Tensor:
+    """GRACE-style InfoNCE with intra-view negatives (MMSSL, baselines.md §13), mean over anchors.
+
+    For aligned rows n of z1, z2 and cosine c:
+    −log( e^{c(z1n,z2n)/τ} / (Σ_j e^{c(z1n,z1j)/τ} + Σ_j e^{c(z1n,z2j)/τ} − e^{c(z1n,z1n)/τ}) ),
+    j over all rows (the batch). Computed ``block_size`` anchors at a time. All-zero rows
+    have cosine 0 with everything (F.normalize), so an all-zero z1 gives the constant
+    log(2n − 1).
+    """
+    n = z1.shape[0]
+    a = F.normalize(z1, dim=1) / tau
+    t1 = F.normalize(z1, dim=1)
+    t2 = F.normalize(z2, dim=1)
+
+    def block(ab: torch.Tensor, idx: torch.Tensor, t1_: torch.Tensor, t2_: torch.Tensor) -> torch.Tensor:
+        refl = torch.exp(ab @ t1_.T)
+        betw = torch.exp(ab @ t2_.T)
+        col = idx.unsqueeze(1)
+        pos = betw.gather(1, col).squeeze(1)
+        own = refl.gather(1, col).squeeze(1)
+        return -torch.log(pos / (refl.sum(1) + betw.sum(1) - own)).sum()
+
+    index = torch.arange(n, device=z1.device)
+    return blocked_row_sum(block, [a, index], [t1, t2], block_size) / max(1, n)
+
+
+# ====================================================================== neighbour discrimination (DA-MRS)
+def neighbour_discrimination_nce(
+    anchors: list[torch.Tensor],
+    tables: list[torch.Tensor],
+    tau: float = 0.2,
+    n_pos: int = 10,
+    block_size: int = 512,
+    eps: float = 1e-9,
+) -> torch.Tensor:
+    """DA-MRS's multi-positive "neighbour discrimination" loss over V views (baselines.md §15, loss 3).
+
+    ``anchors[m]`` (rows × d) and ``tables[m]`` (n × d) are the L2-normalised embeddings of
+    view m for the anchor items and for all items. Per view, Q_m = softmax_row(z_m Z_mᵀ)
+    (no temperature; no gradient). For target view m, M = Σ_a Q_a + Q_m (= Q_a + Q_b + 2Q_m
+    for three views); Pos_mm = top-``n_pos`` of M; Pos_s = top-``n_pos`` of Q_m after zeroing
+    the Pos_mm entries. With e_j = exp(z_m·Z_mj/τ), tot = Σ_j e_j, mm = Σ_{Pos_mm} e_j,
+    sg = Σ_{Pos_s} e_j: ℓ_m = −log(mm/tot + eps) − log(sg/(tot − mm) + eps). Returns the
+    mean over anchors and views. Anchors are processed ``block_size`` at a time (memory
+    O(block × n × V)); pseudo-label indices carry no gradient, the scores do.
+    """
+    v = len(anchors)
+    n_rows = anchors[0].shape[0]
+    k = min(n_pos, tables[0].shape[0])
+    total = _NeighbourNCE.apply(float(tau), k, int(block_size), float(eps), v, *anchors, *tables)
+    return total / max(1, n_rows * v)
+
+
+class _NeighbourNCE(torch.autograd.Function):
+    """Σ over anchors and views of the neighbour-discrimination terms, gradients in closed form.
+
+    Per block of anchors and view: s = z Zᵀ, e = exp(s/τ); with a = mm/tot, b = sg/(tot − mm),
+    ℓ = −log(a + ε) − log(b + ε) and ∂ℓ/∂s_j = (e_j/τ)(∂ℓ/∂tot + 1[j∈Pos_mm] ∂ℓ/∂mm
+    + 1[j∈Pos_s] ∂ℓ/∂sg). The gradients are formed eagerly block by block (two GEMMs each),
+    so nothing of size (anchors × n) outlives a block and no autograd graph is built for it.
+    """
+
+    @staticmethod
+    def forward(ctx, tau, k, block_size, eps, v, *tensors):  # type: ignore[override]
+        zs, ts = tensors[:v], tensors[v:]
+        need = ctx.needs_input_grad[5:]
+        gz = [torch.zeros_like(z) if need[m] else None for m, z in enumerate(zs)]
+        gt = [torch.zeros_like(t) if need[v + m] else None for m, t in enumerate(ts)]
+        total = torch.zeros((), dtype=torch.float64, device=zs[0].device)
+        n_rows = zs[0].shape[0]
+        for lo in range(0, n_rows, block_size):
+            zb = [z[lo : lo + block_size] for z in zs]
+            sims = [z @ t.T for z, t in zip(zb, ts, strict=True)]
+            qs = [torch.softmax(sm, dim=1) for sm in sims]
+            q_sum = qs[0].clone()
+            for q in qs[1:]:
+                q_sum += q
+            for m in range(v):
+                pos_mm = torch.topk(q_sum + qs[m], k, dim=1).indices
+                pos_s = torch.topk(qs[m].scatter_(1, pos_mm, 0.0), k, dim=1).indices  # qs[m] not needed after
+                e = sims[m].mul_(1.0 / tau).exp_()
+                tot = e.sum(1)
+                e_mm, e_s = e.gather(1, pos_mm), e.gather(1, pos_s)
+                mm, sg = e_mm.sum(1), e_s.sum(1)
+                rest = tot - mm
+                a, b = mm / tot, sg / rest
+                total += (-torch.log(a + eps) - torch.log(b + eps)).sum().double()
+                if gz[m] is None and gt[m] is None:
+                    continue
+                ia, ib = 1.0 / (a + eps), 1.0 / (b + eps)
+                d_tot = ia * mm / tot.square() + ib * sg / rest.square()
+                d_mm = -ia / tot - ib * sg / rest.square()
+                d_sg = -ib / rest
+                g = e.mul_((d_tot / tau).unsqueeze(1))
+                g.scatter_add_(1, pos_mm, e_mm * (d_mm / tau).unsqueeze(1))
+                g.scatter_add_(1, pos_s, e_s * (d_sg / tau).unsqueeze(1))
+                if gz[m] is not None:
+                    gz[m][lo : lo + block_size] = g @ ts[m]
+                if gt[m] is not None:
+                    gt[m] += g.T @ zb[m]
+        ctx.grads = gz + gt
+        return total.to(zs[0].dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        return (None, None, None, None, None, *(None if g is None else g * grad_out for g in ctx.grads))
+
+
+# ====================================================================== WGAN-GP (MMSSL)
+def wgan_gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """mean_r (‖∇_x D(x̂_r)‖₂ − 1)², x̂ = α real + (1 − α) fake with α ~ U(0, 1) per row.
+
+    The gradient is taken with ``create_graph`` so the penalty trains the critic; inputs are
+    detached first (the penalty is a critic-only term).
+    """
+    alpha = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    x = (alpha * real.detach() + (1.0 - alpha) * fake.detach()).requires_grad_(True)
+    out = critic(x)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return (grad.norm(2, dim=1) - 1.0).pow(2).mean()
+
+
+# ====================================================================== in-batch InfoNCE (SLMRec)
+def info_nce_in_batch(
+    anchors: torch.Tensor, positives: torch.Tensor, tau: float = 0.2, normalize: bool = True
+) -> torch.Tensor:
+    """In-batch, one-directional InfoNCE (baselines.md §2.4), mean over the batch.
+
+    Logits ``a_b · c_{b'} / τ`` over all batch pairs (b, b'), cross-entropy with the diagonal
+    as target: −mean_b log[ exp(a_b·c_b/τ) / Σ_{b'} exp(a_b·c_{b'}/τ) ]. Only the anchors
+    are contrasted (rows), not the positives. With ``normalize`` both sides are L2-normalised
+    first (cosine logits, SLMRec's main task); without, raw dot products (SLMRec's FAC task).
+    Duplicate positives in a batch act as false negatives, as in the reference.
+    """
+    if normalize:
+        anchors = F.normalize(anchors, dim=1)
+        positives = F.normalize(positives, dim=1)
+    logits = (anchors / tau) @ positives.T  # 1/τ on the (B × d) side, not on the B × B logits
+    return F.cross_entropy(logits, torch.arange(anchors.shape[0], device=anchors.device))
+
+
+# ====================================================================== bootstrap cosine loss (BM3)
+def negative_cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """c(x, y) = 1 − mean_b cos(x_b, y_b) (BM3, baselines.md §12); ``target`` is used as given (detach it first)."""
+    return 1.0 - F.cosine_similarity(online, target, dim=-1).mean()
+
+
+def wgan_gradient_penalty_linear_first(
+    rest, weight: torch.Tensor, h_real: torch.Tensor, h_fake: torch.Tensor
+) -> torch.Tensor:
+    """:func:`wgan_gradient_penalty` of a critic D(x) = rest(x Wᵀ + b), from the first layer's outputs.
+
+    Because the first layer is affine, the interpolate's first-layer output is
+    α h_real + (1 − α) h_fake exactly, and ∇_x D(x̂) = (∇_h rest) W — so the critic never
+    runs its widest GEMM on x̂. ``h_real``/``h_fake`` = x Wᵀ + b of the real / fake rows
+    (with their graph, so the penalty's gradient reaches W and b through both paths);
+    α ~ U(0, 1) per row is drawn first, as in :func:`wgan_gradient_penalty`.
+    """
+    alpha = torch.rand(h_real.shape[0], 1, device=h_real.device, dtype=h_real.dtype)
+    h_hat = alpha * h_real + (1.0 - alpha) * h_fake
+    (grad_h,) = torch.autograd.grad(rest(h_hat).sum(), h_hat, create_graph=True)
+    return (grad_h @ weight).norm(2, dim=1).sub(1.0).pow(2).mean()

@@ -1,0 +1,1 @@
+"""The papers' analyses: modality preservation, modality similarity, t-SNE — and their figures."""

@@ -1,0 +1,1 @@
+"""Experiments: benchmark tables with significance tests, ablations and sensitivity sweeps."""

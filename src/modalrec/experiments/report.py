@@ -1,0 +1,87 @@
+"""Report folders: atomic writes that never overwrite a file the user wrote.
+
+Every file a command writes into a report folder is recorded, with its SHA-256, in
+``.modalrec-report.json``. A later command may replace a file only when its current
+content still matches that record (i.e. the file is ours and nobody edited it); any other
+existing file is left alone and the new content goes to ``name-2.ext``, ``name-3.ext`` …
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from modalrec.io import atomic_write, write_json
+
+MANIFEST = ".modalrec-report.json"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ReportWriter:
+    """Writes files into ``folder`` atomically and keeps a list of what was written."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.written: list[Path] = []
+        path = self.folder / MANIFEST
+        try:
+            self._manifest: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            self._manifest = {}
+
+    def _ours(self, path: Path) -> bool:
+        rel = str(path.relative_to(self.folder))
+        try:
+            return self._manifest.get(rel) == _sha(path.read_bytes())
+        except OSError:
+            return False
+
+    def target(self, name: str) -> Path:
+        """Where ``name`` will be written: itself, unless a foreign file sits there."""
+        path = self.folder / name
+        if not path.exists() or self._ours(path):
+            return path
+        for n in range(2, 10_000):
+            alt = path.with_name(f"{path.stem}-{n}{path.suffix}")
+            if not alt.exists() or self._ours(alt):
+                return alt
+        raise RuntimeError(f"{path}: no free file name")
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write ``data`` as ``name`` (atomically); returns the path actually written."""
+        path = self.target(name)
+        atomic_write(path, lambda fh: fh.write(data), mode="wb")
+        self._manifest[str(path.relative_to(self.folder))] = _sha(data)
+        write_json(self.folder / MANIFEST, self._manifest)
+        self.written.append(path)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a text file; returns the path actually written."""
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a JSON file; returns the path actually written."""
+        from modalrec.io import _json_default
+
+        return self.write_text(name, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+    def save_figure(self, name: str, fig: Any, dpi: int = 130) -> Path:
+        """Save a matplotlib figure as PNG and close it; returns the path actually written."""
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        plt.close(fig)
+        return self.write_bytes(name, buf.getvalue())
+
+    def figures(self) -> list[Path]:
+        """The PNG files written so far."""
+        return [p for p in self.written if p.suffix == ".png"]

@@ -1,0 +1,196 @@
+"""One- or two-parameter sensitivity sweeps (MeAIM supplement Figs. 1–4).
+
+Every value (or pair of values) is trained for every seed through the resumable results
+store of :mod:`modalrec.experiments.benchmark`; the report has a table of valid and test
+metrics per point (the point best on validation is marked — the test metrics are only
+plotted, never used to choose) and a figure of Recall/NDCG@10/@20 on test: line plots for
+one parameter, heat maps for two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from modalrec.data.dataset import load_dataset
+from modalrec.errors import ModalrecError
+from modalrec.experiments.benchmark import Entry, EntryResult, Experiment, default_report_dir
+from modalrec.experiments.report import ReportWriter
+from modalrec.experiments.tables import metric_label
+from modalrec.models import get_model_class
+
+SWEEP_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas that are not inside brackets: ``[2,3],[3,3]`` → ``['[2,3]', '[3,3]']``."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_param(spec: str) -> tuple[str, list[Any]]:
+    """``name=v1,v2,…`` → (name, [values]); each value is read as YAML (``0.1``, ``true``, ``[2, 3]``)."""
+    if "=" not in spec:
+        raise ModalrecError(f"--param {spec!r} must look like name=v1,v2,...")
+    name, raw = spec.split("=", 1)
+    name = name.strip()
+    values = []
+    for item in _split_top_level(raw):
+        try:
+            values.append(yaml.safe_load(item))
+        except yaml.YAMLError:
+            raise ModalrecError(f"--param {name}: value {item!r} is not valid YAML") from None
+    if not name or not values:
+        raise ModalrecError(f"--param {spec!r}: give a name and at least one value")
+    if len({repr(v) for v in values}) != len(values):
+        raise ModalrecError(f"--param {name}: a value is listed twice")
+    return name, values
+
+
+@dataclass
+class SweepReport:
+    """What a sweep wrote and its per-point results."""
+
+    folder: Path
+    params: list[tuple[str, list[Any]]]
+    points: list[tuple[dict[str, Any], EntryResult]]
+    selected: dict[str, Any]
+    files: list[Path]
+    figures: list[Path]
+    trained: int
+    reused: int
+
+
+def run_sweep(
+    model: str,
+    data_dir: str | Path,
+    params: list[str],
+    seeds: list[int] | None = None,
+    out: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    cache_dir: str | Path | bool | None = None,
+    log: Callable[[str], None] = print,
+) -> SweepReport:
+    """Train ``model`` at every point of one or two parameters' values and write table + figure."""
+    if not 1 <= len(params) <= 2:
+        raise ModalrecError("give one or two parameters (--param and --param2)")
+    parsed = [parse_param(p) for p in params]
+    if len(parsed) == 2 and parsed[0][0] == parsed[1][0]:
+        raise ModalrecError(f"--param and --param2 both set {parsed[0][0]}")
+    name = get_model_class(model).name
+    base = dict(overrides or {})
+    clash = [p for p, _ in parsed if p in base]
+    if clash:
+        raise ModalrecError(f"{clash[0]} is swept; do not also fix it with --set")
+    dataset = load_dataset(data_dir)
+    tag = "_".join(p for p, _ in parsed)
+    out = Path(out) if out is not None else default_report_dir("sweep", dataset.name, f"{name}-{tag}")
+    exp = Experiment(data_dir, out, seeds or [999], base, device, cache_dir, log, dataset)
+    if len(parsed) == 1:
+        points = [{parsed[0][0]: v} for v in parsed[0][1]]
+    else:
+        points = [{parsed[0][0]: a, parsed[1][0]: b} for a in parsed[0][1] for b in parsed[1][1]]
+    entries = [Entry(", ".join(f"{k}={v}" for k, v in pt.items()), name, pt) for pt in points]
+    for e in entries:
+        exp.check(e)
+    log(f"sweep of {name} over {tag} on {dataset.name}: {len(points)} points × {len(exp.seeds)} seeds → {out}")
+    results = [exp.run_entry(e) for e in entries]
+    select = results[0].select_metric
+    valid_means = [float(np.mean([r["valid"][select] for r in res.records])) for res in results]
+    best = int(np.argmax(valid_means))
+    writer = ReportWriter(out)
+
+    def mean_std(res: EntryResult, split: str, m: str) -> tuple[float, float]:
+        v = np.array([r[split].get(m, math.nan) for r in res.records], dtype=float)
+        return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+    keys = [p for p, _ in parsed]
+    head = [*keys, f"valid {metric_label(select)}", *(f"test {metric_label(m)}" for m in SWEEP_METRICS)]
+    md = [
+        f"**{name} sensitivity on {dataset.name}** (mean ± std over seeds {exp.seeds}; "
+        f"▶ = best on validation {metric_label(select)})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(keys) + "---:|" * (len(head) - len(keys)),
+    ]
+    csv = [",".join([*keys, "seeds", f"valid_{select}", *(c for m in SWEEP_METRICS for c in (m, f"{m}_std"))])]
+    for i, (pt, res) in enumerate(zip(points, results, strict=True)):
+        vm, vs = mean_std(res, "valid", select)
+        cells = [f"{vm:.4f}" + (f" ± {vs:.4f}" if len(res.records) > 1 else "")]
+        row = [*(str(pt[k]) for k in keys)]
+        csvrow = [*(yaml.safe_dump(pt[k], default_flow_style=True).strip().replace(",", ";") for k in keys)]
+        csvrow += [str(len(res.records)), f"{vm:.6f}"]
+        for m in SWEEP_METRICS:
+            tm, ts = mean_std(res, "test", m)
+            cells.append(f"{tm:.4f}" + (f" ± {ts:.4f}" if len(res.records) > 1 else ""))
+            csvrow += [f"{tm:.6f}", f"{ts:.6f}"]
+        if i == best:
+            row[0] = "▶ " + row[0]
+        md.append("| " + " | ".join(row + cells) + " |")
+        csv.append(",".join(csvrow))
+    writer.write_text("sweep.md", "\n".join(md) + "\n")
+    writer.write_text("sweep.csv", "\n".join(csv) + "\n")
+
+    from modalrec.analysis import plots
+
+    title = f"{name} on {dataset.name}: sensitivity to {' × '.join(keys)} (test)"
+    if len(parsed) == 1:
+        mean = {m: np.array([mean_std(r, "test", m)[0] for r in results]) for m in SWEEP_METRICS}
+        std = {m: np.array([mean_std(r, "test", m)[1] for r in results]) for m in SWEEP_METRICS}
+        fig = plots.sweep_lines(keys[0], parsed[0][1], mean, std, title, selected=best)
+    else:
+        n0, n1 = len(parsed[0][1]), len(parsed[1][1])
+        grids = {m: np.array([mean_std(r, "test", m)[0] for r in results]).reshape(n0, n1) for m in SWEEP_METRICS}
+        fig = plots.sweep_heatmaps(
+            (keys[0], keys[1]),
+            (parsed[0][1], parsed[1][1]),
+            grids,
+            title + "; red box: selected on validation",
+            selected=divmod(best, n1),
+        )
+    fig_path = writer.save_figure("sweep.png", fig)
+    writer.write_json(
+        "summary.json",
+        {
+            "kind": "sweep",
+            "model": name,
+            "data": str(data_dir),
+            "seeds": exp.seeds,
+            "params": {k: v for k, v in parsed},
+            "base_overrides": base,
+            "selected_on_valid": points[best],
+            "select_metric": select,
+            "points": [
+                {"point": pt, "runs": [{k: r[k] for k in ("seed", "run_dir", "valid", "test")} for r in res.records]}
+                for pt, res in zip(points, results, strict=True)
+            ],
+        },
+    )
+    return SweepReport(
+        out,
+        parsed,
+        list(zip(points, results, strict=True)),
+        points[best],
+        list(writer.written),
+        [fig_path],
+        exp.trained,
+        exp.reused,
+    )

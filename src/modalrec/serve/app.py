@@ -1,0 +1,168 @@
+"""The FastAPI application: JSON endpoints over a served run, and the static web page at ``/``."""
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import modalrec
+from modalrec.errors import ModalrecError
+from modalrec.serve.engine import MAX_K, Engine, NotFoundError
+from modalrec.serve.schemas import (
+    ErrorResponse,
+    Health,
+    History,
+    Info,
+    NewUserRecommendations,
+    NewUserRequest,
+    Recommendations,
+    SimilarItems,
+)
+
+STATIC = Path(__file__).parent / "static"
+ERRORS_404 = {404: {"model": ErrorResponse, "description": "Unknown user or item."}}
+ERRORS_422 = {422: {"model": ErrorResponse, "description": "Invalid parameter or body."}}
+
+
+def _error(status: int, message: str, errors: list | None = None) -> JSONResponse:
+    body = ErrorResponse(status=status, message=message, errors=errors).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
+    errors = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        errors.append({"loc": loc, "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))})
+    first = errors[0] if errors else {"loc": "request", "msg": "invalid"}
+    return f"{first['loc']}: {first['msg']}".replace("\n", " "), errors
+
+
+def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app for one run directory (loaded and precomputed here, once).
+
+    Raises :class:`~modalrec.errors.RunError` with a one-line reason when the run
+    directory is missing or corrupt — before any server starts. Pass ``engine`` to reuse
+    an already loaded one (tests).
+    """
+    if engine is None:
+        if run_dir is None:
+            raise ModalrecError("create_app needs a run directory")
+        engine = Engine.from_run_dir(run_dir)
+    info = engine.info()
+    by_enum = enum.Enum("SimilarBy", {v: v for v in info["similar_by"]}, type=str)  # type: ignore[misc]
+    by_model = by_enum("model")
+
+    app = FastAPI(
+        title="modalrec",
+        version=modalrec.__version__,
+        summary=f"Explained recommendations of {info['model']} on {info['dataset']}.",
+        description=(
+            "Serves one trained run directory. Errors are JSON objects with `status` and a one-line `message`."
+        ),
+    )
+    app.state.engine = engine
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(ModalrecError)
+    async def _bad_request(request: Request, exc: ModalrecError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, errors = _validation_message(exc)
+        return _error(422, message, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # an unparseable body (e.g. not UTF-8) is a malformed body like any other
+            return _error(422, f"body: {exc.detail}")
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    async def health() -> dict:
+        """Liveness: the run is loaded and ranking is ready."""
+        return {"status": "ok"}
+
+    @app.get("/info", response_model=Info, tags=["service"])
+    async def get_info() -> dict:
+        """Model, dataset, counts, modalities, explanation parts and metrics of the served run."""
+        return info
+
+    @app.get("/users/{user}/history", response_model=History, responses={**ERRORS_404, **ERRORS_422}, tags=["users"])
+    async def user_history(user: int) -> dict:
+        """The user's training items (titles where the dataset has item_text.tsv)."""
+        return engine.history(user)
+
+    @app.get(
+        "/users/{user}/recommendations",
+        response_model=Recommendations,
+        responses={**ERRORS_404, **ERRORS_422},
+        tags=["users"],
+    )
+    async def user_recommendations(
+        user: int,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="List length.")] = 10,
+        exclude_seen: Annotated[bool, Query(description="Leave the user's training items out.")] = True,
+        explain: Annotated[bool, Query(description="Add the model's per-modality influence of each item.")] = False,
+    ) -> dict:
+        """Top-k items of a training user, with per-modality explanations if asked."""
+        return engine.recommend(user, k, exclude_seen, explain)
+
+    @app.post(
+        "/recommendations",
+        response_model=NewUserRecommendations,
+        responses={**ERRORS_404, **ERRORS_422},
+        tags=["users"],
+    )
+    async def new_user_recommendations(request: Annotated[NewUserRequest, Body()]) -> dict:
+        """Top-k for a user unseen in training, folded in from the items they interacted with."""
+        return engine.recommend_new(request.items, request.k, request.exclude_seen, request.explain)
+
+    @app.get(
+        "/items/{item}/similar",
+        response_model=SimilarItems,
+        responses={**ERRORS_404, **ERRORS_422},
+        tags=["items"],
+    )
+    async def similar_items(
+        item: int,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="List length.")] = 10,
+        by: Annotated[
+            by_enum, Query(description="model (the model's item representation) or a modality's raw features.")
+        ] = by_model,
+    ) -> dict:
+        """Nearest items by cosine similarity (works for items nobody has interacted with)."""
+        return engine.similar(item, k, by.value)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def serve(
+    run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", threads: int = 1
+) -> None:
+    """Load ``run_dir`` (refusing to start on a bad one) and serve it with uvicorn until interrupted.
+
+    A request is one user's GEMV and top-k, far too small for intra-op parallelism, so torch
+    runs ``threads`` (default 1) threads; concurrency comes from the event loop.
+    """
+    import torch
+    import uvicorn
+
+    torch.set_num_threads(max(1, threads))
+    app = create_app(run_dir)
+    print(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,124 @@
+"""Pydantic models of every request and response body (they make the OpenAPI schema complete)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modalrec.serve.engine import MAX_HISTORY, MAX_K
+
+
+class ErrorResponse(BaseModel):
+    """Every error: HTTP status and a one-line message (422s add the offending fields)."""
+
+    status: int = Field(description="HTTP status code.")
+    message: str = Field(description="What went wrong, in one line.")
+    errors: list[dict] | None = Field(default=None, description="Validation errors (422 only).")
+
+
+class Health(BaseModel):
+    status: str = Field(description="Always 'ok' once the run is loaded.", examples=["ok"])
+
+
+class ExplanationInfo(BaseModel):
+    kind: str | None = Field(
+        description="attention, meta-weights, uniform, max-share, … or null when the model has none."
+    )
+    parts: list[str] = Field(description="Names the per-item weights refer to (modalities or representations).")
+
+
+class RunMetrics(BaseModel):
+    valid: dict[str, float] = Field(description="Validation metrics at the best epoch.")
+    test: dict[str, float] = Field(description="Test metrics at the best epoch.")
+
+
+class Info(BaseModel):
+    model: str
+    dataset: str
+    run: str = Field(description="Run directory being served.")
+    users: int
+    items: int
+    train_interactions: int
+    modalities: dict[str, int] = Field(description="Content modality → feature dimension.")
+    has_titles: bool = Field(description="Whether the dataset has item_text.tsv titles.")
+    explanation: ExplanationInfo
+    fold_in: str = Field(description="Fold-in method used by POST /recommendations.")
+    similar_by: list[str] = Field(description="Allowed values of ?by= for similar items.")
+    best_epoch: int | None = None
+    metrics: RunMetrics
+
+
+class Item(BaseModel):
+    item: int = Field(description="Item id (0-based).")
+    title: str | None = Field(description="Title from item_text.tsv, or null.")
+    interactions: int = Field(description="Number of training interactions of the item.")
+
+
+class History(BaseModel):
+    user: int
+    items: list[Item] = Field(description="The user's training items.")
+
+
+class RecommendedItem(Item):
+    rank: int
+    score: float
+    weights: dict[str, float] | None = Field(
+        default=None, description="Per-part influence on this item's score (explain=true, models with one)."
+    )
+    pair_weights: dict[str, dict[str, float]] | None = Field(
+        default=None, description="MeAIM stage-1 weights: user representation → item representation → weight."
+    )
+
+
+class Explanation(BaseModel):
+    kind: str | None = Field(description="Kind of weights, or null when the model has no explanation.")
+    parts: list[str]
+    note: str | None = Field(default=None, description="Why there is no explanation, when kind is null.")
+
+
+class Recommendations(BaseModel):
+    user: int
+    k: int
+    exclude_seen: bool
+    model: str
+    items: list[RecommendedItem] = Field(description="Ranked items (fewer than k when too few are rankable).")
+    explanation: Explanation | None = Field(default=None, description="Present when explain=true.")
+
+
+class NewUserRequest(BaseModel):
+    """A user unseen in training, described by the items they interacted with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[int] = Field(min_length=1, max_length=MAX_HISTORY, description="Item ids the user interacted with.")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="List length.")
+    exclude_seen: bool = Field(default=True, description="Leave the given items out of the list.")
+    explain: bool = Field(default=False, description="Add per-modality influence of each item.")
+
+
+class FoldInInfo(BaseModel):
+    method: str = Field(
+        description="mean-item-vector, mean-item-vector-attention, user-neighbours or item-representation."
+    )
+    neighbours: int | None = Field(default=None, description="Training users mixed (user-neighbours only).")
+
+
+class NewUserRecommendations(BaseModel):
+    history: list[int] = Field(description="The distinct given items.")
+    k: int
+    exclude_seen: bool
+    model: str
+    fold_in: FoldInInfo
+    items: list[RecommendedItem]
+    explanation: Explanation | None = None
+
+
+class SimilarItem(Item):
+    rank: int
+    similarity: float = Field(description="Cosine similarity to the query item.")
+
+
+class SimilarItems(BaseModel):
+    query: Item
+    by: str
+    k: int
+    items: list[SimilarItem]

@@ -1,0 +1,208 @@
+"""Experiments: benchmark tables and resumability, validation-only selection, t-test, ablations, sweeps."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from modalrec.cli import app
+from modalrec.evaluate import EvalResult
+from modalrec.experiments import benchmark as bench_mod
+from modalrec.experiments.ablate import mario_variants, meaim_variants
+from modalrec.experiments.benchmark import run_benchmark
+from modalrec.experiments.report import ReportWriter
+from modalrec.experiments.significance import paired_ttest
+from modalrec.experiments.sweep import parse_param
+from modalrec.experiments.tables import ResultTable
+from modalrec.io import write_npz
+from modalrec.train import TrainResult
+
+ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+METRICS = ("recall@10", "ndcg@10", "precision@10", "recall@20", "ndcg@20", "precision@20")
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+def fake_trainer(score):
+    """A stand-in for train_run: ``score(model, overrides) -> (valid, test)`` sets every metric."""
+    calls = []
+
+    def train_run(model_name, data_dir, modalities=None, overrides=None, preset=None, out=None, **kw):
+        overrides = dict(overrides or {})
+        calls.append((model_name, overrides))
+        valid, test = score(model_name, overrides)
+        run_dir = Path(out)
+        run_dir.mkdir(parents=True)
+        users = np.arange(40)
+        rng = np.random.default_rng(int(overrides.get("seed", 0)) + len(model_name))
+        results = []
+        for split, value in (("valid", valid), ("test", test)):
+            per_user = {m: np.clip(value + 0.05 * rng.standard_normal(users.size), 0, 1) for m in METRICS}
+            write_npz(run_dir / f"{split}_per_user.npz", users=users, **per_user)
+            results.append(EvalResult(split, {m: float(v.mean()) for m, v in per_user.items()}, per_user, users))
+        return run_dir, TrainResult(0, results[0], results[1])
+
+    return train_run, calls
+
+
+# ---------------------------------------------------------------------- significance
+def test_paired_ttest_matches_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.random(200)
+    b = a + 0.02 + 0.1 * rng.standard_normal(200)
+    for x, y in ((a, b), (b, a), (np.array([0.1, 0.4, 0.35, 0.8]), np.array([0.0, 0.3, 0.2, 0.9]))):
+        ours, ref = paired_ttest(x, y), stats.ttest_rel(x, y)
+        assert ours.statistic == pytest.approx(ref.statistic, rel=1e-10)
+        assert ours.pvalue == pytest.approx(ref.pvalue, rel=1e-8)
+        assert ours.df == x.size - 1
+    same = paired_ttest(a, a)
+    assert math.isnan(same.statistic) and math.isnan(same.pvalue)
+
+
+# ---------------------------------------------------------------------- tables
+def test_table_formats_mark_best_second_and_improvement():
+    mean = {
+        "A": {"recall@20": 0.30, "ndcg@20": 0.10},
+        "B": {"recall@20": 0.20, "ndcg@20": 0.12},
+        "C": {"recall@20": 0.25, "ndcg@20": 0.05},
+    }
+    std = {r: {m: 0.01 for m in v} for r, v in mean.items()}
+    t = ResultTable(["A", "B", "C"], ["recall@20", "ndcg@20"], mean, std, {"A": 3, "B": 3, "C": 3}, target="A")
+    md = t.to_markdown()
+    assert "| A | **0.3000 ± 0.0100** | <u>0.1000 ± 0.0100</u> |" in md
+    assert "| B | 0.2000 ± 0.0100 | **0.1200 ± 0.0100** |" in md
+    assert "| C | <u>0.2500 ± 0.0100</u> |" in md
+    assert "| Improv. % | +20.00% | -16.67% |" in md
+    tex = t.to_latex()
+    assert "\\textbf{0.3000 $\\pm$ 0.0100}" in tex and "\\underline{0.2500 $\\pm$ 0.0100}" in tex
+    assert "+20.00\\%" in tex and "\\toprule" in tex
+    rows = list(csv.reader(io.StringIO(t.to_csv())))
+    assert rows[0][:3] == ["model", "recall@20", "recall@20_std"]
+    assert rows[1][:2] == ["A", "0.300000"] and rows[-1][:2] == ["Improv. %", "20.00"]
+
+
+def test_report_writer_never_overwrites_a_user_file(tmp_path):
+    (tmp_path / "table.md").write_text("my notes")
+    w = ReportWriter(tmp_path)
+    p1 = w.write_text("table.md", "generated 1")
+    assert p1.name == "table-2.md" and (tmp_path / "table.md").read_text() == "my notes"
+    p2 = ReportWriter(tmp_path).write_text("table.md", "generated 2")  # ours: replaced in place
+    assert p2 == p1 and p2.read_text() == "generated 2"
+    p2.write_text("edited by the user")
+    p3 = ReportWriter(tmp_path).write_text("table.md", "generated 3")
+    assert p3.name == "table-3.md" and p2.read_text() == "edited by the user"
+
+
+# ---------------------------------------------------------------------- benchmark
+def test_benchmark_two_models_writes_tables_and_resumes(syn_dir, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    res = invoke(
+        "benchmark", "--models", "BPR,LightGCN", "--data", syn_dir, "--seeds", "1,2", "--epochs", 2, "--out", out
+    )
+    assert res.exit_code == 0, res.output
+    for name in ("table.md", "table.csv", "table.tex", "significance.md", "significance.csv", "summary.json"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in res.output  # listed at the end
+    md = (out / "table.md").read_text()
+    assert "| BPR |" in md and "| LightGCN |" in md and "Improv. %" in md and " ± " in md
+    assert "4 runs trained, 0 reused" in res.output
+    assert len(list((out / "results").rglob("seed-*.json"))) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target"] in ("BPR", "LightGCN")
+    assert {r["label"] for r in summary["rows"]} == {"BPR", "LightGCN"}
+
+    def boom(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(bench_mod, "train_run", boom)
+    report = run_benchmark(["BPR", "LightGCN"], syn_dir, [1, 2], out=out, overrides={"epochs": 2}, log=lambda s: None)
+    assert (report.trained, report.reused) == (0, 4)
+    assert (out / "table.md").read_text() == md
+
+
+def test_grid_selects_on_validation_not_test(syn_dir, tmp_path, monkeypatch):
+    # valid prefers small reg_weight, test prefers large: the choice must follow valid
+    fake, calls = fake_trainer(lambda m, o: (0.9 - 0.1 * o["reg_weight"], 0.1 + 0.1 * o["reg_weight"]))
+    monkeypatch.setattr(bench_mod, "train_run", fake)
+    report = run_benchmark(["BPR"], syn_dir, [7, 8], grid=True, out=tmp_path / "g", log=lambda s: None)
+    (row,) = report.results
+    assert row.overrides["reg_weight"] == 0.00001
+    best_test = max(row.grid_records, key=lambda r: r["test"]["recall@20"])["grid_setting"]["reg_weight"]
+    assert best_test == 2.0  # the setting with the better test metric exists and was not chosen
+    assert len(calls) == 7 + 1  # the whole grid on seed 7, then the chosen setting on seed 8
+    grid_csv = (tmp_path / "g" / "grid.csv").read_text().splitlines()
+    selected = [line for line in grid_csv[1:] if line.split(",")[2] == "1"]
+    assert len(selected) == 1 and selected[0].split(",")[1] == "1e-05"
+
+
+def test_benchmark_rejects_unknown_model_before_training(syn_dir, tmp_path):
+    res = invoke("benchmark", "--models", "BPR,Nope", "--data", syn_dir, "--out", tmp_path / "x")
+    assert res.exit_code == 1 and "unknown model 'Nope'" in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------- ablations
+def test_ablation_variants(syn_dataset):
+    labels = [lab for lab, _ in mario_variants(syn_dataset, {})]
+    assert labels == [
+        "full",
+        "w/o image",
+        "w/o text",
+        "fusion mean",
+        "fusion max",
+        "fusion fc",
+        "mu = 0",
+        "backbone bprmf",
+        "backbone ngcf",
+    ]
+    assert dict(mario_variants(syn_dataset, {}))["w/o image"] == {"modalities": ["text", "interaction"]}
+    meaim = dict(meaim_variants(syn_dataset, {}))
+    assert meaim["-CK (no CL, no KL)"] == {"beta_cl": 0.0, "lambda_kl": 0.0}
+    assert meaim["CL only"] == {"lambda_kl": 0.0} and meaim["KL only"] == {"beta_cl": 0.0}
+    assert meaim["w/o kNN"] == {"use_knn": False}
+
+
+def test_ablate_command_one_table(syn_dir, tmp_path, monkeypatch):
+    fake, calls = fake_trainer(lambda m, o: (0.5, 0.3 if o.get("fusion") == "fc" else 0.5))
+    monkeypatch.setattr(bench_mod, "train_run", fake)
+    res = invoke("ablate", "MeAIM", "--data", syn_dir, "--out", tmp_path / "abl", "--epochs", 1)
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "abl" / "table.md").read_text()
+    for label in ("full", "-CK (no CL, no KL)", "CL only", "KL only", "w/o kNN"):
+        assert f"| {label} |" in md
+    assert all(o["epochs"] == 1 for _, o in calls) and len(calls) == 6
+    assert (tmp_path / "abl" / "table.tex").is_file() and (tmp_path / "abl" / "significance.md").is_file()
+
+
+# ---------------------------------------------------------------------- sweeps
+def test_parse_param():
+    assert parse_param("mu=0,0.5,1") == ("mu", [0, 0.5, 1])
+    assert parse_param("content_layers=[1,2],[2,3]") == ("content_layers", [[1, 2], [2, 3]])
+    assert parse_param("use_knn=true,false") == ("use_knn", [True, False])
+
+
+@pytest.mark.parametrize("two", [False, True])
+def test_sweep_writes_table_and_figure(syn_dir, tmp_path, monkeypatch, two):
+    fake, calls = fake_trainer(lambda m, o: (o["mu"] / 4 + o.get("lambda_coeff", 0) / 4, 0.2 + o["mu"] / 10))
+    monkeypatch.setattr(bench_mod, "train_run", fake)
+    args = ["sweep", "MARIO", "--data", syn_dir, "--param", "mu=0,0.5,1", "--out", tmp_path / "sw"]
+    if two:
+        args += ["--param2", "lambda_coeff=0.7,0.9"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    png = tmp_path / "sw" / "sweep.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res.output.strip().endswith(str(png))  # figures are listed last
+    assert len(calls) == (6 if two else 3)
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert ("▶ 1 | 0.9" in md) if two else ("▶ 1 |" in md)
