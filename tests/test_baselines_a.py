@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-import modalrec.models.layergcn as layergcn_module
+import modalrec.graphs as graphs_module
 from modalrec.config import resolve_config
 from modalrec.data.dataset import Dataset
 from modalrec.data.synth import generate_synthetic
@@ -154,12 +154,12 @@ def test_layergcn_pruned_graph_alternates_and_inference_uses_full_graph(ds, monk
     n_edges = ds.train_matrix.nnz
     kept = math.floor(n_edges * 0.8)
     calls: list[str] = []
-    real_pruned, real_random = layergcn_module.pruned_sym_norm_adjacency, layergcn_module.random_edge_dropout
+    real_pruned, real_random = graphs_module.pruned_sym_norm_adjacency, graphs_module.random_edge_dropout
     monkeypatch.setattr(
-        layergcn_module, "pruned_sym_norm_adjacency", lambda *a, **k: calls.append("degree") or real_pruned(*a, **k)
+        graphs_module, "pruned_sym_norm_adjacency", lambda *a, **k: calls.append("degree") or real_pruned(*a, **k)
     )
     monkeypatch.setattr(
-        layergcn_module, "random_edge_dropout", lambda *a, **k: calls.append("random") or real_random(*a, **k)
+        graphs_module, "random_edge_dropout", lambda *a, **k: calls.append("random") or real_random(*a, **k)
     )
     full = model.full_scores(torch.arange(N_USERS)).clone()
     for epoch in range(4):

@@ -331,7 +331,7 @@ def test_mmssl_quirk_empties_graphs_and_freezes_contrastive_loss(ds):
     assert all(float(out["ubar_m"][m].abs().sum()) == 0.0 for m in quirk.modalities)
     users = torch.arange(20)
     cl = grace_info_nce(out["ubar_m"]["image"][users], out["h_u"][users], quirk.config.tau)
-    assert math.isclose(float(cl), math.log(2 * 20 - 1), rel_tol=1e-6)
+    assert math.isclose(cl.item(), math.log(2 * 20 - 1), rel_tol=1e-6)
 
 
 def test_mmssl_fusion_quirk(ds):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -366,3 +367,15 @@ def test_config_object_and_override_parsing():
         parse_overrides(["epochs"])
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_overrides(["topk=[1, 2"])
+
+
+def test_allocator_tuning_can_be_switched_off(monkeypatch):
+    import modalrec.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_ALLOCATOR_TUNED", False)
+    monkeypatch.setenv("MODALREC_DEFAULT_MALLOC", "1")
+    assert train_mod.keep_freed_memory_in_process() is False
+    monkeypatch.delenv("MODALREC_DEFAULT_MALLOC")
+    applied = train_mod.keep_freed_memory_in_process()
+    assert applied is sys.platform.startswith("linux")
+    assert train_mod.keep_freed_memory_in_process() is applied  # idempotent

@@ -239,7 +239,6 @@ def _csr_tensor(m: sp.csr_matrix, device: torch.device | str) -> torch.Tensor:
         ).to(device)
 
 
-# ====================================================================== cache
 # ====================================================================== edge dropout / pruning
 def degree_sensitive_edge_probs(interactions: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training edges (users, items) and π_ui = 1/sqrt(deg_u · deg_i) on the full graph (baselines.md §2.5)."""
@@ -292,6 +291,42 @@ def random_edge_dropout(
     n_keep = int(np.floor(r.nnz * (1.0 - drop_ratio)))
     keep = torch.randperm(r.nnz, generator=generator)[:n_keep].sort().values.numpy()
     return sp.csr_matrix((r.data[keep], (r.row[keep], r.col[keep])), shape=r.shape)
+
+
+class EpochEdgeDropout:
+    """The training graph Â of one epoch with a share ρ of its edges dropped (baselines.md §2.5).
+
+    ``schedule="degree"``: degree-sensitive pruning every epoch (FREEDOM §14);
+    ``"alternate"``: degree-sensitive on epochs 0, 2, 4, … and uniform on 1, 3, 5, …
+    (LayerGCN §6). With ρ = 0 every epoch gets ``full_adj``. The sampling probabilities
+    π_ui are computed once.
+    """
+
+    def __init__(
+        self,
+        interactions: sp.spmatrix,
+        drop_ratio: float,
+        full_adj: SparseOperator,
+        device: torch.device | str,
+        schedule: str = "degree",
+    ) -> None:
+        if schedule not in ("degree", "alternate"):
+            raise ValueError(f"unknown edge-dropout schedule {schedule!r}")
+        self.interactions = interactions
+        self.drop_ratio = float(drop_ratio)
+        self.full_adj = full_adj
+        self.device = device
+        self.schedule = schedule
+        self.edge_probs = degree_sensitive_edge_probs(interactions) if self.drop_ratio > 0 else None
+
+    def adjacency(self, epoch: int) -> SparseOperator:
+        if self.drop_ratio <= 0:
+            return self.full_adj
+        if self.schedule == "alternate" and epoch % 2 == 1:
+            kept = sym_norm_adjacency(random_edge_dropout(self.interactions, self.drop_ratio))
+        else:
+            kept = pruned_sym_norm_adjacency(self.interactions, self.drop_ratio, edge_probs=self.edge_probs)
+        return SparseOperator(kept, self.device, symmetric=True)
 
 
 def default_cache_dir() -> Path:

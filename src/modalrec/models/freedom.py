@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.graphs import SparseOperator, degree_sensitive_edge_probs, pruned_sym_norm_adjacency
+from modalrec.graphs import EpochEdgeDropout, SparseOperator
 from modalrec.models import register
 from modalrec.models.base import Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss
@@ -96,16 +96,11 @@ class FREEDOM(Recommender):
         self.item_graph = SparseOperator(sp.csr_matrix(s_mm), graphs.device, symmetric=False)
         self.adj = graphs.norm_adj()
         self.train_adj: SparseOperator = self.adj
-        self._interactions = dataset.train_matrix
-        self._edge_probs = degree_sensitive_edge_probs(self._interactions) if self.dropout > 0 else None
+        self.edge_dropout = EpochEdgeDropout(dataset.train_matrix, self.dropout, self.adj, graphs.device)
         self.to(graphs.device)
 
     def pre_epoch(self, epoch: int) -> None:
-        if self.dropout <= 0:
-            self.train_adj = self.adj
-            return
-        kept = pruned_sym_norm_adjacency(self._interactions, self.dropout, edge_probs=self._edge_probs)
-        self.train_adj = SparseOperator(kept, self.graphs.device, symmetric=True)
+        self.train_adj = self.edge_dropout.adjacency(epoch)
 
     def forward_graph(self, adj: SparseOperator) -> tuple[torch.Tensor, torch.Tensor]:
         """(H_u, H_i) on the user–item graph ``adj``."""

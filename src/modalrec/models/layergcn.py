@@ -6,13 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from modalrec.errors import ConfigError
-from modalrec.graphs import (
-    SparseOperator,
-    degree_sensitive_edge_probs,
-    pruned_sym_norm_adjacency,
-    random_edge_dropout,
-    sym_norm_adjacency,
-)
+from modalrec.graphs import EpochEdgeDropout, SparseOperator
 from modalrec.models import register
 from modalrec.models.base import Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, l2_loss
@@ -163,19 +157,13 @@ class LayerGCN(Recommender):
         self.item_emb = xavier_embedding(self.n_items, d)
         self.adj = graphs.norm_adj()
         self.train_adj: SparseOperator = self.adj
-        self._interactions = dataset.train_matrix
-        self._edge_probs = degree_sensitive_edge_probs(self._interactions) if self.dropout > 0 else None
+        self.edge_dropout = EpochEdgeDropout(
+            dataset.train_matrix, self.dropout, self.adj, graphs.device, schedule="alternate"
+        )
         self.to(graphs.device)
 
     def pre_epoch(self, epoch: int) -> None:
-        if self.dropout <= 0:
-            self.train_adj = self.adj
-            return
-        if epoch % 2 == 0:  # degree-sensitive on epochs 0, 2, 4, …; uniform on 1, 3, 5, …
-            kept = pruned_sym_norm_adjacency(self._interactions, self.dropout, edge_probs=self._edge_probs)
-        else:
-            kept = sym_norm_adjacency(random_edge_dropout(self._interactions, self.dropout))
-        self.train_adj = SparseOperator(kept, self.graphs.device, symmetric=True)
+        self.train_adj = self.edge_dropout.adjacency(epoch)
 
     def propagate(self, adj: SparseOperator) -> tuple[torch.Tensor, torch.Tensor]:
         e0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
