@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -118,3 +124,57 @@ def expected_random_recall(ds, k: int = 20) -> float:
     test_users = np.unique(ds.split("test")[0])
     n_train = np.diff(ds.train_matrix.indptr)[test_users]
     return float(np.mean(np.minimum(1.0, k / (ds.n_items - n_train))))
+
+
+# ---------------------------------------------------------------- a live server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """(base URL) A MARIO run served by ``python -m modalrec.cli serve`` on a free local port."""
+    from modalrec.data.synth import write_synthetic_dataset
+    from modalrec.runs import train_run
+
+    root = tmp_path_factory.mktemp("served")
+    data = write_synthetic_dataset(root / "data", n_users=100, n_items=80, modalities={"image": 16, "text": 8}, seed=4)
+    run, _ = train_run(
+        "MARIO",
+        data,
+        overrides={"epochs": 2, "train_batch_size": 256, "learning_rate": 0.01},
+        out=root / "run",
+        quiet=True,
+        cache_dir=False,
+    )
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modalrec.cli", "serve", str(run), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read().decode(errors='replace')}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server did not answer /health within 90 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

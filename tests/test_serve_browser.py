@@ -5,13 +5,8 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,59 +23,6 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="browser test needs Debian's Chromium: apt-get install -y chromium"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A MARIO run served by ``python -m modalrec.cli serve`` on a free local port."""
-    from modalrec.data.synth import write_synthetic_dataset
-    from modalrec.runs import train_run
-
-    root = tmp_path_factory.mktemp("browser")
-    data = write_synthetic_dataset(root / "data", n_users=100, n_items=80, modalities={"image": 16, "text": 8}, seed=4)
-    run, _ = train_run(
-        "MARIO",
-        data,
-        overrides={"epochs": 2, "train_batch_size": 256, "learning_rate": 0.01},
-        out=root / "run",
-        quiet=True,
-        cache_dir=False,
-    )
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modalrec.cli", "serve", str(run), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read().decode(errors='replace')}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not answer /health within 90 s")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_page_shows_history_recommendations_bars_and_similar_items(server, tmp_path):

@@ -20,6 +20,8 @@ import torch
 from modalrec.io import atomic_write
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from modalrec.data.dataset import Dataset
 
 DEGREE_EPS = 1e-7
@@ -360,7 +362,8 @@ class GraphStore:
         self.builds = 0
 
     # -- generic cached build
-    def _get(self, kind: str, key_parts: tuple, build) -> sp.csr_matrix:
+    def cached(self, kind: str, key_parts: tuple, build: Callable[[], sp.csr_matrix]) -> sp.csr_matrix:
+        """The matrix ``build()`` makes, memoised and cached on disk under (kind, key_parts)."""
         key = hashlib.sha256(repr((kind,) + key_parts).encode()).hexdigest()[:24]
         name = f"{kind}-{key}"
         if name in self._memo:
@@ -389,7 +392,7 @@ class GraphStore:
     # -- the graphs
     def norm_adj_matrix(self) -> sp.csr_matrix:
         ds = self.dataset
-        return self._get("norm_adj", (ds.interactions_hash,), lambda: sym_norm_adjacency(ds.train_matrix))
+        return self.cached("norm_adj", (ds.interactions_hash,), lambda: sym_norm_adjacency(ds.train_matrix))
 
     def norm_adj(self) -> SparseOperator:
         """Â = D^{-1/2} A D^{-1/2} on the training graph, (U+I)×(U+I)."""
@@ -400,7 +403,9 @@ class GraphStore:
         ds = self.dataset
         return self._op(
             "rw_adj",
-            lambda: self._get("rw_adj", (ds.interactions_hash,), lambda: rw_norm_adjacency_self_loops(ds.train_matrix)),
+            lambda: self.cached(
+                "rw_adj", (ds.interactions_hash,), lambda: rw_norm_adjacency_self_loops(ds.train_matrix)
+            ),
             symmetric=False,
         )
 
@@ -409,7 +414,9 @@ class GraphStore:
         ds = self.dataset
         return self._op(
             "norm_inter",
-            lambda: self._get("norm_inter", (ds.interactions_hash,), lambda: norm_interaction_matrix(ds.train_matrix)),
+            lambda: self.cached(
+                "norm_inter", (ds.interactions_hash,), lambda: norm_interaction_matrix(ds.train_matrix)
+            ),
             symmetric=False,
         )
 
@@ -417,7 +424,7 @@ class GraphStore:
         self, modality: str, k: int = 10, weighted: bool = False, normalization: str = "sym"
     ) -> sp.csr_matrix:
         ds = self.dataset
-        return self._get(
+        return self.cached(
             "knn",
             (ds.feature_hash(modality), k, weighted, normalization),
             lambda: build_knn_graph(ds.features[modality], k, weighted, normalization),

@@ -83,10 +83,10 @@ class DAMRS(Recommender):
             return g
 
         for pos, m in enumerate(self.modalities):
-            mat = graphs._get("damrs_knn", (hashes, k, pos), lambda pos=pos: knn_matrix(pos))
+            mat = graphs.cached("damrs_knn", (hashes, k, pos), lambda pos=pos: knn_matrix(pos))
             self.item_graphs[m] = SparseOperator(mat, graphs.device, symmetric=False)
         kb = int(config.item_graph_k)
-        iib = graphs._get(
+        iib = graphs.cached(
             "damrs_iib", (dataset.interactions_hash, kb, 2), lambda: co_interaction_graph(dataset.train_matrix, kb, 2)
         )
         self.item_graphs[BEHAVIOUR] = SparseOperator(iib, graphs.device, symmetric=False)
