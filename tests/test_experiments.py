@@ -151,6 +151,22 @@ def test_benchmark_rejects_unknown_model_before_training(syn_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_benchmark_modalities_option(syn_dir, tmp_path, monkeypatch):
+    res = invoke("benchmark", "--models", "BPR", "--data", syn_dir, "--modalities", "audio", "--out", tmp_path / "m")
+    assert res.exit_code == 1 and "modality 'audio' not found" in res.stderr
+    assert not (tmp_path / "m").exists()
+    seen = []
+
+    def fake(model, data, modalities, overrides, **kw):
+        seen.append(modalities)
+        raise RuntimeError("stop after the first run")
+
+    monkeypatch.setattr(bench_mod, "train_run", fake)
+    with pytest.raises(RuntimeError):
+        run_benchmark(["MARIO"], syn_dir, [1], out=tmp_path / "m2", modalities=["image"], log=lambda s: None)
+    assert seen == [["image"]]
+
+
 # ---------------------------------------------------------------------- ablations
 def test_ablation_variants(syn_dataset):
     labels = [lab for lab, _ in mario_variants(syn_dataset, {})]

@@ -410,6 +410,9 @@ def benchmark_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every model, key=value.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs for every model.")] = None,
     target: Annotated[str | None, typer.Option(help="Row of Improv. % and t-tests (default: best).")] = None,
+    modalities: Annotated[
+        str | None, typer.Option(help="Comma-separated content modalities for every model (default: all).")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
@@ -425,6 +428,7 @@ def benchmark_cmd(
         target,
         device=device,
         log=_echo,
+        modalities=_split_list(modalities),
     )
     print(report.table.to_markdown())
     print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")

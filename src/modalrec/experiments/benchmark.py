@@ -135,6 +135,7 @@ class Experiment:
     def check(self, entry: Entry) -> None:
         """Fail early (before any training) on an unknown model, key or value type."""
         cls = get_model_class(entry.model)
+        self.dataset.select_modalities(entry.modalities)  # an unknown modality fails here, not mid-run
         keys = {**self.base, **entry.overrides}
         for setting in grid_settings(self._grid(entry)) or [{}]:
             resolve_config(cls.config_name, self.dataset.name, {**keys, **setting})
@@ -446,8 +447,11 @@ def run_benchmark(
     device: str = "cpu",
     cache_dir: str | Path | bool | None = None,
     log: Callable[[str], None] = print,
+    modalities: list[str] | None = None,
 ) -> Report:
     """Run every model under the same protocol and write the table report (see module docstring).
+
+    ``modalities`` selects the content modalities every model gets (default: all of them).
 
     ``overrides`` apply to every model (e.g. ``epochs``); with ``grid`` each model's
     ``search_space`` is searched (keys fixed by ``overrides`` are not searched). ``target``
@@ -464,7 +468,7 @@ def run_benchmark(
     entries = []
     for name in names:
         space = load_defaults(get_model_class(name).config_name)[2] if grid else None
-        entries.append(Entry(name, name, grid=space))
+        entries.append(Entry(name, name, modalities=modalities, grid=space))
     for e in entries:
         exp.check(e)
     if target is not None:
