@@ -222,3 +222,82 @@ def test_sweep_writes_table_and_figure(syn_dir, tmp_path, monkeypatch, two):
     assert len(calls) == (6 if two else 3)
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert ("▶ 1 | 0.9" in md) if two else ("▶ 1 |" in md)
+
+
+# ---------------------------------------------------------------------- benchmark plans
+def test_benchmark_plan_rows_with_own_settings_and_grids(syn_dir, tmp_path, monkeypatch):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "rows:\n"
+        "  - {model: BPR, grid: {reg_weight: [0.5, 0.01]}}\n"
+        "  - {model: MARIO, label: MARIO (paper), set: {content_norm: none}}\n"
+        "  - {model: MARIO, modalities: text}\n"
+    )
+    # valid prefers the smaller reg_weight; test the larger: the choice must follow valid
+    fake, calls = fake_trainer(lambda m, o: (0.5 - o.get("reg_weight", 0), 0.1 + o.get("reg_weight", 0)))
+    seen_modalities = []
+
+    def spy(model_name, data_dir, modalities=None, overrides=None, **kw):
+        seen_modalities.append((model_name, modalities))
+        return fake(model_name, data_dir, modalities, overrides, **kw)
+
+    monkeypatch.setattr(bench_mod, "train_run", spy)
+    res = invoke("benchmark", "--plan", plan, "--data", syn_dir, "--seeds", "3", "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert set(rows) == {"BPR", "MARIO (paper)", "MARIO"}
+    assert rows["BPR"]["overrides"] == {"reg_weight": 0.01} and rows["BPR"]["grid_size"] == 2
+    assert rows["MARIO (paper)"]["overrides"] == {"content_norm": "none"}
+    assert ("MARIO", ["text"]) in seen_modalities and ("MARIO", None) in seen_modalities
+    assert (tmp_path / "p" / "grid.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("rows: []\n", "non-empty list under 'rows:'"),
+        ("rows:\n  - {label: x}\n", "row 1: each row is a mapping with at least 'model:'"),
+        ("rows:\n  - {model: BPR, colour: red}\n", "row 1: unknown field 'colour'"),
+        ("rows:\n  - {model: Nope}\n", "row 1: unknown model 'Nope'"),
+        ("rows:\n  - {model: BPR, grid: {reg_weight: 0.1}}\n", "row 1: 'grid' must be 'default' or map"),
+        ("rows:\n  - {model: BPR}\n  - {model: BPR}\n", "two rows are labelled 'BPR'"),
+        ("rows: [\n", "not valid YAML"),
+    ],
+)
+def test_benchmark_plan_errors_name_the_file_and_row(syn_dir, tmp_path, text, message):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    res = invoke("benchmark", "--plan", plan, "--data", syn_dir, "--out", tmp_path / "x")
+    assert res.exit_code == 1 and message in res.stderr and str(plan) in res.stderr, res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_benchmark_needs_models_or_plan(syn_dir, tmp_path):
+    res = invoke("benchmark", "--data", syn_dir, "--out", tmp_path / "x")
+    assert res.exit_code == 1 and "either --models or --plan" in res.stderr
+
+
+def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
+    """benchmarks/reproduce.py --quick: every part on a tiny synthetic set, 1 epoch, then the report."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (tmp_path / "r" / "reproduction.md").read_text()
+    for title in ("Amazon Baby", "all 17 models", "best peer toolbox", "content scale control"):
+        assert title in report
+    assert "Not run" not in report
+    for label in ("| BPR |", "| LightGCN |", "| MARIO |", "| MeAIM |", "| MMSSL |", "| MARIO (paper) |"):
+        assert label in report, label
+    assert "Paired t-test of **MARIO**" in report and "Cornac" in report
+    assert "benchmark --plan" in report and "fingerprint" in report

@@ -402,8 +402,13 @@ def _echo(line: str) -> None:
 @app.command("benchmark")
 @handle_errors
 def benchmark_cmd(
-    models: Annotated[str, typer.Option(help="Comma-separated model names, e.g. BPR,LightGCN,MARIO.")],
     data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names, e.g. BPR,LightGCN,MARIO (or --plan).")
+    ] = None,
+    plan: Annotated[
+        Path | None, typer.Option(help="YAML of table rows (model, label, set, grid, modalities) instead of --models.")
+    ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; mean ± std over them.")] = "999",
     grid: Annotated[bool, typer.Option("--grid", help="Search each model's search_space, select on valid.")] = False,
     out: Annotated[Path | None, typer.Option(help="Report folder (default reports/benchmark-<dataset>).")] = None,
@@ -416,8 +421,10 @@ def benchmark_cmd(
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
-    from modalrec.experiments.benchmark import run_benchmark
+    from modalrec.experiments.benchmark import load_plan, run_benchmark
 
+    if (models is None) == (plan is None):
+        raise ModalrecError("give either --models or --plan")
     report = run_benchmark(
         _split_list(models) or [],
         data,
@@ -429,6 +436,7 @@ def benchmark_cmd(
         device=device,
         log=_echo,
         modalities=_split_list(modalities),
+        plan=load_plan(plan) if plan is not None else None,
     )
     print(report.table.to_markdown())
     print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")

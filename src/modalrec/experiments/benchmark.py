@@ -435,6 +435,58 @@ def default_report_dir(kind: str, dataset_name: str, extra: str = "") -> Path:
     return Path("reports") / "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
 
 
+def load_plan(path: str | Path) -> list[Entry]:
+    """Table rows from a plan YAML: ``rows: [{model, label?, set?, grid?, modalities?}, ...]``.
+
+    ``set`` fixes overrides for that row only; ``grid`` is a search space of its own
+    (``{key: [values, ...]}``) or the word ``default`` for the model's ``search_space``.
+    Labels must be unique (they name the table rows and the t-tests).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ModalrecError(f"{path}: cannot read the plan ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ModalrecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise ModalrecError(f"{path}: a plan needs a non-empty list under 'rows:'")
+    entries: list[Entry] = []
+    for n, row in enumerate(rows, 1):
+        where = f"{path} row {n}"
+        if not isinstance(row, dict) or "model" not in row:
+            raise ModalrecError(f"{where}: each row is a mapping with at least 'model:'")
+        unknown = set(row) - {"model", "label", "set", "grid", "modalities"}
+        if unknown:
+            raise ModalrecError(f"{where}: unknown field {sorted(unknown)[0]!r} (model, label, set, grid, modalities)")
+        try:
+            cls = get_model_class(str(row["model"]))
+        except ModalrecError as exc:
+            raise ModalrecError(f"{where}: {exc}") from None
+        overrides = row.get("set") or {}
+        if not isinstance(overrides, dict):
+            raise ModalrecError(f"{where}: 'set' must map keys to values")
+        grid = row.get("grid")
+        if grid == "default":
+            grid = load_defaults(cls.config_name)[2]
+        elif grid is not None and (
+            not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values())
+        ):
+            raise ModalrecError(f"{where}: 'grid' must be 'default' or map each key to a non-empty list")
+        modalities = row.get("modalities")
+        if isinstance(modalities, str):
+            modalities = [m.strip() for m in modalities.split(",") if m.strip()]
+        entries.append(Entry(str(row.get("label") or cls.name), cls.name, dict(overrides), modalities, grid))
+    labels = [e.label for e in entries]
+    dup = next((lb for lb in labels if labels.count(lb) > 1), None)
+    if dup is not None:
+        raise ModalrecError(f"{path}: two rows are labelled {dup!r}; give each a unique 'label:'")
+    return entries
+
+
 def run_benchmark(
     models: list[str],
     data_dir: str | Path,
@@ -448,8 +500,13 @@ def run_benchmark(
     cache_dir: str | Path | bool | None = None,
     log: Callable[[str], None] = print,
     modalities: list[str] | None = None,
+    plan: list[Entry] | None = None,
 ) -> Report:
     """Run every model under the same protocol and write the table report (see module docstring).
+
+    ``plan`` (from :func:`load_plan`) replaces ``models``/``grid`` with explicit rows: a
+    row's own overrides, modalities and search space; ``modalities`` then fills in only
+    for rows that name none.
 
     ``modalities`` selects the content modalities every model gets (default: all of them).
 
@@ -457,18 +514,24 @@ def run_benchmark(
     ``search_space`` is searched (keys fixed by ``overrides`` are not searched). ``target``
     is the row of the Improv. % line and of the t-tests (default: best mean test Recall@20).
     """
-    if not models:
-        raise ModalrecError("--models: name at least one model")
-    names = [get_model_class(m).name for m in models]
-    if len(set(names)) != len(names):
-        raise ModalrecError(f"--models lists a model twice: {', '.join(models)}")
+    if plan:
+        entries = [
+            e if e.modalities is not None else Entry(e.label, e.model, e.overrides, modalities, e.grid) for e in plan
+        ]
+    else:
+        if not models:
+            raise ModalrecError("--models: name at least one model")
+        model_names = [get_model_class(m).name for m in models]
+        if len(set(model_names)) != len(model_names):
+            raise ModalrecError(f"--models lists a model twice: {', '.join(models)}")
+        entries = []
+        for name in model_names:
+            space = load_defaults(get_model_class(name).config_name)[2] if grid else None
+            entries.append(Entry(name, name, modalities=modalities, grid=space))
+    names = [e.label for e in entries]
     dataset = load_dataset(data_dir)
     out = Path(out) if out is not None else default_report_dir("benchmark", dataset.name)
     exp = Experiment(data_dir, out, seeds or [999], overrides, device, cache_dir, log, dataset)
-    entries = []
-    for name in names:
-        space = load_defaults(get_model_class(name).config_name)[2] if grid else None
-        entries.append(Entry(name, name, modalities=modalities, grid=space))
     for e in entries:
         exp.check(e)
     if target is not None:
@@ -477,7 +540,8 @@ def run_benchmark(
     results = [exp.run_entry(e) for e in entries]
     if target is None and len(results) > 1:
         target = choose_target(results)
-    title = f"{dataset.name}: test metrics" + (" (grid search on validation)" if grid else "")
+    searched = any(e.grid for e in entries)
+    title = f"{dataset.name}: test metrics" + (" (grid search on validation)" if searched else "")
     return write_table_report(exp, results, target, metrics, title, ReportWriter(out), "benchmark")
 
 

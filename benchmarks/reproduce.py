@@ -1,0 +1,410 @@
+"""Regenerate docs/reproduction.md: the published tables reproduced with `modalrec benchmark`.
+
+    python benchmarks/reproduce.py                       # every part, then the report
+    python benchmarks/reproduce.py --parts baby          # one part (the others keep their results)
+    python benchmarks/reproduce.py --render-only         # rewrite the report from finished runs
+    python benchmarks/reproduce.py --quick --out /tmp/r  # tiny synthetic end-to-end check (CI)
+
+Each part is one `modalrec benchmark --plan benchmarks/reproduction/<plan>.yaml` call on
+one dataset folder (found under ``--data-root``, default ``../shared/data`` beside the
+checkout, or ``$MODALREC_DATA``). Every finished run is stored under
+``<out>/<part>/results`` and is never trained again, so an interrupted reproduction resumes
+where it stopped; a part whose dataset is missing is reported as such, not skipped
+silently. Model selection is on validation only (the benchmark's rule); test metrics are
+read once, for the report. These are long CPU runs (hours): a generated artefact, not CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = ROOT / "benchmarks" / "reproduction"
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+SEEDS = "999,1000,1001"
+
+# The MeAIM paper's supplement Table I (Recall@10 / NDCG@10 on the MMRec Baby split).
+PUBLISHED_BABY_AT10 = {
+    "BPR": (0.0379, 0.0202),
+    "LightGCN": (0.0464, 0.0251),
+    "LayerGCN": (0.0507, 0.0273),
+}
+# Other published Baby figures (Recall@20 / NDCG@20): the MMRec toolbox's results table (A)
+# and the DA-MRS authors' logged runs (B); NGCF is not in Table I.
+PUBLISHED_BABY_AT20 = {
+    "BPR": {"A": (0.0575, 0.0249), "B": (0.0570, 0.0251)},
+    "LightGCN": {"A": (0.0754, 0.0328), "B": (0.0757, 0.0327)},
+    "NGCF": {"B": (0.0601, 0.0239)},
+}
+# Peer toolboxes run on the same split (issue #13): Cornac 3.0.1 BPR, train+valid masked.
+PEER_SCIENTIFIC_BPR = {"Cornac 3.0.1 BPR (SGD, lr 0.05, 400 epochs)": {"recall@20": 0.1874}}
+# Allowed shortfall from the published figure.
+TOLERANCE = 0.03
+
+
+@dataclass
+class Part:
+    """One benchmark call: a dataset folder, a plan of rows and extra CLI options."""
+
+    name: str
+    title: str
+    dataset: str  # folder under the data root, or "synthetic"
+    plan: str
+    options: list[str] = field(default_factory=list)
+    targets: tuple[str, ...] = ()  # rows tested against the best other row
+
+
+PARTS = [
+    Part(
+        "baby",
+        "Amazon Baby (MMRec split): ID-only models against the published figures",
+        "amazon_baby",
+        "baby.yaml",
+    ),
+    Part(
+        "scientific_mm",
+        "amazon_scientific_mm (CLIP image + text): all 17 models",
+        "amazon_scientific_mm",
+        "scientific_mm.yaml",
+        ["--modalities", "image,text"],
+        targets=("MARIO", "MeAIM"),
+    ),
+    Part(
+        "scientific_mm-bpr-peer",
+        "amazon_scientific_mm, BPR against the best peer toolbox (train and valid items masked at test)",
+        "amazon_scientific_mm",
+        "bpr_peer.yaml",
+        ["--set", "mask_valid_at_test=true"],
+    ),
+    Part(
+        "mario-scale-scientific_mm",
+        "MARIO content scale control: amazon_scientific_mm (image + text)",
+        "amazon_scientific_mm",
+        "mario_scale.yaml",
+        ["--modalities", "image,text"],
+        targets=("MARIO",),
+    ),
+    Part(
+        "mario-scale-scientific",
+        "MARIO content scale control: amazon_scientific (text only)",
+        "amazon_scientific",
+        "mario_scale.yaml",
+        targets=("MARIO",),
+    ),
+    Part(
+        "mario-scale-synthetic",
+        "MARIO content scale control: the built-in synthetic dataset",
+        "synthetic",
+        "mario_scale.yaml",
+        targets=("MARIO",),
+    ),
+]
+
+
+def data_root(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    if os.environ.get("MODALREC_DATA"):
+        return Path(os.environ["MODALREC_DATA"])
+    return ROOT.parent / "shared" / "data"
+
+
+def modalrec_cmd() -> list[str]:
+    return [sys.executable, "-m", "modalrec"]
+
+
+def dataset_folder(part: Part, root: Path, out: Path, quick: bool) -> Path | None:
+    """The part's dataset folder (synthetic ones are generated once under ``out/data``)."""
+    if part.dataset == "synthetic" or quick:
+        folder = out / "data" / ("synthetic-quick" if quick else "synthetic")
+        if not folder.exists():
+            size = ["--users", "60", "--items", "80"] if quick else []
+            subprocess.run([*modalrec_cmd(), "data", "synth", str(folder), *size], check=True)
+        return folder
+    folder = root / part.dataset
+    return folder if folder.is_dir() else None
+
+
+def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool) -> list[str]:
+    """Run (or resume) one part; returns the command it ran."""
+    cmd = [
+        *modalrec_cmd(),
+        "benchmark",
+        "--plan",
+        str(PLANS / part.plan),
+        "--data",
+        str(folder),
+        "--seeds",
+        seeds,
+        "--out",
+        str(out / part.name),
+        *part.options,
+    ]
+    if quick:
+        cmd += ["--epochs", "1"]
+        cmd = [c for c in cmd if c not in ("--modalities", "image,text")]
+    print("$ " + shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return cmd
+
+
+# ---------------------------------------------------------------------- report
+def _fmt(mean: float, std: float | None = None) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _run_metrics(run_dir: str) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _per_user(run_dir: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(Path(run_dir) / "test_per_user.npz") as z:
+        return z["users"], z[metric].astype(np.float64)
+
+
+def _mean_per_user(row: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    from modalrec.experiments.significance import align_users
+
+    users, total = None, None
+    for run in row["runs"]:
+        u, v = _per_user(run["run_dir"], metric)
+        if users is None:
+            users, total = u, v.copy()
+        else:
+            users, total, v = align_users(users, total, u, v)
+            total = total + v
+    return users, total / len(row["runs"])
+
+
+def _ttest(a: dict, b: dict, metric: str) -> tuple[float, float]:
+    """(mean difference a − b, p) of the paired t-test over per-user test metrics (seed-averaged)."""
+    from modalrec.experiments.significance import align_users, paired_ttest
+
+    ua, va = _mean_per_user(a, metric)
+    ub, vb = _mean_per_user(b, metric)
+    _, x, y = align_users(ua, va, ub, vb)
+    t = paired_ttest(x, y)
+    return t.mean_diff, t.pvalue
+
+
+def _rows_table(rows: list[dict], extra_cols: dict[str, dict[str, str]] | None = None) -> list[str]:
+    best = {m: max((r["test_mean"].get(m, -1.0) for r in rows), default=-1.0) for m in METRICS}
+    extra_cols = extra_cols or {}
+    head = ["model", *(m.replace("@", "@") for m in METRICS), *extra_cols]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        cells = []
+        for m in METRICS:
+            mean, std = r["test_mean"].get(m, math.nan), r["test_std"].get(m, math.nan)
+            cell = _fmt(mean, std if len(r["runs"]) > 1 else None)
+            cells.append(f"**{cell}**" if len(rows) > 1 and round(mean, 4) == round(best[m], 4) else cell)
+        cells += [extra_cols[c].get(r["label"], "") for c in extra_cols]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _details_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| model | selected setting (valid) | grid size | seeds | best epochs | s / epoch | wall time / run |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        metrics = [_run_metrics(run["run_dir"]) for run in r["runs"]]
+        spe = [m.get("timings", {}).get("seconds_per_epoch", math.nan) for m in metrics]
+        wall = [
+            m.get("timings", {}).get("total_train_seconds", math.nan)
+            + m.get("timings", {}).get("ranking_seconds", 0.0) * m.get("timings", {}).get("epochs_run", 0)
+            for m in metrics
+        ]
+        setting = ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items()) or "defaults"
+        epochs = ", ".join(str(run["best_epoch"]) for run in r["runs"])
+        lines.append(
+            f"| {r['label']} | {setting} | {r['grid_size'] or '–'} | {len(r['runs'])} | {epochs} | "
+            f"{np.nanmean(spe):.2f} | {np.nanmean(wall):.0f} s |"
+        )
+    return lines
+
+
+def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, str]) -> list[str]:
+    lines = [f"## {part.title}", ""]
+    summary_path = out / part.name / "summary.json"
+    if not data_present and not summary_path.exists():
+        return [*lines, f"Not run: dataset folder `{part.dataset}` was not found under the data root.", ""]
+    if not summary_path.exists():
+        return [*lines, "Not run yet (no finished benchmark in the report folder).", ""]
+    summary = json.loads(summary_path.read_text())
+    rows = summary["rows"]
+    extra: dict[str, dict[str, str]] = {}
+    if part.name == "baby":
+        pub = {
+            k: f"{a:.4f} / {b:.4f} (≥ {a * (1 - TOLERANCE):.4f} / {b * (1 - TOLERANCE):.4f})"
+            for k, (a, b) in PUBLISHED_BABY_AT10.items()
+        }
+        extra["published R@10 / N@10 (target)"] = {r["label"]: pub.get(r["model"], "–") for r in rows}
+        extra["published R@20 / N@20"] = {
+            r["label"]: "; ".join(
+                f"{s} {a:.4f} / {b:.4f}" for s, (a, b) in PUBLISHED_BABY_AT20.get(r["model"], {}).items()
+            )
+            or "–"
+            for r in rows
+        }
+        verdict = {}
+        for r in rows:
+            if r["model"] in PUBLISHED_BABY_AT10:
+                a, b = PUBLISHED_BABY_AT10[r["model"]]
+                ok = r["test_mean"]["recall@10"] >= a * (1 - TOLERANCE) and r["test_mean"]["ndcg@10"] >= b * (
+                    1 - TOLERANCE
+                )
+                verdict[r["label"]] = "reached" if ok else "**below**"
+        extra["target"] = verdict
+    if part.name.endswith("bpr-peer"):
+        for peer, vals in PEER_SCIENTIFIC_BPR.items():
+            lines.append(f"Peer: {peer}: test Recall@20 **{vals['recall@20']:.4f}** (same split, same masking).")
+        lines.append("")
+    lines += _rows_table(rows, extra)
+    lines.append("")
+    lines.append(f"Test metrics, mean ± std over seeds {summary['seeds']}; best **bold** (4 decimals).")
+    lines.append("")
+    by_label = {r["label"]: r for r in rows}
+    for target in part.targets:
+        if target not in by_label or len(rows) < 2:
+            continue
+        tested = []
+        for m in METRICS:
+            others = [r for r in rows if r["label"] != target]
+            best_other = max(others, key=lambda r: r["test_mean"].get(m, -1.0))
+            try:
+                diff, p = _ttest(by_label[target], best_other, m)
+            except (OSError, KeyError):
+                continue
+            tested.append(f"{m}: vs {best_other['label']} Δ = {diff:+.4f}, p = {p:.3g}" + (" *" if p < 0.05 else ""))
+        if tested:
+            lines.append(
+                f"Paired t-test of **{target}** against the best other row (per-user test metric, seed-averaged; `*` p < 0.05):"
+            )
+            lines += [f"- {t}" for t in tested]
+            lines.append("")
+    lines.append("Per row: the setting selected on validation Recall@20, best epoch of each seed, time.")
+    lines.append("")
+    lines += _details_table(rows)
+    lines.append("")
+    fp = {r["label"]: r["runs"][0].get("setting_id", "") for r in rows}
+    data_fp = ""
+    for r in rows:
+        cfg = Path(r["runs"][0]["run_dir"]) / "config.yaml"
+        if cfg.exists():
+            for line in cfg.read_text().splitlines():
+                if line.strip().startswith("fingerprint:"):
+                    data_fp = line.split(":", 1)[1].strip()
+                    break
+        if data_fp:
+            break
+    lines.append(
+        f"Dataset `{summary['dataset']}` (content fingerprint `{data_fp}`), plan `benchmarks/reproduction/{part.plan}`."
+    )
+    if part.name in commands:
+        lines.append(f"Command: `{commands[part.name]}`")
+    lines.append(f"Setting ids: {', '.join(f'{k} `{v}`' for k, v in fp.items())}.")
+    lines.append("")
+    return lines
+
+
+def versions() -> str:
+    import scipy
+    import torch
+
+    import modalrec
+
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return (
+        f"modalrec {modalrec.__version__} (git {commit or 'unknown'}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
+        f"{platform.machine()} with {os.cpu_count()} CPU cores"
+    )
+
+
+def render(out: Path, root: Path, report: Path, quick: bool, intro: str) -> None:
+    commands_path = out / "commands.json"
+    commands = json.loads(commands_path.read_text()) if commands_path.exists() else {}
+    lines = [
+        "# Reproduction report",
+        "",
+        "Generated by `python benchmarks/reproduce.py` (do not edit by hand; rerun it). "
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with {versions()}.",
+        "",
+        intro.strip(),
+        "",
+    ]
+    for part in PARTS:
+        present = quick or part.dataset == "synthetic" or (root / part.dataset).is_dir()
+        lines += render_part(part, present, out, commands)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    tmp = report.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines).rstrip() + "\n")
+    os.replace(tmp, report)
+    print(f"wrote {report}")
+
+
+INTRO_FILE = PLANS / "intro.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", help=f"comma-separated subset of: {', '.join(p.name for p in PARTS)}")
+    ap.add_argument("--data-root", help="folder holding amazon_baby, amazon_scientific_mm, … ($MODALREC_DATA)")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "reproduction"), help="report folder (resumable)")
+    ap.add_argument("--report", default=None, help="Markdown to write (default docs/reproduction.md)")
+    ap.add_argument("--seeds", default=SEEDS)
+    ap.add_argument("--render-only", action="store_true", help="only rewrite the report from finished runs")
+    ap.add_argument("--quick", action="store_true", help="every part on a tiny synthetic dataset, 1 epoch, 1 seed")
+    args = ap.parse_args(argv)
+    out, root = Path(args.out), data_root(args.data_root)
+    report = (
+        Path(args.report)
+        if args.report
+        else (out / "reproduction.md" if args.quick else ROOT / "docs" / "reproduction.md")
+    )
+    seeds = "1" if args.quick else args.seeds
+    wanted = set((args.parts or ",".join(p.name for p in PARTS)).split(","))
+    unknown = wanted - {p.name for p in PARTS}
+    if unknown:
+        sys.exit(f"--parts: unknown part {sorted(unknown)[0]!r} (known: {', '.join(p.name for p in PARTS)})")
+    commands_path = out / "commands.json"
+    if not args.render_only:
+        out.mkdir(parents=True, exist_ok=True)
+        for part in PARTS:
+            if part.name not in wanted:
+                continue
+            folder = dataset_folder(part, root, out, args.quick)
+            if folder is None:
+                print(f"part {part.name}: dataset {root / part.dataset} not found — not run", flush=True)
+                continue
+            cmd = run_part(part, folder, out, seeds, args.quick)
+            commands = json.loads(commands_path.read_text()) if commands_path.exists() else {}
+            commands[part.name] = shlex.join(["modalrec", *cmd[3:]])
+            commands_path.write_text(json.dumps(commands, indent=1))
+    render(out, root, report, args.quick, INTRO_FILE.read_text() if INTRO_FILE.exists() else "")
+
+
+if __name__ == "__main__":
+    main()
