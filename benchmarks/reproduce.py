@@ -298,7 +298,8 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
             tested.append(f"{m}: vs {best_other['label']} Δ = {diff:+.4f}, p = {p:.3g}" + (" *" if p < 0.05 else ""))
         if tested:
             lines.append(
-                f"Paired t-test of **{target}** against the best other row (per-user test metric, seed-averaged; `*` p < 0.05):"
+                f"Paired t-test of **{target}** against the best other row "
+                "(per-user test metric, seed-averaged; `*` p < 0.05):"
             )
             lines += [f"- {t}" for t in tested]
             lines.append("")

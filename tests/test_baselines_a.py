@@ -1,6 +1,6 @@
-"""LayerGCN (baselines.md §6), VBPR (§7), MMGCN (§8) and the edge-list aggregation blocks they share.
+"""LayerGCN, VBPR, MMGCN (docs/models/) and the edge-list aggregation blocks they share.
 
-Each fast path is checked against a literal computation of the spec's equations on a small graph.
+Each fast path is checked against a literal computation of the documented equations on a small graph.
 """
 
 from __future__ import annotations
@@ -239,7 +239,10 @@ def test_vbpr_scores_and_batch_projection_equal_full_projection(ds):
 
 # ====================================================================== MMGCN
 def literal_mmgcn(model, dataset: Dataset) -> torch.Tensor:
-    """§8 forward by the letter: aggregate the TRANSFORMED neighbours x_j G over the edge list (index_add)."""
+    """The MMGCN forward (docs/models/mmgcn.md) by the letter.
+
+    Aggregates the TRANSFORMED neighbours x_j G over the edge list (index_add).
+    """
     src, dst = bipartite_edge_list(dataset.train_matrix)
     n = N_USERS + N_ITEMS
     act = F.leaky_relu

@@ -1,4 +1,4 @@
-"""GRCN (§9), LATTICE (§10), MAML (§17): model behaviour against direct dense / per-pair computations.
+"""GRCN, LATTICE, MAML (docs/models/): model behaviour against direct dense / per-pair computations.
 
 Also the shared blocks they added: ``segment_softmax`` and ``LearnedEdgeGraph`` (nn/propagation.py),
 ``learned_knn_coo`` (graphs.py).
@@ -111,7 +111,7 @@ def test_learned_knn_coo_equals_dense_topk_values_and_gradients():
 
 # ====================================================================== GRCN
 def grcn_dense_reference(model, ds: Dataset) -> torch.Tensor:
-    """O computed with dense N×N masks, literally as in §9 (routing only in paper mode)."""
+    """O computed with dense N×N masks, literally as in docs/models/grcn.md (routing only in paper mode)."""
     n_u, n = ds.n_users, ds.n_users + ds.n_items
     u, i = edges_of(ds)
     mask = torch.zeros(n, n, dtype=torch.bool)  # mask[v, j]: edge j -> v
@@ -185,7 +185,7 @@ def test_grcn_loss_has_gradients_everywhere(ds):
 
 # ====================================================================== LATTICE
 def lattice_dense_graph(model, ds: Dataset) -> torch.Tensor:
-    """S with dense I × I matrices as in the reference (§10 step 1)."""
+    """S with dense I × I matrices as in the reference (forward step 1)."""
     alpha = torch.softmax(model.modal_weight, dim=0)
 
     def dnorm(s):
@@ -241,7 +241,7 @@ def test_lattice_evaluation_rebuilds_learned_graph(ds):
 
 # ====================================================================== MAML
 def maml_direct_scores(model, users: torch.Tensor) -> torch.Tensor:
-    """−D(u, j) for users × all items from the spec's formulas, one pair at a time (vectorised per user)."""
+    """−D(u, j) for users × all items from the documented formulas, one pair at a time (vectorised per user)."""
     p = model.user_emb.detach()
     q = model.item_emb.detach()
     p = p * torch.clamp(1.0 / p.norm(dim=1, keepdim=True), max=1.0)

@@ -1,4 +1,4 @@
-"""SLMRec (§11), BM3 (§12), FREEDOM (§14): exact formulas vs. the fast paths, quirks, graphs; shared losses."""
+"""SLMRec, BM3, FREEDOM (docs/models/): exact formulas vs. the fast paths, quirks, graphs; shared losses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MMSSL (§13), DA-MRS (§15), LGMRec (§16): shared blocks against brute force, quirks, graphs, checkpoints."""
+"""MMSSL, DA-MRS, LGMRec (docs/models/): shared blocks against brute force, quirks, graphs, checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MARIO (seed-models.md §1): fast ranking = literal per-pair formula, variants, loss, graphs, explanations."""
+"""MARIO (docs/models/mario.md): fast ranking = literal per-pair formula, variants, loss, graphs, explanations."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def test_dropped_modality_has_no_parameters_or_mp_term(ds):
 
 
 def test_loss_matches_the_written_formula(ds):
-    """L = BPR(r̂⁺, r̂⁻) + μ Σ_m mean|F_m − v^m W̃_m| + λ_reg ½(‖E_u‖²+‖E_p‖²+‖E_n‖²)/B (§1.4)."""
+    """L = BPR(r̂⁺, r̂⁻) + μ Σ_m mean|F_m − v^m W̃_m| + λ_reg ½(‖E_u‖²+‖E_p‖²+‖E_n‖²)/B (Eqs. 9–11)."""
     for decode_from in ("propagated", "compressed"):
         model = make(ds, mu=0.7, reg_weight=0.01, decode_from=decode_from).eval()
         randomise(model, 2.0)

@@ -1,4 +1,4 @@
-"""MeAIM (seed-models.md §2): exact fast ranking, loss primitives, variants, quality."""
+"""MeAIM (docs/models/meaim.md): exact fast ranking, loss primitives, variants, quality."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every user with at least one interaction in the evaluated split is ranked against all
 items; the user's training items are masked (and, optionally, valid items at test).
-Metrics follow baselines.md §1.3 and are averaged over users; the per-user vectors are
+Metrics follow docs/protocol.md#metrics and are averaged over users; the per-user vectors are
 kept for significance tests. Everything per block is tensor code — no per-user loops.
 """
 

@@ -44,7 +44,7 @@ def _inv_power(deg: np.ndarray, power: float) -> np.ndarray:
 
 
 def sym_norm_adjacency(interactions: sp.spmatrix, eps: float = DEGREE_EPS) -> sp.csr_matrix:
-    """Â = D^{-1/2} A D^{-1/2} with D = deg + eps (baselines.md §2.1 ``A_sym``); no self-loops.
+    """Â = D^{-1/2} A D^{-1/2} with D = deg + eps (docs/building-blocks.md#normalised-adjacencies); no self-loops.
 
     Nodes without training edges get all-zero rows.
     """
@@ -82,7 +82,7 @@ def knn_topk(
     """Top-k cosine neighbours of every row, computed in row blocks (memory O(block × I)).
 
     Returns ``(indices, similarities)``, both (I, k). The row itself is normally among its
-    neighbours and is kept (seed-models.md, "kNN item graph"). With ``stable_ties`` exact
+    neighbours and is kept (docs/building-blocks.md#knn-graphs). With ``stable_ties`` exact
     ties are broken by the lowest item id (a stable sort; slower), otherwise by
     ``torch.topk``'s order, which is deterministic on a given device.
     """
@@ -243,7 +243,10 @@ def _csr_tensor(m: sp.csr_matrix, device: torch.device | str) -> torch.Tensor:
 
 # ====================================================================== edge dropout / pruning
 def degree_sensitive_edge_probs(interactions: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training edges (users, items) and π_ui = 1/sqrt(deg_u · deg_i) on the full graph (baselines.md §2.5)."""
+    """Training edges (users, items) and π_ui = 1/sqrt(deg_u · deg_i) on the full graph.
+
+    See docs/building-blocks.md#degree-sensitive-edge-pruning.
+    """
     r = sp.coo_matrix(interactions)
     du = np.asarray(interactions.sum(axis=1)).ravel()
     di = np.asarray(interactions.sum(axis=0)).ravel()
@@ -271,7 +274,7 @@ def pruned_sym_norm_adjacency(
     generator: torch.Generator | None = None,
     edge_probs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> sp.csr_matrix:
-    """Degree-sensitive edge pruning (baselines.md §2.5; LayerGCN, FREEDOM).
+    """Degree-sensitive edge pruning (docs/building-blocks.md#degree-sensitive-edge-pruning; LayerGCN, FREEDOM).
 
     Keep m = floor(|E|·(1 − ρ)) training edges sampled without replacement ∝ π_ui, then build
     Â = D^{-1/2} A D^{-1/2} from the kept edges with degrees recomputed on the kept graph.
@@ -296,11 +299,13 @@ def random_edge_dropout(
 
 
 class EpochEdgeDropout:
-    """The training graph Â of one epoch with a share ρ of its edges dropped (baselines.md §2.5).
+    """The training graph Â of one epoch with a share ρ of its edges dropped.
 
-    ``schedule="degree"``: degree-sensitive pruning every epoch (FREEDOM §14);
+    See docs/building-blocks.md#degree-sensitive-edge-pruning.
+
+    ``schedule="degree"``: degree-sensitive pruning every epoch (FREEDOM);
     ``"alternate"``: degree-sensitive on epochs 0, 2, 4, … and uniform on 1, 3, 5, …
-    (LayerGCN §6). With ρ = 0 every epoch gets ``full_adj``. The sampling probabilities
+    (LayerGCN). With ρ = 0 every epoch gets ``full_adj``. The sampling probabilities
     π_ui are computed once.
     """
 
@@ -441,7 +446,7 @@ def bipartite_edge_list(interactions: sp.spmatrix) -> tuple[torch.Tensor, torch.
     """(src, dst) of the directed user–item edge list with every training pair in both directions.
 
     Node ids as in :func:`bipartite_adjacency` (item j is node U + j); the first |E| edges go
-    user → item, the next |E| item → user (baselines.md §2.1 "edge list", 2|E| edges).
+    user → item, the next |E| item → user (docs/building-blocks.md#edge-lists, 2|E| edges).
     """
     r = sp.coo_matrix(interactions)
     users = torch.from_numpy(r.row.astype(np.int64))
@@ -458,7 +463,7 @@ def learned_knn_coo(
     The neighbour sets come from :func:`knn_topk` in row blocks under ``no_grad`` (never an
     I × I matrix); the kept similarities are then recomputed from ``features`` with autograd,
     so gradients reach ``features`` through the kept values exactly as through
-    ``topk(dense_cos_sim)`` would (LATTICE's learned graph, baselines.md §10). Values are
+    ``topk(dense_cos_sim)`` would (LATTICE's learned graph, docs/models/lattice.md#forward-pass). Values are
     not normalised (see :func:`normalize_sparse_rows`).
     """
     with torch.no_grad():
@@ -475,7 +480,7 @@ def learned_knn_coo(
 def cross_modal_denoised_knn(
     features: list[torch.Tensor] | list[np.ndarray], k: int, block_size: int = 1024
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """DA-MRS's denoised binary kNN item graphs, one per modality (baselines.md §15, "Graphs" 1).
+    """DA-MRS's denoised binary kNN item graphs, one per modality (docs/models/damrs.md#graphs, 1).
 
     With S_m the cosine similarities of modality m and μ_m the mean of ALL entries of S_m
     (diagonal included; computed exactly as ‖Σ_i x̂_i‖² / n² without an n×n matrix), an
@@ -513,7 +518,7 @@ def cross_modal_denoised_knn(
 
 
 def co_interaction_graph(interactions: sp.spmatrix, k: int = 2, min_count: int = 2) -> sp.csr_matrix:
-    """DA-MRS's item–item behaviour graph (baselines.md §15, "Graphs" 2), binary and normalised.
+    """DA-MRS's item–item behaviour graph (docs/models/damrs.md#graphs, 2), binary and normalised.
 
     c_ij = number of users who interacted with both i and j (i ≠ j); pairs with
     c_ij ≥ ``min_count`` are candidates; each item keeps its top-``k`` partners by c_ij (ties:
@@ -545,7 +550,7 @@ def left_norm_bipartite_operators(
 ) -> tuple[SparseOperator, SparseOperator]:
     """(D_u^{-1/2} R, D_i^{-1/2} Rᵀ) of the binary interactions given as (user, item) pairs.
 
-    MMSSL's "mean_flag" normalisation (baselines.md §2.1 ``R_left``): only the row side is
+    MMSSL's "mean_flag" normalisation (docs/building-blocks.md#normalised-adjacencies, ``R_left``): only the row side is
     degree-scaled, deg + ``eps``; duplicate pairs count once. Built on the pairs' device.
     Returns operators of shapes (n_users × n_items) and (n_items × n_users).
     """

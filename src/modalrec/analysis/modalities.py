@@ -1,4 +1,4 @@
-"""MARIO's motivation analysis (§1.7, Fig. 2): do the modalities agree on which items are similar?
+"""MARIO's motivation analysis (Fig. 2): do the modalities agree on which items are similar?
 
 For every pair of modalities (the dataset's content features, plus the interaction
 modality of a trained run when given), the Pearson correlation between their pairwise

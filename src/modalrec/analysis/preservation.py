@@ -1,4 +1,4 @@
-"""Modality preservation (MARIO Table 6, Fig. 3; seed-models.md §1.7).
+"""Modality preservation (MARIO Table 6, Fig. 3; docs/models/mario.md#modality-preservation-analysis).
 
 For a trained model with item representation f (``Recommender.item_representation``) and
 a content modality m with raw features F_m: p-sim(j, k) = cos(F_m(j), F_m(k)), f-sim(j, k)

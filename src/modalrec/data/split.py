@@ -34,7 +34,7 @@ def _rank_within_user(users: np.ndarray, sort_key: np.ndarray) -> tuple[np.ndarr
 
 
 def split_mmrec(users: np.ndarray, seed: int) -> np.ndarray:
-    """MMRec's per-user random 8:1:1 rule (baselines.md §1.1).
+    """MMRec's per-user random 8:1:1 rule (docs/protocol.md#split).
 
     Each user's interactions are shuffled; with n < 10 the last goes to test and the
     second-last to valid; otherwise vt = floor(0.2 n), valid = floor(vt / 2),

@@ -19,7 +19,7 @@ from modalrec.data.split import split_mmrec
 
 DEFAULT_MODALITIES = {"image": 256, "text": 128}
 
-# Shapes of the public benchmark datasets (baselines.md §1.1), for benchmarks.
+# Shapes of the public benchmark datasets (docs/protocol.md#datasets-and-features), for benchmarks.
 SHAPES = {
     "default": {"n_users": 1500, "n_items": 2000, "modalities": DEFAULT_MODALITIES, "mean_interactions": 14.0},
     "baby": {"n_users": 19445, "n_items": 7050, "modalities": {"image": 4096, "text": 384}, "mean_interactions": 8.27},

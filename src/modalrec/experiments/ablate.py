@@ -1,4 +1,4 @@
-"""The papers' ablations in one table (MARIO RQ2–RQ5, MeAIM §2.8).
+"""The papers' ablations in one table (MARIO RQ2–RQ5, MeAIM supplement).
 
 MARIO: full model; w/o each content modality (dropped from attention and from the
 preservation loss); fusion mean / max / fc instead of attention; mu = 0 (no modality

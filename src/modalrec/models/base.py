@@ -123,7 +123,7 @@ class Recommender(nn.Module):
 
 
 def xavier_embedding(n: int, dim: int, uniform: bool = True) -> nn.Embedding:
-    """An embedding table with Xavier init (uniform by default; baselines.md §2.6)."""
+    """An embedding table with Xavier init (uniform by default; docs/building-blocks.md#initialisation)."""
     emb = nn.Embedding(n, dim)
     (nn.init.xavier_uniform_ if uniform else nn.init.xavier_normal_)(emb.weight)
     return emb

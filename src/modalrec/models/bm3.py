@@ -1,4 +1,7 @@
-"""BM3 (Zhou et al., WWW 2023, "Bootstrap Latent Representations for Multi-modal Recommendation") — baselines.md §12."""
+"""BM3 (Zhou et al., WWW 2023, "Bootstrap Latent Representations for Multi-modal Recommendation").
+
+Equations, choices and cost: docs/models/bm3.md.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def _xavier_normal_linear(n_in: int, n_out: int) -> nn.Linear:
 
 @register
 class BM3(Recommender):
-    """BM3 (§12): LightGCN encoder + shared predictor pulled towards dropout-perturbed, detached targets.
+    """BM3: LightGCN encoder + shared predictor pulled towards dropout-perturbed, detached targets.
 
     Parameters: E_u, E_i (Xavier-uniform); predictor Π: d → d; per content modality m (any number)
     a TRAINABLE copy T_m of the raw features (init X_m) and Φ_m: F_m → d (Linear with bias,

@@ -1,4 +1,4 @@
-"""BPR-MF (Rendle et al., UAI 2009) — baselines.md §3."""
+"""BPR-MF (Rendle et al., UAI 2009) — docs/models/bpr.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DA-MRS (Xv et al., KDD 2024) on a LightGCN backbone — baselines.md §15."""
+"""DA-MRS (Xv et al., KDD 2024) on a LightGCN backbone — docs/models/damrs.md."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ BEHAVIOUR = "behaviour"  # name of the co-interaction (IIB) view
 
 @register
 class DAMRS(Recommender):
-    """DA-MRS + LightGCN: denoised item–item graphs, denoised BPR, KL and neighbour alignment (§15).
+    """DA-MRS + LightGCN: denoised item–item graphs, denoised BPR, KL and neighbour alignment.
 
     Graphs (built once, frozen, cached by the GraphStore): per content modality m a binary
     kNN graph G_m (k = ``knn_k``) after cross-modal denoising — an item pair survives only if its
@@ -31,7 +31,7 @@ class DAMRS(Recommender):
     Forward: [H_u; H_i] = LGC(E⁰; A_sym, L_ui); views h_m = G_m^{L_mm} E_i for every content
     modality and s; h̄ = mean of the views; Ĥ_i = H_i + h̄; s(u, j) = H_u[u] · Ĥ_i[j].
 
-    Loss (§15 "Losses" 1–4), views V = the content modalities + s:
+    Loss, views V = the content modalities + s:
     - denoised BPR: q^m_± = σ(H_u[u]·norm(h_m[p/n])); μ_+ = mean_m q^m_+, v_+ = unbiased var_m,
       x_+ = max_m; μ_− = mean of q^m_− over all views AND triples (a scalar);
       w_+ = clamp(μ_+ e^{−2v_+}, 0, 1), w_− = clamp(x_+ − μ_−, 0, 1)·1[μ_+ < μ_−] (detached);
@@ -42,7 +42,7 @@ class DAMRS(Recommender):
       the views (:func:`~modalrec.nn.losses.neighbour_discrimination_nce`, in item blocks);
     - L = L_bpr + ``neighbor_weight``·L_ND + ``kl_weight``·L_KL.
 
-    **[choices]** for M content modalities (spec: exactly v, t): the denoising mask requires
+    **[choices]** for M content modalities (the paper: exactly v, t): the denoising mask requires
     every modality's similarity to pass its mean, and the neighbour count c_i is the number of
     entries surviving the joint mask (the reference counts the non-zeros of the masked *text*
     row — identical unless a surviving cosine is exactly 0); in the ND target matrix the target
@@ -51,7 +51,7 @@ class DAMRS(Recommender):
 
     Config: ``knn_k`` (10), ``item_graph_k`` (k_b 2), ``n_ui_layers`` (2), ``n_mm_layers`` (1),
     ``kl_weight`` (1.0), ``neighbor_weight`` (0.001), ``neighbor_tau`` (0.2),
-    ``loss_block_size`` (items per ND block, 512). No [REF-QUIRK] in §15; evaluation is
+    ``loss_block_size`` (items per ND block, 512). No [REF-QUIRK] is listed for DA-MRS; evaluation is
     deterministic.
     """
 

@@ -1,5 +1,5 @@
 """FREEDOM (Zhou & Shen, ACM MM 2023, "A Tale of Two Graphs: Freezing and Denoising Graph Structures for
-Multimodal Recommendation") — baselines.md §14."""
+Multimodal Recommendation") — docs/models/freedom.md."""
 
 from __future__ import annotations
 
@@ -33,16 +33,16 @@ def modality_graph_weights(modalities: list[str], image_weight: float) -> list[f
 
 @register
 class FREEDOM(Recommender):
-    """FREEDOM (§14): frozen binary kNN item graph + degree-sensitively pruned user–item graph.
+    """FREEDOM: frozen binary kNN item graph + degree-sensitively pruned user–item graph.
 
     Parameters: E_u, E_i (Xavier-uniform); per content modality m (any number) a TRAINABLE copy T_m
     of the raw features (init X_m) and Φ_m: F_m → d_f (Linear, PyTorch default init).
 
-    Graphs: S_mm = Σ_m w_m · kNN-binary(X_m, k) (§2.3, each kept entry 1/k; sparse, on the union of
+    Graphs: S_mm = Σ_m w_m · kNN-binary(X_m, k) (each kept entry 1/k; sparse, on the union of
     the supports), built once from the raw features and frozen; w = (w_v, 1 − w_v) for image+text,
     see :func:`modality_graph_weights` for other modality sets. User–item graph: :meth:`pre_epoch`
     draws Â_t, keeping floor(|E|(1 − ρ)) edges sampled ∝ 1/sqrt(deg_u deg_i) without replacement and
-    re-normalised on the kept degrees (§2.5, every epoch, torch's seeded global RNG); scoring uses A_sym.
+    re-normalised on the kept degrees (every epoch, torch's seeded global RNG); scoring uses A_sym.
 
     Forward (Â = Â_t in training, A_sym for scoring):
     1. h = S_mm^{L_mm} E_i; 2. [H_u; H̄_i] = LGC(E⁰; Â, L_ui); 3. H_i = H̄_i + h; 4. s_uj = H_u[u] · H_i[j].

@@ -1,4 +1,4 @@
-"""GRCN (Wei et al., ACM MM 2020) — baselines.md §9."""
+"""GRCN (Wei et al., ACM MM 2020) — docs/models/grcn.md."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from modalrec.nn.scoring import pair_scores
 
 @register
 class GRCN(Recommender):
-    """GRCN: content-refined, confidence-weighted, ReLU-pruned user–item graph (baselines.md §9).
+    """GRCN: content-refined, confidence-weighted, ReLU-pruned user–item graph.
 
     Nodes: users 0..U−1, item j at U + j (N = U + I). Edge lists (``graphs.bipartite_edge_list``):
     the 2|E| directed training edges, first user → item, then item → user.
 
-    Per content modality m (any number; loop over ``self.modalities``), module "CGCN" (§9 step 1):
+    Per content modality m (any number; loop over ``self.modalities``), module "CGCN" (step 1):
 
     1. F_m = LeakyReLU(MLP_m(X_m)) (Linear F_m → d_C, Xavier-normal weight); p = norm(P_m),
        f = norm(F_m).
@@ -104,7 +104,7 @@ class GRCN(Recommender):
         return edges.aggregate(x, a), a
 
     def content_graph(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """CGCN of modality i: (Q_m, a^m) (§9 step 1)."""
+        """CGCN of modality i: (Q_m, a^m) (step 1)."""
         feat = F.leaky_relu(self.mlps[i](getattr(self, f"feat_{i}")))
         p = F.normalize(self.preferences[i], dim=1)
         f = F.normalize(feat, dim=1)

@@ -1,4 +1,4 @@
-"""LATTICE (Zhang et al., ACM MM 2021) — baselines.md §10."""
+"""LATTICE (Zhang et al., ACM MM 2021) — docs/models/lattice.md."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ CF_MODELS = ("lightgcn", "mf")
 
 @register
 class LATTICE(Recommender):
-    """LATTICE: learned + frozen item–item kNN graphs over modalities added to a LightGCN (§10).
+    """LATTICE: learned + frozen item–item kNN graphs over modalities added to a LightGCN.
 
     Parameters: E_u, E_i (Xavier-uniform); per content modality m (any number) a TRAINABLE
     copy T_m of the raw features (initialised to X_m) and Φ_m: Linear(F_m → d_f) (PyTorch
     default init); modality weights ω ∈ R^M initialised to 0.5 (α = softmax(ω)).
 
-    Item graph (§10 "Graphs", "Forward" step 1):
+    Item graph (forward step 1):
     S̃_m = kNN-weighted(X_m, k) with D^{-1/2}·D^{-1/2} normalisation (frozen, GraphStore-cached);
     Ŝ_m = top-k per row of cos-sim(Φ_m(T_m)), the kept similarities as values (directed,
     not yet normalised) — built in item row blocks by ``graphs.learned_knn_coo``, never an

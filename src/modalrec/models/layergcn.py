@@ -1,4 +1,4 @@
-"""LayerGCN (Zhou et al., ICDE 2023, "Layer-refined GCNs for Recommendation") — baselines.md §6."""
+"""LayerGCN (Zhou et al., ICDE 2023, "Layer-refined GCNs for Recommendation") — docs/models/layergcn.md."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class _LayerRefinedPropagation(torch.autograd.Function):
 
 
 def layer_refined_propagation(adj: SparseOperator, e0: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """H = Σ_{l=1..L} X^l with Y = Â X^{l−1}, X^l_v = cos(Y_v, E⁰_v) · Y_v (baselines.md §6, steps 1–3).
+    """H = Σ_{l=1..L} X^l with Y = Â X^{l−1}, X^l_v = cos(Y_v, E⁰_v) · Y_v (docs/models/layergcn.md#forward-pass).
 
     Layer 0 is excluded from the sum; the cosine weight is neither clamped nor detached
     (it may be negative and the gradient flows through it). Same values and gradients as
@@ -110,27 +110,28 @@ def layer_refined_propagation(adj: SparseOperator, e0: torch.Tensor, n_layers: i
 
 @register
 class LayerGCN(Recommender):
-    """LayerGCN (§6): LightGCN-style propagation with layer refinement by cosine similarity to the ego layer.
+    """LayerGCN: LightGCN-style propagation with layer refinement by cosine similarity to the ego layer.
 
-    Equations (§6 "Forward"), with Â the pruned training graph Â_t or the full A_sym (scoring):
+    Equations, with Â the pruned training graph Â_t or the full A_sym (scoring):
 
     1. X⁰ = E⁰ = [E_u; E_i];
     2. for l = 1..L: Y = Â X^{l−1}; w_v = cos(Y_v, E⁰_v); X^l_v = w_v · Y_v;
     3. H = Σ_{l=1}^{L} X^l (layer 0 excluded); s(u, j) = H_u[u] · H_i[j].
 
     Per-epoch graph (:meth:`pre_epoch`): with ρ = ``dropout`` > 0, keep m = floor(|E|(1−ρ)) training
-    edges, sampled degree-sensitively (∝ 1/sqrt(deg_u deg_i), without replacement, §2.5) on even
-    epochs and uniformly at random without replacement on odd epochs (the reference toggles a flag
-    after every epoch, starting degree-sensitive); Â_t = D^{-1/2} A_kept D^{-1/2} with degrees
-    recomputed on the kept graph. ρ = 0 trains on A_sym. Scoring always uses the full A_sym.
+    edges, sampled degree-sensitively (∝ 1/sqrt(deg_u deg_i), without replacement; see
+    docs/building-blocks.md#degree-sensitive-edge-pruning) on even epochs and uniformly at random
+    without replacement on odd epochs (the reference toggles a flag after every epoch, starting
+    degree-sensitive); Â_t = D^{-1/2} A_kept D^{-1/2} with degrees recomputed on the kept graph.
+    ρ = 0 trains on A_sym. Scoring always uses the full A_sym.
 
     Loss: Σ_b −log σ(s_{u,p} − s_{u,n}) (SUM over the batch) + λ·L2Loss(E_u[u], E_i[p], E_i[n])
-    (½ squared norms of the batch's ego rows, no division by B, §2.4).
+    (½ squared norms of the batch's ego rows, no division by B).
 
     Config: ``n_layers`` (L, 4), ``dropout`` (ρ, 0.1), ``reg_weight`` (λ, 1e-4); embeddings Xavier-uniform.
     ID only (``min_modalities`` 0); content features, if present, are ignored.
 
-    [choices] The spec gives no per-dataset optimum [OPEN]: defaults ρ = 0.1, λ = 1e-4 (middle of
+    [choices] No per-dataset optimum is published [OPEN]: defaults ρ = 0.1, λ = 1e-4 (middle of
     the MMRec grid). Without the trainer's pre-epoch hook (e.g. a loss computed before any epoch)
     training uses A_sym. Edge sampling draws from torch's global RNG, so runs are reproducible
     under the trainer's seed. Speed: the propagation has a hand-written backward

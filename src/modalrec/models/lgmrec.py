@@ -1,4 +1,4 @@
-"""LGMRec (Guo et al., AAAI 2024): local and global graph learning — baselines.md §16."""
+"""LGMRec (Guo et al., AAAI 2024): local and global graph learning — docs/models/lgmrec.md."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ EVAL_NOISE_SEED = 2024  # reproduction mode: the evaluation Gumbel noise is draw
 
 @register
 class LGMRec(Recommender):
-    """LGMRec: local (CGE + MGE) plus global (Gumbel-softmax hypergraph) embeddings, §16.
+    """LGMRec: local (CGE + MGE) plus global (Gumbel-softmax hypergraph) embeddings.
 
-    Forward (§16 step numbers), for each content modality m (any number, dataset order):
+    Forward (docs/models/lgmrec.md#forward-pass step numbers), for each content modality m (any number, dataset order):
 
     1. Λ_i^m = X_m Θ_m (n_i × A), Λ_u^m = R Λ_i^m (raw, un-normalised R);
        H_i^m = GumbelSoftmax_τ(Λ_i^m), H_u^m = GumbelSoftmax_τ(Λ_u^m), τ = ``tau`` (0.2).

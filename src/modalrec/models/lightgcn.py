@@ -1,4 +1,4 @@
-"""LightGCN (He et al., SIGIR 2020) — baselines.md §4."""
+"""LightGCN (He et al., SIGIR 2020) — docs/models/lightgcn.md."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from modalrec.nn.scoring import pair_scores
 
 @register
 class LightGCN(Recommender):
-    """LightGCN: [H_u; H_i] = mean_{l=0..L} Â^l E⁰ (§2.2), s(u, j) = H_u[u] · H_i[j].
+    """LightGCN: [H_u; H_i] = mean_{l=0..L} Â^l E⁰, s(u, j) = H_u[u] · H_i[j].
 
     Loss: BPR on the propagated embeddings + λ·EmbLoss on the batch's layer-0 (ego) rows.
     Config: ``n_layers`` (L, 2), ``reg_weight`` (λ, 1e-4). Embeddings Xavier-uniform.

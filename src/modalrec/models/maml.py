@@ -1,4 +1,4 @@
-"""MAML — multimodal attentive metric learning (Liu et al., ACM MM 2019) — baselines.md §17."""
+"""MAML — multimodal attentive metric learning (Liu et al., ACM MM 2019) — docs/models/maml.md."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def clip_rows(x: torch.Tensor, max_norm: float) -> torch.Tensor:
 
 @register
 class MAML(Recommender):
-    """MAML: per-(user, item) attention-weighted Euclidean distance, s_uj = −D(u, j) (§17).
+    """MAML: per-(user, item) attention-weighted Euclidean distance, s_uj = −D(u, j).
 
     Parameters: P (U × d), Q (I × d) ~ N(0, 1/d); feature MLP f on z⁰ = norm([X_m1 ‖ … ‖ X_mM])
     (all content modalities in dataset order **[choice]**: the reference concatenates text then
@@ -52,7 +52,7 @@ class MAML(Recommender):
     attention A₁: 3d → 5d (tanh, dropout 0.05), A₂: 5d → d (ReLU) on L2-normalised inputs.
     Init **[choice]**: Xavier-uniform weights and zero biases (TensorFlow's dense defaults).
 
-    Forward (§17): φ_j = clip_{‖·‖≤1}(s·f(z⁰_j)); c = norm([P_u ‖ Q_j ‖ φ_j]);
+    Forward: φ_j = clip_{‖·‖≤1}(s·f(z⁰_j)); c = norm([P_u ‖ Q_j ‖ φ_j]);
     a_uj = d·softmax(ReLU(A₂ norm(tanh(A₁ c)))); D(u, j) = ‖a_uj ⊙ (P_u − Q_j)‖².
 
     Full ranking (:meth:`full_scores`) never forms users × items × 3d: A₁ c =
@@ -66,7 +66,7 @@ class MAML(Recommender):
     uniform over the training items, redrawn while a training positive of the user):
     L_m = Σ_b [D⁺ − min_w D⁻_w + m]_+ · log(q·I + 1), q = impostor fraction over the W
     negatives; L_f = λ_f Σ_{j∈I} ‖Q_j − φ_j‖²; L_c on Y = centred [Q; P], C = YᵀY/(I+U):
-    ``cov_loss_form: reference`` λ_c Σ_{a≠b} C_ab (spec default), ``paper``
+    ``cov_loss_form: reference`` λ_c Σ_{a≠b} C_ab (default), ``paper``
     λ_c (‖C‖_F − ‖diag C‖²)/(I+U). Rows of P and Q are clipped to norm ≤ ``clip_norm``
     after every optimiser step: the trainer has no post-step hook, so the clip is applied
     in place at the start of the next :meth:`loss` and functionally in

@@ -1,6 +1,6 @@
 """MeAIM (Wu, Xu, Chen — MMSP 2025): meta-weight integration of ID and content scores.
 
-Implements seed-models.md §2 equation by equation, for any set of M ≥ 2 content
+Implements the paper equation by equation (docs/models/meaim.md), for any set of M ≥ 2 content
 modalities (whatever ``dataset.features`` holds, in that order) plus the ID branch.
 The A = M + 1 representations of a node are named ``id`` and the modality names.
 """
@@ -38,11 +38,11 @@ class FastDropout(nn.Dropout):
 
 
 class MetaWeightNet(nn.Module):
-    """One meta-weight net N (§2.1): a head h_b per representation b.
+    """One meta-weight net N: a head h_b per representation b.
 
     h_b(z) = Dropout(Linear(3d/2 → 1)(Dropout(Linear(3d → 3d/2)(z)))) — no
     non-linearity between the two layers — on z = [‖x − y‖²·1_d ; x ; y], and the net
-    outputs σ(3d · h_b(z)) (§2.4). PyTorch's default Linear initialisation.
+    outputs σ(3d · h_b(z)) (Eq. 10). PyTorch's default Linear initialisation.
     """
 
     def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
@@ -62,14 +62,17 @@ class MetaWeightNet(nn.Module):
         return torch.sigmoid(self.scale * self.heads[b](z)).squeeze(1)
 
     def affine(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(c_δ, p, q, c0) with h_b(z) = c_δ·δ + p·x + q·y + c0 when dropout is off (§2.7)."""
+        """(c_δ, p, q, c0) with h_b(z) = c_δ·δ + p·x + q·y + c0 when dropout is off.
+
+        See docs/models/meaim.md#scoring-and-ranking.
+        """
         first, last = self.heads[b][0], self.heads[b][2]
         return meta_weight_head_affine(first.weight, first.bias, last.weight, last.bias, self.dim)
 
 
 @dataclass
 class RankCache:
-    """Everything exact fast ranking needs, computed once per evaluation (§2.7).
+    """Everything exact fast ranking needs, computed once per evaluation.
 
     With h the head's affine form and s_ab = u^a·i^b, the stage-1 pre-activation is
     3d·h = ``u1[a,b,u] + i1[a,b,i] + k1[a,b]·s_ab``; the stage-2 one is
@@ -104,7 +107,7 @@ class RankCache:
 class MeAIM(Recommender):
     """MeAIM: meta-learned, per-(user, item) integration of ID and content-modality scores.
 
-    Forward (§2.3), for content modalities m = 1..M (dataset order) and d = embedding_size:
+    Forward, for content modalities m = 1..M (dataset order) and d = embedding_size:
 
     1. ID branch: H⁰ = [E_u; E_i], H^l = Â H^{l−1}, (Z_u^c, Z_i^c) = H^{L_c} — the LAST
        layer (``cf_model: lightgcn``, L_c = ``n_id_layers``); ``cf_model: mf`` skips it.
@@ -116,13 +119,13 @@ class MeAIM(Recommender):
     4. Preference gates: Z_i^m ← g_m(Z_i^c) ⊙ Z_i^m, Z_u^m ← g_m(Z_u^c) ⊙ Z_u^m,
        g_m = σ(Linear(d → d)), one per content modality, shared by users and items.
 
-    Scoring (§2.4, Eq. 10): representations a, b ∈ {id, m…}. Stage 1, for each user
+    Scoring (Eq. 10): representations a, b ∈ {id, m…}. Stage 1, for each user
     representation a: w_ab = softmax_b N_a.h_b(u^a, i^b), y_a = Σ_b w_ab (u^a·i^b),
     ĩ_a = Σ_b w_ab i^b. Stage 2: ω_a = softmax_a N_final.h_a(u^a, ĩ_a), ŷ = Σ_a ω_a y_a.
     Each net's output is σ(3d·h(z)) — the softmax runs over those sigmoid values, so no
     max-shift is needed. Heads: see :class:`MetaWeightNet` (dropout ρ = ``dropout``).
 
-    Loss (§2.5, Eqs. 14, 16, 19, 20), no explicit L2 term:
+    Loss (Eqs. 14, 16, 19, 20), no explicit L2 term:
     L = mean_batch[γ Σ_a ω̄_a ℓ_a + (1−γ) ℓ_c] + β·L_cl + λ·L_KL with
     ℓ_a = −ln σ(y_a(u,i⁺) − y_a(u,i⁻)), ω̄_a = (ω_a(u,i⁺) + ω_a(u,i⁻))/2 (gradient flows
     into ω̄: that is how N_final learns **[choice]**); γ = ``gamma_bpr``.
@@ -138,7 +141,7 @@ class MeAIM(Recommender):
     α, 1−α]**; the same weights mix S. CL and KL run in blocks of ``loss_block_size``
     batch rows and are skipped entirely when their weight is 0 ("MeAIM-CK": β = λ = 0).
 
-    Ranking (§2.7) is exact and never forms per-pair vectors: with dropout off each head
+    Ranking is exact and never forms per-pair vectors: with dropout off each head
     is affine in (δ, x, y), δ = ‖x‖² + ‖y‖² − 2x·y, so a user block needs (M+1)² GEMMs
     u^a·i^b plus element-wise work on (block × items) arrays (:meth:`full_scores`);
     :meth:`naive_pair_scores` runs the heads literally and is the test reference.
@@ -146,7 +149,7 @@ class MeAIM(Recommender):
     ``item_representation()`` is the mean of Z_i^c and the Z_i^m **[choice]**.
     ``explain()`` gives the stage-2 weights ω and, as extras, the stage-1 weights w.
 
-    Further **[choice]**s where the spec is silent: P_m, Q_m, gates and heads keep
+    Further **[choice]**s where the paper is silent: P_m, Q_m, gates and heads keep
     PyTorch's default Linear initialisation (only E_u, E_i are Xavier-uniform); the
     InfoNCE anchors are the batch rows as drawn (a user in two triples counts twice);
     the KL term is evaluated from the logits, (σ(x̃) − σ(ỹ))(x̃ − ỹ) with x̃, ỹ clamped
@@ -234,9 +237,9 @@ class MeAIM(Recommender):
             raise ConfigError(f"MeAIM: kl_modality_weights must be finite and non-negative, got {weights}")
         return weights
 
-    # ------------------------------------------------------------------ forward (§2.3)
+    # ------------------------------------------------------------------ forward
     def forward_representations(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """([Z_u^c, Z_u^m…], [Z_i^c, Z_i^m…]) for all users and items (§2.3 steps 1–4)."""
+        """([Z_u^c, Z_u^m…], [Z_i^c, Z_i^m…]) for all users and items (steps 1–4)."""
         e_u, e_i = self.user_emb.weight, self.item_emb.weight
         e0 = torch.cat([e_u, e_i])
         n_id = int(self.config.n_id_layers) if self.config.cf_model == "lightgcn" else 0
@@ -259,7 +262,7 @@ class MeAIM(Recommender):
             users[i] = torch.sigmoid(gate(z_u_c)) * users[i]
         return [z_u_c, *users], [z_i_c, *items]
 
-    # ------------------------------------------------------------------ pairwise scoring (§2.4)
+    # ------------------------------------------------------------------ pairwise scoring (Eq. 10)
     def pair_forward(self, user_reps: list[torch.Tensor], item_reps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Eq. 10 literally, for aligned rows: u^a = user_reps[a][k], i^b = item_reps[b][k].
 
@@ -279,7 +282,7 @@ class MeAIM(Recommender):
         omega = torch.softmax(torch.stack(logits2, dim=1), dim=1)
         return {"y": y, "w": torch.stack(ws, dim=1), "omega": omega, "score": (omega * y).sum(dim=1)}
 
-    # ------------------------------------------------------------------ loss (§2.5)
+    # ------------------------------------------------------------------ loss
     def loss(self, batch: Batch) -> torch.Tensor:
         cfg = self.config
         users, items = self.forward_representations()
@@ -315,13 +318,13 @@ class MeAIM(Recommender):
             users[0][batch.users], content, F.normalize(items[0], dim=1), int(self.config.loss_block_size)
         )
 
-    # ------------------------------------------------------------------ ranking (§2.7)
+    # ------------------------------------------------------------------ ranking
     def compute_representations(self) -> RankCache:
         users, items = self.forward_representations()
         return self.build_rank_cache(users, items)
 
     def build_rank_cache(self, users: list[torch.Tensor], items: list[torch.Tensor]) -> RankCache:
-        """Pre-compute per-user and per-item scalars of every head's affine form (§2.7)."""
+        """Pre-compute per-user and per-item scalars of every head's affine form."""
         scale = 3.0 * self.dim
         u = torch.stack(users)  # (A, U, d)
         it = torch.stack(items)  # (B, I, d)
@@ -361,7 +364,7 @@ class MeAIM(Recommender):
         )
 
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """Exact ŷ of the given users on all items via the affine head forms (§2.7).
+        """Exact ŷ of the given users on all items via the affine head forms.
 
         Per block of :meth:`ranking_block_size` users: one GEMM gives all (M+1)² score
         matrices s_ab = u^a·i^b; every head pre-activation is then a per-user scalar plus a

@@ -1,4 +1,4 @@
-"""MMGCN (Wei et al., ACM MM 2019, "Multi-modal Graph Convolution Network"), MMRec port — baselines.md §8."""
+"""MMGCN (Wei et al., ACM MM 2019, "Multi-modal Graph Convolution Network"), MMRec port — docs/models/mmgcn.md."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ AGGREGATIONS = ("mean", "add")
 
 
 class MMGCNBranch(nn.Module):
-    """The graph network of one modality (§8 "Forward (per modality m)").
+    """The graph network of one modality (docs/models/mmgcn.md#forward-pass).
 
     x⁰ = norm([P_m; F_m]) with F_m = MLP(X_m) (pre-projected modality) or X_m; for l = 1..L:
     h = LReLU(Ā (x^{l−1} G_l)), x̂ = LReLU(x^{l−1} W_l + b_l) + Z, x^l = LReLU([h ‖ x̂] V_l + c_l).
@@ -141,9 +141,9 @@ class BipartiteAggregation:
 
 @register
 class MMGCN(Recommender):
-    """MMGCN (§8): one GCN per content modality on the user–item edge list; outputs averaged.
+    """MMGCN: one GCN per content modality on the user–item edge list; outputs averaged.
 
-    Per modality m (:class:`MMGCNBranch`, §8 steps 1–4): F_m = MLP_m(X_m) (Linear F_m → 256) or the raw
+    Per modality m (:class:`MMGCNBranch`, steps 1–4): F_m = MLP_m(X_m) (Linear F_m → 256) or the raw
     X_m; x⁰ = norm([P_m; F_m]); for l = 1..L (L = ``n_layers``, 3 as hard-coded in the reference):
     h = LeakyReLU(mean_{j∈N(v)} x_j^{l−1} G_l), x̂ = LeakyReLU(x^{l−1} W_l + b) + Z,
     x^l = LeakyReLU([h ‖ x̂] V_l + c) (concatenation combine, slope 0.01); O_m = x^L.
@@ -166,7 +166,7 @@ class MMGCN(Recommender):
     [choices] Generalised to any set of modalities: a modality is pre-projected by MLP → ``dim_latent``
     iff its feature width is ≥ ``project_min_dim`` (Amazon: image 4096 → 256, text 384 raw — the
     reference's v/t setup); ``n_layers`` is honoured (default 3 = the reference's hard-coded depth);
-    the combine is always the concatenation (the reference's effective behaviour, §8).
+    the combine is always the concatenation (the reference's effective behaviour).
     Speed (exact rewrites, see :class:`MMGCNBranch`): mean_j x_j G = (Ā x) G evaluated per user/item
     half with the dense product on the side with fewer rows; constant halves of x⁰ cached.
     """

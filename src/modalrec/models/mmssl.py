@@ -1,4 +1,4 @@
-"""MMSSL (Wei et al., WWW 2023): multi-modal self-supervised learning — baselines.md §13."""
+"""MMSSL (Wei et al., WWW 2023): multi-modal self-supervised learning — docs/models/mmssl.md."""
 
 from __future__ import annotations
 
@@ -54,16 +54,16 @@ class MMSSLCritic(nn.Module):
 
 @register
 class MMSSL(Recommender):
-    """MMSSL: adversarial modality-aware structure learning + cross-modal contrastive learning (§13).
+    """MMSSL: adversarial modality-aware structure learning + cross-modal contrastive learning.
 
-    Forward (§13 "Forward" 1–7), for every content modality m (any number, dataset order):
+    Forward (steps 1–7), for every content modality m (any number, dataset order):
     f_m = Drop(Φ_m(X_m)); u_m = Ĝ f_m, i_m = Ĝᵀ' u_m; ū_m = Ĝ^m E_i, ī_m = Ĝᵀ'^m E_u (modality-aware
     graphs); ū = mean_m fuse(ū_m), ī likewise; u⁰ = E_u + κ_id·norm(ū), i⁰ = E_i + κ_id·norm(ī);
     u^l = Ĝ i^{l−1}, i^l = Ĝᵀ' u^l for l = 1..len(weight_size), softmax over the embedding on the
     last layer; H_u = mean_l u^l + κ_m Σ_m norm(u_m), H_i likewise; s(u, j) = H_u[u]·H_i[j].
     Ĝ = D_u^{-1/2} R, Ĝᵀ' = D_i^{-1/2} Rᵀ (:func:`~modalrec.graphs.left_norm_bipartite_operators`).
 
-    Training step, inside :meth:`loss` (one call per batch, §13 "Training step" 1–4):
+    Training step, inside :meth:`loss` (one call per batch, steps 1–4):
     1. no-grad forward; relation matrices Y(X_u, X_i) = norm_row((X_u[u_b] X_iᵀ) ⊙ (1 − R[u_b]))
        for (H_u, H_i) and each (u_m, i_m);
     2. critic step: fake = [Y_m]_m, real = [R̃]_m with R̃ = norm_row(softmax((R[u_b] + s·g)/τ_r)

@@ -1,4 +1,4 @@
-"""NGCF (Wang et al., SIGIR 2019) — baselines.md §5."""
+"""NGCF (Wang et al., SIGIR 2019) — docs/models/ngcf.md."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from modalrec.nn.scoring import pair_scores
 class NGCF(Recommender):
     """NGCF on A_rw+I = (D+I)^{-1}(A+I); H = [E⁰ ‖ norm(E¹) ‖ … ‖ norm(E^L)].
 
-    Loss: BPR + λ·SqReg_B on the batch's final concatenated rows (§5).
+    Loss: BPR + λ·SqReg_B on the batch's final concatenated rows.
     Config: ``weight_size`` ([64, 64]), ``mess_dropout`` ([0.1, 0.1]), ``leaky_slope``
     (0.01 as in the PyTorch port whose runs give the reference numbers; the original
     TensorFlow code used 0.2), ``reg_weight`` (λ).

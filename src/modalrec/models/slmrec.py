@@ -1,4 +1,7 @@
-"""SLMRec (Tao et al., IEEE TMM 2022, "Self-supervised Learning for Multimedia Recommendation") — baselines.md §11."""
+"""SLMRec (Tao et al., IEEE TMM 2022, "Self-supervised Learning for Multimedia Recommendation").
+
+Equations, choices and cost: docs/models/slmrec.md.
+"""
 
 from __future__ import annotations
 
@@ -24,17 +27,17 @@ def _xavier_linear(n_in: int, n_out: int) -> nn.Linear:
 
 @register
 class SLMRec(Recommender):
-    """SLMRec (§11): one LightGCN view per source (ID + each modality), concat fusion, in-batch InfoNCE + FAC.
+    """SLMRec: one LightGCN view per source (ID + each modality), concat fusion, in-batch InfoNCE + FAC.
 
     Parameters: E_u, E_i (Xavier-uniform); per content modality m a projection Π_m: F_m → d of the
     L2-normalised, frozen features X̃_m = norm(X_m); fusion Ψ_u, Ψ_i: (1+M)d → d; FAC heads (all
     Linear with bias, Xavier-uniform weights).
 
-    Forward (§11 "Forward", M = number of content modalities, any M ≥ 1):
+    Forward (M = number of content modalities, any M ≥ 1):
 
     1. P_m = Π_m(X̃_m) (n_i × d);
     2. [I_u; I_i] = LGC([E_u; E_i]), [M_u; M_i] = LGC([E_u; P_m]) for every m, L = ``layer_num`` on
-       A_sym (§2.2). The 1+M views are propagated together on their column-wise concatenation,
+       A_sym. The 1+M views are propagated together on their column-wise concatenation,
        the rows that are equal in all views only once (:meth:`layer_sums`; same values);
     3. H_u = Ψ_u([I_u ‖ M_u …]), H_i = Ψ_i([I_i ‖ M_i …]);
     4. s(u, j) = H_u[u] · H_i[j] (σ is monotone and omitted, except in reference mode, below).

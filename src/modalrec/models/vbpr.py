@@ -1,4 +1,4 @@
-"""VBPR (He & McAuley, AAAI 2016), MMRec variant — baselines.md §7."""
+"""VBPR (He & McAuley, AAAI 2016), MMRec variant — docs/models/vbpr.md."""
 
 from __future__ import annotations
 
@@ -23,25 +23,25 @@ def feature_order(modalities: list[str]) -> list[str]:
 
 @register
 class VBPR(Recommender):
-    """VBPR, MMRec form (§7): MF whose item vector is [ID part ‖ linear projection of content].
+    """VBPR, MMRec form: MF whose item vector is [ID part ‖ linear projection of content].
 
-    Equations (§7 "Forward"):
+    Equations:
 
     1. C = X W + b, X = [X_text ‖ X_image ‖ …] (raw, frozen features; n_i × ΣF_m), W Xavier-normal, b = 0;
     2. H_i = [Q ‖ C] (n_i × 2d), H_u = P (n_u × 2d);
     3. s(u, j) = P_u · H_i[j] = P_u^(1)·Q_j + P_u^(2)·C_j.
 
     Loss: L = BPR (batch mean) + λ·EmbLoss(P[u], H_i[p], H_i[n]) — unsquared Frobenius norms / B
-    (§2.4), the item rows including their projected content part.
+    (MMRec's EmbLoss), the item rows including their projected content part.
 
     Config: ``embedding_size`` (d, 64), ``reg_weight`` (λ, 1.0 — the DA-MRS Baby/Sports value).
-    P and Q are Xavier-uniform as the spec's parameter list states.
+    P and Q are Xavier-uniform, as in MMRec.
 
     [choices] Any number of content modalities is concatenated (text first, then image, then the
     others in dataset order — MMRec's t‖v order where both exist); no paper-form bias terms.
     Speed: the loss only needs C on the batch's items, so C is computed for the unique positive and
     negative items of the batch (X[items] W + b) — the same loss and gradients as projecting all
-    items every batch (§7 "Pitfalls": the projection is recomputed each batch either way), in
+    items every batch (the projection is recomputed each batch either way), in
     about half the multiply-adds. Scoring projects all items once per evaluation.
     """
 

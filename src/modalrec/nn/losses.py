@@ -1,4 +1,4 @@
-"""Loss primitives (baselines.md §2.4), written once for every model."""
+"""Loss primitives (docs/building-blocks.md#losses), written once for every model."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def dot_bernoulli_kl_full(
 
 # ====================================================================== GRACE InfoNCE (MMSSL)
 def grace_info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, block_size: int = 1024) -> torch.Tensor:
-    """GRACE-style InfoNCE with intra-view negatives (MMSSL, baselines.md §13), mean over anchors.
+    """GRACE-style InfoNCE with intra-view negatives (MMSSL, docs/building-blocks.md#infonce), mean over anchors.
 
     For aligned rows n of z1, z2 and cosine c:
     −log( e^{c(z1n,z2n)/τ} / (Σ_j e^{c(z1n,z1j)/τ} + Σ_j e^{c(z1n,z2j)/τ} − e^{c(z1n,z1n)/τ}) ),
@@ -200,7 +200,7 @@ def neighbour_discrimination_nce(
     block_size: int = 512,
     eps: float = 1e-9,
 ) -> torch.Tensor:
-    """DA-MRS's multi-positive "neighbour discrimination" loss over V views (baselines.md §15, loss 3).
+    """DA-MRS's multi-positive "neighbour discrimination" loss over V views (docs/models/damrs.md#loss, 3).
 
     ``anchors[m]`` (rows × d) and ``tables[m]`` (n × d) are the L2-normalised embeddings of
     view m for the anchor items and for all items. Per view, Q_m = softmax_row(z_m Z_mᵀ)
@@ -291,7 +291,7 @@ def wgan_gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> tor
 def info_nce_in_batch(
     anchors: torch.Tensor, positives: torch.Tensor, tau: float = 0.2, normalize: bool = True
 ) -> torch.Tensor:
-    """In-batch, one-directional InfoNCE (baselines.md §2.4), mean over the batch.
+    """In-batch, one-directional InfoNCE (docs/building-blocks.md#infonce), mean over the batch.
 
     Logits ``a_b · c_{b'} / τ`` over all batch pairs (b, b'), cross-entropy with the diagonal
     as target: −mean_b log[ exp(a_b·c_b/τ) / Σ_{b'} exp(a_b·c_{b'}/τ) ]. Only the anchors
@@ -308,7 +308,10 @@ def info_nce_in_batch(
 
 # ====================================================================== bootstrap cosine loss (BM3)
 def negative_cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """c(x, y) = 1 − mean_b cos(x_b, y_b) (BM3, baselines.md §12); ``target`` is used as given (detach it first)."""
+    """c(x, y) = 1 − mean_b cos(x_b, y_b) (BM3, docs/models/bm3.md#loss).
+
+    ``target`` is used as given (detach it first).
+    """
     return 1.0 - F.cosine_similarity(online, target, dim=-1).mean()
 
 

@@ -9,7 +9,7 @@ from modalrec.graphs import SparseOperator
 
 
 def propagate(adj: SparseOperator, x0: torch.Tensor, n_layers: int, combine: str = "mean") -> torch.Tensor:
-    """LightGCN-style propagation X^l = Â X^{l−1} (baselines.md §2.2).
+    """LightGCN-style propagation X^l = Â X^{l−1} (docs/building-blocks.md#lightgcn-propagation).
 
     ``combine``: ``mean`` of layers 0..L (LightGCN), ``last`` (X^L; MeAIM, MARIO's
     modality graphs), or ``sum`` of layers 0..L.
@@ -37,7 +37,7 @@ def split_nodes(h: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tens
 
 
 class NGCFPropagation(nn.Module):
-    """NGCF layers (Wang et al. 2019; baselines.md §5).
+    """NGCF layers (Wang et al. 2019; docs/models/ngcf.md#forward-pass).
 
     E^l = LeakyReLU(S W₁ + b₁) + LeakyReLU((E^{l−1} ⊙ S) W₂ + b₂) with S = A E^{l−1},
     then message dropout; the output concatenates E^0 with the L2-normalised E^1..E^L
@@ -79,7 +79,7 @@ def edge_list_aggregate(
     aggr: str = "mean",
     edge_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Message passing over a directed edge list (baselines.md §2.1 "edge list"; PyG semantics).
+    """Message passing over a directed edge list (docs/building-blocks.md#edge-lists; PyG semantics).
 
     Message of edge e is ``w_e · x[src_e]`` (``w_e = 1`` without ``edge_weight``); node v
     receives ``Σ_{e: dst_e = v}`` of its messages (``add``) or their mean over its incoming
@@ -139,7 +139,7 @@ def segment_softmax(logits: torch.Tensor, index: torch.Tensor, n_segments: int) 
 def gumbel_softmax_memberships(
     logits: torch.Tensor, tau: float, noise: bool = True, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Soft hyperedge memberships softmax((Λ + g)/τ) over the last axis (LGMRec §16, step 1).
+    """Soft hyperedge memberships softmax((Λ + g)/τ) over the last axis (docs/models/lgmrec.md#forward-pass, step 1).
 
     ``g`` is standard Gumbel noise −log(−log U) when ``noise`` (drawn from ``generator`` if
     given, so a seeded generator makes the draw reproducible); without ``noise`` it is the
@@ -155,7 +155,7 @@ def gumbel_softmax_memberships(
 def hypergraph_propagate(
     item_memberships: torch.Tensor, user_memberships: torch.Tensor, item_emb: torch.Tensor, n_layers: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Item → hyperedge → node propagation (LGMRec §16, step 5).
+    """Item → hyperedge → node propagation (docs/models/lgmrec.md#forward-pass, step 5).
 
     Y⁰ = ``item_emb``; for l = 1..L: Λ = H_iᵀ Y^{l−1} (A × d), Y^l = H_i Λ, G_u = H_u Λ.
     Returns (G_u, G_i = Y^L). Cost O(L (n_i + n_u) A d); nothing n × n is formed.

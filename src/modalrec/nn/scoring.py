@@ -31,7 +31,9 @@ def modality_attention_scores(per_modality_scores: torch.Tensor, dim: int) -> tu
 def meta_weight_head_affine(
     w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, dim: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Collapse a two-layer linear head on z = [δ·1_d; x; y] into its affine form (MeAIM §2.7).
+    """Collapse a two-layer linear head on z = [δ·1_d; x; y] into its affine form.
+
+    MeAIM's exact fast ranking, docs/models/meaim.md#scoring-and-ranking.
 
     h(z) = W2 (W1 z + b1) + b2 with no non-linearity in between (dropout off) equals
     v·z + c0 with v = W2 W1 and c0 = W2 b1 + b2; the first d inputs all carry δ, so
