@@ -139,10 +139,12 @@ def test_grid_selects_on_validation_not_test(syn_dir, tmp_path, monkeypatch):
     assert row.overrides["reg_weight"] == 0.00001
     best_test = max(row.grid_records, key=lambda r: r["test"]["recall@20"])["grid_setting"]["reg_weight"]
     assert best_test == 2.0  # the setting with the better test metric exists and was not chosen
-    assert len(calls) == 7 + 1  # the whole grid on seed 7, then the chosen setting on seed 8
+    space = bench_mod.load_defaults("bpr")[2]
+    assert len(calls) == math.prod(len(v) for v in space.values()) + 1  # whole grid on seed 7, chosen on seed 8
     grid_csv = (tmp_path / "g" / "grid.csv").read_text().splitlines()
-    selected = [line for line in grid_csv[1:] if line.split(",")[2] == "1"]
-    assert len(selected) == 1 and selected[0].split(",")[1] == "1e-05"
+    header = grid_csv[0].split(",")
+    selected = [line.split(",") for line in grid_csv[1:] if line.split(",")[header.index("selected")] == "1"]
+    assert len(selected) == 1 and selected[0][header.index("reg_weight")] == "1e-05"
 
 
 def test_benchmark_rejects_unknown_model_before_training(syn_dir, tmp_path):

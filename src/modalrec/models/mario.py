@@ -1,6 +1,6 @@
 """MARIO (Kim, Lee, Shin, Kim — CIKM 2022): modality-aware attention and modality-preserving decoders.
 
-Implements seed-models.md §1 equation by equation, for any number of content modalities
+Implements the paper's equations one by one (documented in docs/models/mario.md), for any number of content modalities
 (whatever ``dataset.features`` holds, in that order) plus the interaction modality
 ``"interaction"`` (IN) produced by a collaborative-filtering backbone.
 """
@@ -48,12 +48,12 @@ class MarioRepresentations:
 
 @register
 class MARIO(Recommender):
-    """MARIO: per-(user, item) softmax attention over modality item embeddings (§1).
+    """MARIO: per-(user, item) softmax attention over modality item embeddings (docs/models/mario.md).
 
     Notation: d = ``embedding_size``; content modalities m (the dataset's, or the subset
     named in ``modalities``); IN = ``"interaction"``.
 
-    Forward (§1.2), one call for all users and items:
+    Forward (docs/models/mario.md#forward-pass), one call for all users and items:
 
     1. Backbone (``backbone``): (u, v^IN) = backbone(E_u, E_i).
        ``bprmf``: u = E_u, v^IN = E_i. ``lightgcn``: mean of H⁰..H^L with H^l = Â H^{l−1},
@@ -78,11 +78,11 @@ class MARIO(Recommender):
     modalities, then IN): s^m_ij = u_i·v^m_j, ā^m_ij = softmax_m(s^m_ij/√d),
     r̂_ij = Σ_m ā^m_ij s^m_ij = u_i·(Σ_m ā^m_ij v^m_j). Full ranking computes one GEMM
     per modality on a user block (``ranking_block_size`` users at a time), never a
-    (users, items, d) tensor. Fusion variants (§1.6, ``fusion``): ``mean`` / ``max``
+    (users, items, d) tensor. Fusion variants (docs/models/mario.md#variants, ``fusion``): ``mean`` / ``max``
     (element-wise) over the v^m, or ``fc`` = Linear(concat_m v^m → d) with bias; the
     score is then u·fused_j (one GEMM).
 
-    Loss (§1.4, Eqs. 9–11): L = BPR(r̂_pos, r̂_neg) (batch mean) + μ·L_MP + λ_reg·SqReg,
+    Loss (paper Eqs. 9–11; docs/models/mario.md#loss): L = BPR(r̂_pos, r̂_neg) (batch mean) + μ·L_MP + λ_reg·SqReg,
     L_MP = Σ_m mean |F_m − F̂_m| over the batch's unique items (pos ∪ neg) and all
     feature elements **[choice: per-element mean, summed over modalities]**,
     SqReg = ½(‖E_u[u]‖² + ‖E_i[p]‖² + ‖E_i[n]‖²)/B on the layer-0 embeddings,
@@ -92,7 +92,7 @@ class MARIO(Recommender):
     layers and the fc fusion included), zero biases **[choice]**.
 
     ``item_representation()``: the attention-free mean of the active modality item
-    embeddings (for every fusion) **[choice, §1.7]**. ``explain()``: attention weights
+    embeddings (for every fusion) **[choice]**. ``explain()``: attention weights
     ā per (user, item) pair; ``uniform`` 1/M for mean fusion; ``max-share`` (fraction of
     the d dimensions each modality supplies the maximum of) for max fusion; None for fc.
     """
@@ -122,7 +122,7 @@ class MARIO(Recommender):
         self.ranking_block_size = int(config.ranking_block_size)
         self.knn_block_size = int(config.knn_block_size)
 
-        # --- backbone (§1.1, §1.2 step 1)
+        # --- backbone (CF encoder of the interaction modality)
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
         self.adj: SparseOperator | None = None
@@ -137,7 +137,7 @@ class MARIO(Recommender):
             )
             self.ngcf_out = nn.Linear(self.ngcf.out_dim, d)
 
-        # --- content modalities (§1.1, §1.2 step 2–3)
+        # --- content modalities (paper Eqs. 1–4, 8)
         self.compress = nn.ModuleList()
         self.decoders: nn.ModuleList | None = nn.ModuleList() if self.mu != 0 else None
         for i, m in enumerate(self.content):
@@ -189,7 +189,7 @@ class MARIO(Recommender):
 
     @staticmethod
     def _active_parts(dataset, wanted) -> list[str]:
-        """Active modalities: content modalities in dataset order, then ``interaction`` (§1.6)."""
+        """Active modalities: content modalities in dataset order, then ``interaction``."""
         content = list(dataset.features)
         if INTERACTION in content:
             raise ConfigError(
@@ -224,7 +224,7 @@ class MARIO(Recommender):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    # ------------------------------------------------------------------ graphs (§1.2 step 2)
+    # ------------------------------------------------------------------ graphs (paper Eqs. 2–4)
     def _features(self, i: int) -> torch.Tensor:
         return getattr(self, f"feat_{i}")
 
@@ -282,7 +282,7 @@ class MARIO(Recommender):
         if self.graph_refresh == "epoch" and self.lambda_coeff < 1.0 and self.content:
             self.refresh_graphs()
 
-    # ------------------------------------------------------------------ forward (§1.2)
+    # ------------------------------------------------------------------ forward (docs/models/mario.md#forward-pass)
     def backbone_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, v^IN) from the CF backbone."""
         e_u, e_i = self.user_emb.weight, self.item_emb.weight
@@ -308,7 +308,7 @@ class MARIO(Recommender):
         return MarioRepresentations(users, items, self._fuse(items), compressed)
 
     def _fuse(self, items: torch.Tensor) -> torch.Tensor | None:
-        """User-independent fused item table for mean/max/fc (§1.6), None for attention."""
+        """User-independent fused item table for mean/max/fc (docs/models/mario.md#variants), None for attention."""
         if self.fusion == "mean":
             return items.mean(dim=0)
         if self.fusion == "max":
@@ -317,7 +317,7 @@ class MARIO(Recommender):
             return self.fc(torch.cat(list(items), dim=1))
         return None
 
-    # ------------------------------------------------------------------ scoring (§1.3)
+    # ------------------------------------------------------------------ scoring (paper Eqs. 5–7)
     def _pair_scores(self, reps: MarioRepresentations, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """r̂ for aligned rows of user vectors ``u`` and item indices (Eqs. 5–7, fast form)."""
         if reps.fused is not None:
@@ -362,7 +362,7 @@ class MARIO(Recommender):
     def compute_representations(self) -> MarioRepresentations:
         return self.forward_representations()
 
-    # ------------------------------------------------------------------ loss (§1.4)
+    # ------------------------------------------------------------------ loss (paper Eqs. 9–11)
     def loss(self, batch: Batch) -> torch.Tensor:
         reps = self.forward_representations()
         u = reps.users[batch.users]
@@ -373,7 +373,7 @@ class MARIO(Recommender):
         return total + float(self.config.reg_weight) * reg
 
     def preservation_loss(self, reps: MarioRepresentations, items: torch.Tensor) -> torch.Tensor:
-        """L_MP = Σ_m mean_{j ∈ items, feature e} |F_m[j, e] − F̂_m[j, e]| (Eq. 8, §1.4)."""
+        """L_MP = Σ_m mean_{j ∈ items, feature e} |F_m[j, e] − F̂_m[j, e]| (paper Eq. 8)."""
         total = reps.users.new_zeros(())
         for i, m in enumerate(self.content):
             src = reps.items[self.parts.index(m)] if self.decode_from == "propagated" else reps.compressed[i]
@@ -389,7 +389,7 @@ class MARIO(Recommender):
         )
 
     def item_representation(self) -> torch.Tensor:
-        """Attention-free mean of the active modality item embeddings **[choice, §1.7]**."""
+        """Attention-free mean of the active modality item embeddings **[choice]**."""
         return self.representations().items.mean(dim=0)
 
     def explain(self, users: torch.Tensor, items: torch.Tensor) -> Explanation | None:
