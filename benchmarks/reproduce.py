@@ -64,6 +64,7 @@ class Part:
     plan: str
     options: list[str] = field(default_factory=list)
     targets: tuple[str, ...] = ()  # rows tested against the best other row
+    seeds: str | None = None  # instead of --seeds (a cheaper part)
 
 
 PARTS = [
@@ -102,6 +103,7 @@ PARTS = [
         "amazon_scientific",
         "mario_scale.yaml",
         targets=("MARIO",),
+        seeds="999",
     ),
     Part(
         "mario-scale-synthetic",
@@ -109,6 +111,7 @@ PARTS = [
         "synthetic",
         "mario_scale.yaml",
         targets=("MARIO",),
+        seeds="999",
     ),
 ]
 
@@ -205,6 +208,13 @@ def _ttest(a: dict, b: dict, metric: str) -> tuple[float, float]:
     return t.mean_diff, t.pvalue
 
 
+def _plan_labels(plan: str) -> list[str]:
+    import yaml
+
+    rows = yaml.safe_load((PLANS / plan).read_text())["rows"]
+    return [str(r.get("label") or r["model"]) for r in rows]
+
+
 def _rows_table(rows: list[dict], extra_cols: dict[str, dict[str, str]] | None = None) -> list[str]:
     best = {m: max((r["test_mean"].get(m, -1.0) for r in rows), default=-1.0) for m in METRICS}
     extra_cols = extra_cols or {}
@@ -252,6 +262,10 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
         return [*lines, "Not run yet (no finished benchmark in the report folder).", ""]
     summary = json.loads(summary_path.read_text())
     rows = summary["rows"]
+    if not summary.get("complete", True):
+        plan_rows = _plan_labels(part.plan)
+        missing = [lb for lb in plan_rows if lb not in {r["label"] for r in rows}]
+        lines += [f"**Partial**: still to run (or interrupted): {', '.join(missing)}.", ""]
     extra: dict[str, dict[str, str]] = {}
     if part.name == "baby":
         pub = {
@@ -393,14 +407,13 @@ def main(argv: list[str] | None = None) -> None:
     commands_path = out / "commands.json"
     if not args.render_only:
         out.mkdir(parents=True, exist_ok=True)
-        for part in PARTS:
-            if part.name not in wanted:
-                continue
+        order = (args.parts or ",".join(p.name for p in PARTS)).split(",")
+        for part in sorted((p for p in PARTS if p.name in wanted), key=lambda p: order.index(p.name)):
             folder = dataset_folder(part, root, out, args.quick)
             if folder is None:
                 print(f"part {part.name}: dataset {root / part.dataset} not found — not run", flush=True)
                 continue
-            cmd = run_part(part, folder, out, seeds, args.quick)
+            cmd = run_part(part, folder, out, seeds if args.quick else part.seeds or seeds, args.quick)
             commands = json.loads(commands_path.read_text()) if commands_path.exists() else {}
             commands[part.name] = shlex.join(["modalrec", *cmd[3:]])
             commands_path.write_text(json.dumps(commands, indent=1))

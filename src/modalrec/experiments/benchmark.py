@@ -47,6 +47,7 @@ class Entry:
     overrides: dict[str, Any] = field(default_factory=dict)
     modalities: list[str] | None = None
     grid: dict[str, list] | None = None
+    seeds: list[int] | None = None  # this row's seeds instead of the benchmark's
 
 
 @dataclass
@@ -209,7 +210,7 @@ class Experiment:
             self.log(f"{entry.label}: grid of {len(settings)} settings, selecting on valid {metric}")
             best_score = -math.inf
             for s in settings:
-                rec = self.run(entry.model, {**entry.overrides, **s}, entry.modalities, self.seeds[0])
+                rec = self.run(entry.model, {**entry.overrides, **s}, entry.modalities, (entry.seeds or self.seeds)[0])
                 rec = {**rec, "grid_setting": s}
                 grid_records.append(rec)
                 score = rec["valid"].get(metric, -math.inf)
@@ -218,7 +219,8 @@ class Experiment:
             self.log(f"{entry.label}: chose {_short(chosen)} (valid {metric} {best_score:.4f})")
         else:
             self.log(f"{entry.label}: {_short({**self.base, **chosen}) or 'defaults'}")
-        records = [self.run(entry.model, chosen, entry.modalities, seed) for seed in self.seeds]
+        seeds = entry.seeds or self.seeds
+        records = [self.run(entry.model, chosen, entry.modalities, seed) for seed in seeds]
         return EntryResult(entry, chosen, records, grid_records, metric)
 
 
@@ -345,8 +347,13 @@ def write_table_report(
     title: str,
     writer: ReportWriter,
     kind: str,
+    complete: bool = True,
 ) -> Report:
-    """Table (Markdown, CSV, LaTeX), significance tests, summary JSON and, after a grid, grid.csv."""
+    """Table (Markdown, CSV, LaTeX), significance tests, summary JSON and, after a grid, grid.csv.
+
+    ``complete`` is False for the partial report written after each finished row; the
+    summary JSON records it.
+    """
     table = summary_table(results, metrics, target, title)
     sig: dict = {}
     if target is not None and len(results) > 1:
@@ -392,6 +399,7 @@ def write_table_report(
         "summary.json",
         {
             "kind": kind,
+            "complete": complete,
             "data": str(exp.data_dir),
             "dataset": exp.dataset.name,
             "seeds": exp.seeds,
@@ -436,10 +444,11 @@ def default_report_dir(kind: str, dataset_name: str, extra: str = "") -> Path:
 
 
 def load_plan(path: str | Path) -> list[Entry]:
-    """Table rows from a plan YAML: ``rows: [{model, label?, set?, grid?, modalities?}, ...]``.
+    """Table rows from a plan YAML: ``rows: [{model, label?, set?, grid?, modalities?, seeds?}, ...]``.
 
     ``set`` fixes overrides for that row only; ``grid`` is a search space of its own
-    (``{key: [values, ...]}``) or the word ``default`` for the model's ``search_space``.
+    (``{key: [values, ...]}``) or the word ``default`` for the model's ``search_space``;
+    ``seeds`` replaces the benchmark's seeds for that row (e.g. one seed for a costly variant).
     Labels must be unique (they name the table rows and the t-tests).
     """
     import yaml
@@ -459,9 +468,16 @@ def load_plan(path: str | Path) -> list[Entry]:
         where = f"{path} row {n}"
         if not isinstance(row, dict) or "model" not in row:
             raise ModalrecError(f"{where}: each row is a mapping with at least 'model:'")
-        unknown = set(row) - {"model", "label", "set", "grid", "modalities"}
+        unknown = set(row) - {"model", "label", "set", "grid", "modalities", "seeds"}
         if unknown:
-            raise ModalrecError(f"{where}: unknown field {sorted(unknown)[0]!r} (model, label, set, grid, modalities)")
+            raise ModalrecError(
+                f"{where}: unknown field {sorted(unknown)[0]!r} (model, label, set, grid, modalities, seeds)"
+            )
+        seeds = row.get("seeds")
+        if seeds is not None and (
+            not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds)
+        ):
+            raise ModalrecError(f"{where}: 'seeds' must be a non-empty list of integers")
         try:
             cls = get_model_class(str(row["model"]))
         except ModalrecError as exc:
@@ -479,7 +495,7 @@ def load_plan(path: str | Path) -> list[Entry]:
         modalities = row.get("modalities")
         if isinstance(modalities, str):
             modalities = [m.strip() for m in modalities.split(",") if m.strip()]
-        entries.append(Entry(str(row.get("label") or cls.name), cls.name, dict(overrides), modalities, grid))
+        entries.append(Entry(str(row.get("label") or cls.name), cls.name, dict(overrides), modalities, grid, seeds))
     labels = [e.label for e in entries]
     dup = next((lb for lb in labels if labels.count(lb) > 1), None)
     if dup is not None:
@@ -516,7 +532,8 @@ def run_benchmark(
     """
     if plan:
         entries = [
-            e if e.modalities is not None else Entry(e.label, e.model, e.overrides, modalities, e.grid) for e in plan
+            e if e.modalities is not None else Entry(e.label, e.model, e.overrides, modalities, e.grid, e.seeds)
+            for e in plan
         ]
     else:
         if not models:
@@ -537,12 +554,20 @@ def run_benchmark(
     if target is not None:
         target = next((n for n in names if n.lower() == target.lower()), None) or _no_target(target, names)
     log(f"benchmark of {', '.join(names)} on {dataset.name}, seeds {exp.seeds} → {out}")
-    results = [exp.run_entry(e) for e in entries]
-    if target is None and len(results) > 1:
-        target = choose_target(results)
     searched = any(e.grid for e in entries)
     title = f"{dataset.name}: test metrics" + (" (grid search on validation)" if searched else "")
-    return write_table_report(exp, results, target, metrics, title, ReportWriter(out), "benchmark")
+    writer = ReportWriter(out)
+    results: list[EntryResult] = []
+    for e in entries:
+        results.append(exp.run_entry(e))
+        if len(results) < len(entries):  # the rows so far, so that a long benchmark shows what has finished
+            partial_target = target if target in {r.entry.label for r in results} else None
+            write_table_report(
+                exp, results, partial_target, metrics, title + " (partial)", writer, "benchmark", complete=False
+            )
+    if target is None and len(results) > 1:
+        target = choose_target(results)
+    return write_table_report(exp, results, target, metrics, title, writer, "benchmark")
 
 
 def _no_target(target: str, names: list[str]) -> str:

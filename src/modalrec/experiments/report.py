@@ -60,7 +60,8 @@ class ReportWriter:
         atomic_write(path, lambda fh: fh.write(data), mode="wb")
         self._manifest[str(path.relative_to(self.folder))] = _sha(data)
         write_json(self.folder / MANIFEST, self._manifest)
-        self.written.append(path)
+        if path not in self.written:  # a report rewritten as rows finish lists each file once
+            self.written.append(path)
         return path
 
     def write_text(self, name: str, text: str) -> Path:
