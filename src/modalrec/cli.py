@@ -171,13 +171,20 @@ def train_cmd(
     modalities: Annotated[str | None, typer.Option(help="Comma-separated subset of modalities.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of config overrides.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Per-dataset preset of the model's YAML.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-dataset preset of the model's YAML (default: the one named like the dataset; none: no preset)."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (must not exist).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Parent of auto-named run directories.")] = Path("runs"),
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same metrics on CPU).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch output.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output (warnings are still shown).")
+    ] = False,
 ) -> None:
     """Train a model with early stopping into a new run directory."""
     from modalrec.config import load_override_file, parse_overrides
@@ -430,6 +437,10 @@ def benchmark_cmd(
         str | None, typer.Option(help="Comma-separated content modalities for every model (default: all).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Preset of every model's YAML (default: the one named like the dataset; none: no preset)."),
+    ] = None,
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
     from modalrec.experiments.benchmark import run_benchmark
@@ -445,6 +456,7 @@ def benchmark_cmd(
         device=device,
         log=_echo,
         modalities=_split_list(modalities),
+        preset=preset,
     )
     print(report.table.to_markdown())
     print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
