@@ -129,12 +129,14 @@ def train_run(
     if dataset is None:
         dataset = load_dataset(data_dir, modalities)
     cls = get_model_class(model_name)
-    overrides = dict(overrides or {})
     notes: list[str] = []
     config = resolve_config(cls.config_name, dataset.name, overrides, preset)
-    ks = topk_list(list(config.topk), "topk", dataset.n_items, notes.append)
-    if ks != list(config.topk):  # K above the number of items: capped (a list cannot be longer)
-        overrides["topk"] = ks
+    over = [k for k in config.topk if k > dataset.n_items]
+    if over:  # kept (valid_metric may name it), but said: a ranked list cannot be longer than the items
+        notes.append(
+            f"topk: {', '.join(map(str, over))} exceed{'s' if len(over) == 1 else ''} the {dataset.n_items:,} items; "
+            f"a list has at most {dataset.n_items} items, so @K counts hits in all of them"
+        )
     model, config, graphs = prepare_model(cls.name, dataset, overrides, preset, device, cache_dir)
     run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
     try:
