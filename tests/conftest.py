@@ -19,8 +19,17 @@ import torch
 # shared with other processes, where two threads per process made training 50x slower.
 torch.set_num_threads(1)
 
-# /work/main/tests/conftest.py -> parents[2] == /work ; the real data lives in /work/shared/data.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The shared real data: $MODALREC_TEST_DATA, else ``shared/data`` beside the checkout (the folder
+# that holds the repository also holds ``shared/data``). See the README's Tests section.
+TEST_DATA_VARIABLE = "MODALREC_TEST_DATA"
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data_root() -> Path:
+    """Where the tests look for the real datasets (read when a test asks, so the variable can change)."""
+    value = os.environ.get(TEST_DATA_VARIABLE)
+    return Path(value).expanduser() if value else DEFAULT_SHARED_DATA
+
 
 SYN_USERS, SYN_ITEMS = 150, 100
 SYN_MODALITIES = {"image": 24, "text": 12}
@@ -108,10 +117,19 @@ def make_folder(tmp_path) -> Callable[..., Path]:
 
 
 def require_shared(folder: str) -> Path:
-    """The shared real-data folder, or skip the test with a visible reason."""
-    path = SHARED_DATA / folder
+    """The shared real-data folder, or skip the test with a reason naming what is missing and the variable."""
+    root = shared_data_root()
+    path = root / folder
     if not path.is_dir():
-        pytest.skip(f"shared data {path} not present (integration test needs /work/shared/data/{folder})")
+        source = (
+            f"${TEST_DATA_VARIABLE}"
+            if os.environ.get(TEST_DATA_VARIABLE)
+            else f"the default (${TEST_DATA_VARIABLE} unset)"
+        )
+        pytest.skip(
+            f"real dataset {folder!r} not found at {path} ({source}); set {TEST_DATA_VARIABLE} to the folder "
+            f"that holds {folder}/"
+        )
     return path
 
 

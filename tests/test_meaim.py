@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_shared
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from modalrec.config import load_defaults, resolve_config
@@ -24,8 +23,6 @@ from modalrec.nn.losses import (
 from modalrec.nn.scoring import meta_weight_head_affine
 from modalrec.runs import prepare_model
 from modalrec.train import NegativeSampler, fit
-
-SCIENTIFIC = Path("/work/shared/data/amazon_scientific_mm")
 
 
 @pytest.fixture(scope="module")
@@ -330,11 +327,9 @@ def test_beats_random_and_bpr():
 
 
 def test_amazon_scientific():
-    if not SCIENTIFIC.is_dir():
-        pytest.skip(f"{SCIENTIFIC} not present (shared real-data sample)")
     from modalrec.data.dataset import load_dataset
 
-    ds = load_dataset(SCIENTIFIC, ["image", "text"])
+    ds = load_dataset(require_shared("amazon_scientific_mm"), ["image", "text"])
     assert ds.n_items == 1585
     model, config, _ = prepare_model("MeAIM", ds, {"epochs": 2, "train_batch_size": 2048}, cache_dir=False)
     result = fit(model, ds, config, log=lambda _: None)

@@ -655,3 +655,52 @@ def test_cli_prepare(tmp_path, monkeypatch):
     assert rep["parameters"]["seed"] == 3
     r = CliRunner().invoke(app, ["data", "prepare", "--reviews", str(reviews), "--out", str(out)])
     assert r.exit_code == 1 and "already exists" in r.stderr and "Traceback" not in r.output
+
+
+def test_recbole_atomic_header_and_numeric_item_order(tmp_path):
+    """Issue 15 item 6: ``name:type`` headers need no --*-col flag; integer ids keep numeric order."""
+    reviews = tmp_path / "atomic.inter"
+    ids = [1, 2, 10, 100, 20]  # string order would be 1, 10, 100, 2, 20
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in (7, 30, 4, 500):
+        lines += [f"{u}\t{i}\t5\t{T0 + 60 * u + j}" for j, i in enumerate(ids)]
+    reviews.write_text("\n".join(lines) + "\n")
+    res = prepare_dataset(reviews, tmp_path / "out", kcore=0)
+    assert res.report["parameters"]["columns"] == {
+        "user": "user_id",
+        "item": "item_id",
+        "rating": "rating",
+        "time": "timestamp",
+    }
+    items = [r[0] for r in _read_tsv(tmp_path / "out" / "i_id_mapping.csv")[1:]]
+    users = [r[0] for r in _read_tsv(tmp_path / "out" / "u_id_mapping.csv")[1:]]
+    assert items == ["1", "2", "10", "20", "100"] and users == ["4", "7", "30", "500"]
+    # a typed flag names the same column
+    res = prepare_dataset(reviews, tmp_path / "out2", kcore=0, user_col="user_id:token")
+    assert res.report["parameters"]["columns"]["user"] == "user_id"
+
+
+def test_mixed_ids_keep_string_order(tmp_path):
+    reviews = tmp_path / "r.csv"
+    reviews.write_text("user,item\n" + "".join(f"u{u},{i}\n" for u in range(3) for i in ("10", "9", "b7")))
+    prepare_dataset(reviews, tmp_path / "o", kcore=0)
+    assert [r[0] for r in _read_tsv(tmp_path / "o" / "i_id_mapping.csv")[1:]] == ["10", "9", "b7"]
+
+
+def test_input_columns_are_checked_before_any_encoder_loads(tmp_path, monkeypatch):
+    """Issue 15 item 6: a wrong column fails at once, not after the text model has loaded."""
+    import modalrec.data.encode as encode
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("the text model was loaded before the input was checked")
+
+    monkeypatch.setattr(encode, "load_text_encoder", no_loading)
+    reviews = tmp_path / "log.tsv"
+    reviews.write_text("who\twhat\n1\t2\n")
+    meta = tmp_path / "items.csv"
+    meta.write_text("item_id,title\n2,Item 2\n")
+    with pytest.raises(DataError, match=r"log\.tsv:1: no user column"):
+        prepare_dataset(reviews, tmp_path / "x", meta=meta)
+    with pytest.raises(DataError, match=r"items\.csv:1: no column 'blurb' \(given by --text-cols\)"):
+        prepare_dataset(reviews, tmp_path / "x", meta=meta, user_col="who", item_col="what", text_cols=["blurb"])
+    assert not (tmp_path / "x").exists()

@@ -295,9 +295,9 @@ def test_real_model_test_split_evaluated_once(syn_dataset, monkeypatch):
 
 
 def test_valid_metric_must_be_computed(syn_dataset):
-    model, config, _ = prepare_model("BPR", syn_dataset, {"epochs": 1, "valid_metric": "recall@50"}, cache_dir=False)
-    with pytest.raises(ModalrecError, match="valid_metric"):
-        fit(model, syn_dataset, config, log=quiet)
+    # checked when the configuration is resolved, before any model is built or folder claimed
+    with pytest.raises(ConfigError, match="valid_metric 'recall@50' is not among the computed metrics"):
+        prepare_model("BPR", syn_dataset, {"epochs": 1, "valid_metric": "recall@50"}, cache_dir=False)
 
 
 # ================================================================ configuration
@@ -325,8 +325,8 @@ def test_wrong_type_is_an_error(key, value):
 
 
 def test_compatible_values_are_accepted():
-    cfg = resolve_config("bpr", overrides={"learning_rate": 1, "topk": [5, 50], "seed": 3})
-    assert cfg.learning_rate == 1 and cfg.topk == [5, 50] and cfg["seed"] == 3
+    cfg = resolve_config("bpr", overrides={"learning_rate": 1, "topk": [5, 20, 50], "seed": 3})
+    assert cfg.learning_rate == 1 and cfg.topk == [5, 20, 50] and cfg["seed"] == 3
     assert cfg.preset is None
 
 

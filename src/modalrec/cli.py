@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modalrec.errors import ModalrecError
@@ -20,7 +21,13 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: validate, split, synth, prepare.")
 app.add_typer(data_app, name="data")
-err_console = Console(stderr=True)
+# Output goes through Rich with markup OFF: paths, values and messages can contain brackets
+# (``pip install 'modalrec[prepare]'``) that markup would eat. Styled text escapes what it embeds.
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+
+
+def _console() -> Console:
+    return Console(markup=False, highlight=False, soft_wrap=True)
 
 
 def handle_errors(fn):
@@ -31,7 +38,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ModalrecError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -68,7 +75,7 @@ def models_cmd() -> None:
     table.add_column("description")
     for cls in list_models():
         table.add_row(cls.name, "content + ID" if cls.min_modalities else "ID only", cls.description)
-    Console().print(table)
+    _console().print(table)
 
 
 # ---------------------------------------------------------------------- data
@@ -86,14 +93,22 @@ def data_validate(
     if as_json:
         print(json.dumps(s, indent=2))
         return
-    c = Console()
-    c.print(f"[bold]{s['name']}[/bold] — OK")
+    c = _console()
+    c.print(f"[bold]{escape(s['name'])}[/bold] — OK", markup=True)
+    n_cold = s["users_without_training_interactions"]
     c.print(
-        f"users {s['users']:,}   items {s['items']:,}   interactions {s['interactions']:,}   "
+        f"users {s['users'] - n_cold:,}"
+        + (f" (+{n_cold:,} without training interactions)" if n_cold else "")
+        + f"   items {s['items']:,}   interactions {s['interactions']:,}   "
         f"density {100 * s['density']:.4f}%"
     )
     c.print("per split: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
     c.print(f"items without a training interaction: {s['items_without_training_interactions']}")
+    if n_cold:
+        c.print(
+            f"users without a training interaction: {n_cold:,} (not trained or evaluated; recommend and serve "
+            "answer them with the most popular items, marked as a fallback)"
+        )
     if s["modalities"]:
         for m, d in s["modalities"].items():
             c.print(f"modality {m}: dimension {d}")
@@ -101,7 +116,7 @@ def data_validate(
         c.print("no modality features (*_feat.npy)")
     c.print(f"item titles: {'yes' if s['has_titles'] else 'no'}")
     for w in s["warnings"]:
-        err_console.print(f"warning: {w}", highlight=False, soft_wrap=True)
+        err_console.print(f"warning: {w}")
 
 
 @data_app.command("split")
@@ -118,7 +133,7 @@ def data_split(
 
     path = resplit_dataset(directory, protocol, seed, out)
     s = load_dataset(path).summary()
-    Console().print(f"wrote {path}: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
+    _console().print(f"wrote {path}: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
 
 
 @data_app.command("synth")
@@ -144,7 +159,7 @@ def data_synth(
         raise ModalrecError("--users must be ≥ 10 and --items ≥ 20")
     path = write_synthetic_dataset(out, users, items, mods, seed)
     s = load_dataset(path).summary()
-    Console().print(f"wrote {path}: {s['users']} users, {s['items']} items, {s['interactions']} interactions")
+    _console().print(f"wrote {path}: {s['users']} users, {s['items']} items, {s['interactions']} interactions")
 
 
 # ---------------------------------------------------------------------- train / evaluate / recommend
@@ -156,13 +171,20 @@ def train_cmd(
     modalities: Annotated[str | None, typer.Option(help="Comma-separated subset of modalities.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of config overrides.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Per-dataset preset of the model's YAML.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-dataset preset of the model's YAML (default: the one named like the dataset; none: no preset)."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (must not exist).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Parent of auto-named run directories.")] = Path("runs"),
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same metrics on CPU).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch output.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output (warnings are still shown).")
+    ] = False,
 ) -> None:
     """Train a model with early stopping into a new run directory."""
     from modalrec.config import load_override_file, parse_overrides
@@ -187,7 +209,7 @@ def train_cmd(
         progress=sys.stdout.isatty(),
     )
     _print_metrics(f"test metrics (best epoch {result.best_epoch})", result.test.metrics)
-    Console().print(f"run directory: {run_dir}")
+    _console().print(f"run directory: {run_dir}")
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -199,7 +221,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
         table.add_column(f"@{k}", justify="right")
     for n in names:
         table.add_row(n, *[f"{metrics.get(f'{n}@{k}', float('nan')):.4f}" for k in ks])
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command("evaluate")
@@ -215,11 +237,12 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Re-evaluate a trained run with full ranking."""
+    from modalrec.config import topk_list
     from modalrec.runs import evaluate_run, load_run
 
     if split not in ("valid", "test"):
         raise ModalrecError("--split must be valid or test")
-    ks = [int(k) for k in _split_list(topk)] if topk else None
+    ks = topk_list(topk, "--topk") if topk is not None else None
     result = evaluate_run(load_run(run, device), split, ks, mask_valid)
     if as_json:
         print(json.dumps({"split": split, "metrics": result.metrics, "seconds": result.seconds}, indent=2))
@@ -354,7 +377,7 @@ def data_prepare(
         )
         or "none"
     )
-    Console().print(
+    _console().print(
         f"wrote {res.path}: {f['users']:,} users, {f['items']:,} items, {f['interactions']:,} interactions ("
         + ", ".join(f"{k} {v:,}" for k, v in f["per_split"].items())
         + f"); features: {mods}",
@@ -389,7 +412,7 @@ def _seeds(value: str) -> list[int]:
 def _list_files(files: list[Path]) -> None:
     figures = [f for f in files if f.suffix == ".png"]
     others = [f for f in files if f.suffix != ".png"]
-    c = Console(highlight=False, soft_wrap=True)
+    c = _console()
     c.print("files:\n" + "\n".join(f"  {f}" for f in others), markup=False)
     if figures:
         c.print("figures:\n" + "\n".join(f"  {f}" for f in figures), markup=False)
@@ -419,6 +442,10 @@ def benchmark_cmd(
         str | None, typer.Option(help="Comma-separated content modalities for every model (default: all).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Preset of every model's YAML (default: the one named like the dataset; none: no preset)."),
+    ] = None,
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
     from modalrec.experiments.benchmark import load_plan, run_benchmark
@@ -437,6 +464,7 @@ def benchmark_cmd(
         log=_echo,
         modalities=_split_list(modalities),
         plan=load_plan(plan) if plan is not None else None,
+        preset=preset,
     )
     print(report.table.to_markdown())
     print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")

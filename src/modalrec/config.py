@@ -9,7 +9,9 @@ a value whose type does not match the default's type is an error too.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import yaml
 from modalrec.errors import ConfigError
 
 RESERVED_SECTIONS = ("presets", "search_space", "description")
+NO_PRESET = "none"  # --preset none: no preset, not even the one matching the dataset's name
 
 
 def _read_yaml(path: Path | Any, what: str) -> dict:
@@ -62,6 +65,82 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+# Range rules for the numeric settings the YAMLs declare, by key name (full match). A value
+# (or every number of a list value) must satisfy its rule; None ("not set") is always allowed.
+# Values a model checks against its own data (e.g. knn_k ≤ items) stay in the model.
+_RANGE_RULES: list[tuple[re.Pattern[str], str, Callable[[float], bool]]] = [
+    (re.compile(p), desc, ok)
+    for p, desc, ok in (
+        (r"(.*_)?dropout|drop_rate|G_drop\d+", "in [0, 1)", lambda v: 0 <= v < 1),
+        (r"keep_rate", "in (0, 1]", lambda v: 0 < v <= 1),
+        (r"lambda_coeff|mm_image_weight", "in [0, 1]", lambda v: 0 <= v <= 1),
+        (r"learning_rate|D_lr", "> 0", lambda v: v > 0),
+        (r"(.*_)?(tau|temp)", "> 0", lambda v: v > 0),
+        (
+            r"embedding_size|(.*_)?dim(_.*)?|latent_embedding|.*batch_size|.*_block_size|ranking_pair_block"
+            r"|epochs|eval_step|(.*_)?k|head_num|hyper_num|num_neg|weight_size|topk",
+            "a positive integer",
+            lambda v: v >= 1,
+        ),
+        (r"n_.*layers?|layer_num|layers|content_layers|stopping_step", ">= 0", lambda v: v >= 0),
+        (r"reg_weight|weight_decay|regs|.*_weight|.*_reg|.*_decay|mu|margin|clip_norm", ">= 0", lambda v: v >= 0),
+    )
+]
+
+
+def _range_error(key: str, value: Any) -> str | None:
+    """Why ``value`` is out of range for ``key`` (None when it is fine or no rule applies)."""
+    rule = next(((desc, ok) for pat, desc, ok in _RANGE_RULES if pat.fullmatch(key)), None)
+    if rule is None or value is None:
+        return None
+    desc, ok = rule
+    numbers = list(value) if isinstance(value, list | tuple) else [value]
+    for v in numbers:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            if isinstance(value, list | tuple) and desc == "a positive integer":
+                return f"every entry must be {desc}; got {v!r}"
+            continue
+        if not math.isfinite(v) or not ok(v):
+            return f"must be {desc}" if v is value else f"every entry must be {desc}; got {v!r}"
+    return None
+
+
+def topk_list(
+    values: Any,
+    what: str = "topk",
+    n_items: int | None = None,
+    note: Callable[[str], None] | None = None,
+) -> list[int]:
+    """Validated ranking cut-offs: positive integers, sorted, without repeats.
+
+    ``values`` is a list (or a comma-separated string, as typed on the command line). With
+    ``n_items``, cut-offs above the number of items are capped at it (a list cannot be longer)
+    and ``note`` is told so in one line. Raises :class:`ConfigError` naming ``what``.
+    """
+    items = [v.strip() for v in values.split(",")] if isinstance(values, str) else values
+    if not isinstance(items, list | tuple) or not items:
+        raise ConfigError(f"{what}: give at least one cut-off, e.g. 10,20")
+    ks: list[int] = []
+    for v in items:
+        k = v
+        if isinstance(v, str):
+            k = int(v) if re.fullmatch(r"[+-]?\d+", v) else None
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ConfigError(f"{what}: {v!r} is not an integer (give positive integers like 10,20)")
+        if k < 1:
+            raise ConfigError(f"{what}: {k} is not a positive integer (a cut-off K is at least 1)")
+        ks.append(k)
+    if n_items is not None and max(ks) > n_items:
+        over = sorted({k for k in ks if k > n_items})
+        if note is not None:
+            note(
+                f"{what}: {', '.join(map(str, over))} exceed{'s' if len(over) == 1 else ''} the {n_items:,} items; "
+                f"using {n_items} instead"
+            )
+        ks = [min(k, n_items) for k in ks]
+    return sorted(set(ks))
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` strings (values are YAML: ``0.01``, ``[10, 20]``, ``true``)."""
     out: dict[str, Any] = {}
@@ -79,8 +158,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 class Config(Mapping):
     """A resolved, validated, read-only configuration with attribute access."""
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(
+        self, values: dict[str, Any], preset_overrides: Mapping[str, Any] | None = None, preset_auto: bool = False
+    ) -> None:
         self._values = dict(values)
+        # What the preset named in values["preset"] changed, and whether it was picked by the dataset's name.
+        self.__dict__["preset_overrides"] = dict(preset_overrides or {})
+        self.__dict__["preset_auto"] = preset_auto
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -104,7 +188,7 @@ class Config(Mapping):
         unknown = [k for k in changes if k not in self._values]
         if unknown:
             raise ConfigError(f"unknown configuration key {unknown[0]!r}")
-        return Config({**self._values, **changes})
+        return Config({**self._values, **changes}, self.preset_overrides, self.preset_auto)
 
     def __repr__(self) -> str:
         return f"Config({self._values})"
@@ -117,23 +201,56 @@ def resolve_config(
     preset: str | None = None,
     source: str = "override",
 ) -> Config:
-    """Merge defaults ← preset ← overrides and validate every key and type.
+    """Merge defaults ← preset ← overrides and validate every key, type and range.
 
     ``preset`` picks an entry of the model's ``presets:`` section; when it is None and a
-    preset's name equals the dataset name (case-insensitive), that preset applies.
+    preset's name equals the dataset name (case-insensitive), that preset applies
+    (``Config.preset_auto``); ``"none"`` applies no preset at all. The keys the preset set
+    are kept in ``Config.preset_overrides`` (see :func:`describe_preset`).
     """
     defaults, presets, _ = load_defaults(model_file)
     values = dict(defaults)
-    chosen = preset
-    if chosen is None and dataset_name is not None:
+    chosen, auto = preset, False
+    if chosen is not None and chosen.lower() == NO_PRESET:
+        chosen = None
+    elif chosen is None and dataset_name is not None:
         chosen = next((p for p in presets if p.lower() == dataset_name.lower()), None)
+        auto = chosen is not None
     elif chosen is not None and chosen not in presets:
-        raise ConfigError(f"{model_file}: no preset {chosen!r} (available: {', '.join(presets) or 'none'})")
+        raise ConfigError(
+            f"{model_file}: no preset {chosen!r} (available: {', '.join(presets) or 'none'}; {NO_PRESET!r} for none)"
+        )
+    preset_values = presets[chosen] if chosen is not None else {}
     if chosen is not None:
-        values.update(_validated(defaults, presets[chosen], f"configs/{model_file}.yaml preset {chosen!r}"))
+        values.update(_validated(defaults, preset_values, f"configs/{model_file}.yaml preset {chosen!r}"))
     values.update(_validated(defaults, dict(overrides or {}), source))
+    _check_valid_metric(values, source)
     values["preset"] = chosen
-    return Config(values)
+    return Config(values, preset_values, auto)
+
+
+def describe_preset(config: Config) -> str:
+    """One line saying which preset applied, why, and what it set (printed at the start of a run)."""
+    name = config.get("preset")
+    if name is None:
+        return "preset: none (the model's defaults and your overrides)"
+    why = "chosen automatically: it matches the dataset's name" if config.preset_auto else "asked for"
+    sets = ", ".join(f"{k}={v}" for k, v in config.preset_overrides.items()) or "nothing"
+    hint = f"; --preset {NO_PRESET} turns it off" if config.preset_auto else ""
+    return f"preset {name!r} ({why}) sets {sets}{hint}"
+
+
+def _check_valid_metric(values: dict[str, Any], source: str) -> None:
+    """valid_metric must be one of the computed ``<metric>@<k>`` (else training could not select)."""
+    metric = values.get("valid_metric")
+    if metric is None or "topk" not in values or "metrics" not in values:
+        return
+    computed = [f"{m}@{k}" for m in values["metrics"] for k in values["topk"]]
+    if str(metric).lower() not in computed:
+        raise ConfigError(
+            f"{source}: valid_metric {metric!r} is not among the computed metrics "
+            f"({', '.join(computed[:6])}{', …' if len(computed) > 6 else ''}); change valid_metric or topk"
+        )
 
 
 def _validated(defaults: dict, updates: Mapping[str, Any], source: str) -> dict:
@@ -147,6 +264,19 @@ def _validated(defaults: dict, updates: Mapping[str, Any], source: str) -> dict:
                 f"{source}: {key} = {value!r} has type {type(value).__name__}, expected "
                 f"{type(defaults[key]).__name__} like the default {defaults[key]!r}"
             )
+        if key == "topk":
+            topk_list(value, f"{source}: topk")
+        if key == "learning_rate_scheduler" and not (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value
+            )
+        ):
+            raise ConfigError(f"{source}: learning_rate_scheduler = {value!r} must be [gamma, T] with gamma, T > 0")
+        problem = _range_error(key, value)
+        if problem is not None:
+            raise ConfigError(f"{source}: {key} = {value!r} {problem}")
     return dict(updates)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from modalrec.data.dataset import load_dataset
 from modalrec.data.synth import write_synthetic_dataset
@@ -14,13 +15,35 @@ from modalrec.runs import LoadedRun, new_run_dir, recommend, train_run
 
 DEMO_MODELS = ("BPR", "LightGCN", "MARIO")
 # The demo keeps the protocol (early stopping on valid Recall@20, test once on the best
-# weights) but caps epochs and patience so all three models finish in about a minute.
+# weights) but caps epochs and patience so all three models finish in about 30 s on an idle
+# 2-core machine (several times longer when other jobs share the cores).
 DEMO_OVERRIDES = {
     "BPR": {"epochs": 120, "stopping_step": 10, "learning_rate": 0.005, "reg_weight": 0.0},
     "LightGCN": {"epochs": 120, "stopping_step": 10, "learning_rate": 0.005, "reg_weight": 0.0},
     "MARIO": {"epochs": 120, "stopping_step": 10, "learning_rate": 0.005},
 }
 TABLE_METRICS = ("recall@10", "ndcg@10", "precision@10", "recall@20", "ndcg@20", "precision@20")
+LOG_WIDTH = 160  # columns when stdout is not a terminal: the tables stay one line per row in a log file
+
+
+def demo_console() -> Console:
+    """Markup off (titles can hold brackets); wide, not 80 columns, when writing to a file or pipe."""
+    console = Console(markup=False, highlight=False)
+    if not console.is_terminal:
+        console = Console(markup=False, highlight=False, width=LOG_WIDTH)
+    return console
+
+
+def explanation_note(parts: list[str], kind: str | None) -> str:
+    """One line saying what the per-modality numbers of the explained top-10 mean."""
+    if kind == "attention":
+        return (
+            f"{' / '.join(parts)}: MARIO's attention weight of each modality for this user and item; each row sums "
+            "to 1, and the score is the weighted sum of the user's dot products with the item's per-modality "
+            "representations (interaction = the ID/graph embedding), so a larger weight means that modality "
+            "counted more for this item."
+        )
+    return f"{' / '.join(parts)}: the model's per-modality weights ({kind}) for this user and item."
 
 
 def run_demo(
@@ -31,9 +54,10 @@ def run_demo(
     cache_dir: str | Path | bool | None = None,
 ) -> dict:
     """Run the demo into a new directory and print its tables; returns what it printed."""
-    console = console or Console()
+    console = console or demo_console()
+    styled = console.is_terminal  # bold on a terminal; plain '*' markers in a log file or pipe
     root = new_run_dir("demo", "synthetic", out, runs_root)
-    console.print(f"[bold]modalrec demo[/bold] — writing to {root}")
+    console.print(Text.assemble(("modalrec demo", "bold" if styled else ""), f" — writing to {root}"))
     data_dir = write_synthetic_dataset(root / "data")
     dataset = load_dataset(data_dir)
     s = dataset.summary()
@@ -60,7 +84,7 @@ def run_demo(
 
     table = Table(
         title="Test metrics (synthetic default data, best-valid epoch)",
-        caption="R = Recall, N = NDCG, P = Precision; bold = best",
+        caption=f"R = Recall, N = NDCG, P = Precision; {'bold' if styled else '*'} = best",
     )
     table.add_column("model")
     for m in TABLE_METRICS:
@@ -68,10 +92,7 @@ def run_demo(
         table.add_column(f"{name[0].upper()}@{k}", justify="right")
     best = {m: max(r["test"][m] for r in results.values()) for m in TABLE_METRICS}
     for name, r in results.items():
-        cells = [
-            f"[bold]{r['test'][m]:.4f}[/bold]" if r["test"][m] == best[m] else f"{r['test'][m]:.4f}"
-            for m in TABLE_METRICS
-        ]
+        cells = [_cell(r["test"][m], r["test"][m] == best[m], styled) for m in TABLE_METRICS]
         table.add_row(name, *cells)
     console.print(table)
 
@@ -95,9 +116,18 @@ def run_demo(
         t2.add_row(
             str(e["rank"]),
             f"{e['item']}{star}",
-            e.get("title", ""),
+            Text(e.get("title", "")),
             f"{e['score']:.3f}",
             *[f"{e['weights'][p]:.2f}" for p in parts],
         )
     console.print(t2)
+    if parts:
+        console.print(explanation_note(parts, rec["explanation"].get("kind")), soft_wrap=True)
     return {"dir": str(root), "results": results, "recommendation": rec}
+
+
+def _cell(value: float, best: bool, styled: bool) -> Text:
+    """A metric cell: the best value bold on a terminal, marked '*' elsewhere (bold is lost in a log)."""
+    if not best:
+        return Text(f"{value:.4f} " if not styled else f"{value:.4f}")
+    return Text(f"{value:.4f}", style="bold") if styled else Text(f"{value:.4f}*")

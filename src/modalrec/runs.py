@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modalrec.config import Config, resolve_config
+from modalrec.config import Config, describe_preset, resolve_config, topk_list
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.errors import ModalrecError, RunError
 from modalrec.evaluate import EvalResult, Evaluator, top_k_items
@@ -40,10 +42,17 @@ class RunLog:
         self.path, self.echo, self.lines = path, echo, []
 
     def __call__(self, line: str) -> None:
-        stamped = f"{time.strftime('%H:%M:%S')} {line}"
-        self.lines.append(stamped)
+        self._add(line)
         if self.echo:
             print(line, flush=True)
+
+    def warn(self, line: str) -> None:
+        """A warning: logged, and printed on stderr even when quiet (quiet hides progress, not problems)."""
+        self._add(line)
+        print(line, file=sys.stderr, flush=True)
+
+    def _add(self, line: str) -> None:
+        self.lines.append(f"{time.strftime('%H:%M:%S')} {line}")
         if self.path is not None:
             write_text(self.path, "\n".join(self.lines) + "\n")
 
@@ -109,32 +118,72 @@ def train_run(
     cache_dir: str | Path | bool | None = None,
     dataset: Dataset | None = None,
 ) -> tuple[Path, TrainResult]:
-    """Train one model on one dataset into a new run directory; returns (run dir, result)."""
+    """Train one model on one dataset into a new run directory; returns (run dir, result).
+
+    The whole configuration is checked and the model built (its constructor checks its
+    settings against the data) before the directory is claimed; should anything still fail
+    with a user-facing error before the checkpoint is written, the directory claimed here is
+    removed, so the same ``out`` can be used again.
+    """
     check_device(device)
     if dataset is None:
         dataset = load_dataset(data_dir, modalities)
     cls = get_model_class(model_name)
-    # Resolve before claiming a directory so a bad key leaves nothing behind.
-    resolve_config(cls.config_name, dataset.name, overrides, preset)
-    run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
-    runlog = RunLog(run_dir / "train.log", echo=not quiet)
-    for w in dataset.warnings:
-        runlog(f"warning: {w}")
+    notes: list[str] = []
+    config = resolve_config(cls.config_name, dataset.name, overrides, preset)
+    over = [k for k in config.topk if k > dataset.n_items]
+    if over:  # kept (valid_metric may name it), but said: a ranked list cannot be longer than the items
+        notes.append(
+            f"topk: {', '.join(map(str, over))} exceed{'s' if len(over) == 1 else ''} the {dataset.n_items:,} items; "
+            f"a list has at most {dataset.n_items} items, so @K counts hits in all of them"
+        )
     model, config, graphs = prepare_model(cls.name, dataset, overrides, preset, device, cache_dir)
+    run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
+    try:
+        return _train_into(run_dir, cls.name, model, config, graphs, dataset, notes, device, quiet, progress)
+    except ModalrecError:
+        if not (run_dir / "model.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # claimed by this call: it holds only our log and config
+        raise
+
+
+def _train_into(
+    run_dir: Path,
+    name: str,
+    model: Recommender,
+    config: Config,
+    graphs: GraphStore,
+    dataset: Dataset,
+    notes: list[str],
+    device: str,
+    quiet: bool,
+    progress: bool,
+) -> tuple[Path, TrainResult]:
+    # Warnings and notes are echoed even when quiet: quiet hides progress, not problems with the data.
+    runlog = RunLog(run_dir / "train.log", echo=not quiet)
+    for w in [*dataset.warnings, *notes]:
+        runlog.warn(f"warning: {w}")
+    runlog(describe_preset(config))
     n_params = sum(p.numel() for p in model.parameters())
+    used = model.used_modalities()
     runlog(
-        f"{cls.name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-        f"modalities {dataset.modalities or 'none'}, {n_params} parameters, device {device}"
+        f"{name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+        f"modalities {', '.join(used) if used else 'none (ID only)'}, {n_params} parameters, device {device}"
     )
     write_yaml(
         run_dir / "config.yaml",
         {
-            "model": cls.name,
+            "model": name,
             "data": {
                 "path": str(dataset.path) if dataset.path else None,
                 "name": dataset.name,
                 "modalities": dataset.modalities,
                 "fingerprint": dataset.fingerprint,
+            },
+            "preset": {
+                "name": config.get("preset"),
+                "automatic": config.preset_auto,
+                "overrides": config.preset_overrides,
             },
             "config": config.to_dict(),
         },
@@ -146,7 +195,7 @@ def train_run(
     write_json(
         run_dir / "metrics.json",
         {
-            "model": cls.name,
+            "model": name,
             "dataset": dataset.name,
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
@@ -227,12 +276,15 @@ def load_run(
 def evaluate_run(
     run: LoadedRun, split: str = "test", ks: list[int] | None = None, mask_valid: bool | None = None
 ) -> EvalResult:
+    """Full-ranking metrics of a loaded run on ``split``; cut-offs above the number of items are
+    capped at it with a logged warning (``ks`` defaults to the run's ``topk``)."""
     cfg = run.config
     mask = cfg.mask_valid_at_test if mask_valid is None else mask_valid
+    ks = topk_list(list(ks) if ks else list(cfg.topk), "--topk" if ks else "topk", run.dataset.n_items, log.warning)
     ev = Evaluator(
         run.dataset,
         split,
-        ks or list(cfg.topk),
+        ks,
         tuple(cfg.metrics),
         mask_valid=mask,
         block_size=cfg.eval_batch_size,
@@ -248,6 +300,10 @@ def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exc
         raise ModalrecError(f"user {user} is out of range 0..{ds.n_users - 1}")
     if not 1 <= k <= ds.n_items:
         raise ModalrecError(f"k must be between 1 and {ds.n_items}")
+    if not has_training_interactions(ds, user):
+        out = popularity_fallback(ds, user, k, explain)
+        log.warning(out["fallback"]["reason"])
+        return {"model": model.name, "dataset": ds.name, "user": user, "k": k, "exclude_seen": exclude_seen, **out}
     users = torch.tensor([user], device=model.device)
     items, scores = top_k_items(model, users, k, ds.train_matrix if exclude_seen else None)
     items, scores = items[0], scores[0]
@@ -284,6 +340,43 @@ def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exc
                     a: {b: round(float(x), 4) for b, x in zip(item_parts, row, strict=True)}
                     for a, row in zip(expl.parts, rows, strict=True)
                 }
+        out["items"].append(entry)
+    return out
+
+
+def has_training_interactions(dataset: Dataset, user: int) -> bool:
+    """Whether ``user`` has at least one training interaction (else the model never learned them)."""
+    indptr = dataset.train_matrix.indptr
+    return bool(indptr[user + 1] > indptr[user])
+
+
+def popularity_fallback(dataset: Dataset, user: int, k: int, explain: bool = False) -> dict[str, Any]:
+    """The answer for a user without training interactions: the k items with the most training
+    interactions (ties: lower item id), marked as a fallback, never as the model's ranking.
+
+    Such a user's embedding is still at its random initialisation, so the model's scores for
+    them mean nothing; popularity is the honest non-personalised answer.
+    """
+    degree = np.asarray(dataset.train_matrix.sum(axis=0)).ravel().astype(np.int64)
+    order = np.argsort(-degree, kind="stable")[:k]
+    out: dict[str, Any] = {
+        "fallback": {
+            "method": "popularity",
+            "reason": (
+                f"user {user} has no training interaction, so the model never learned them; "
+                "these are the most popular items instead (serve's POST /recommendations folds a new user in "
+                "from their items)"
+            ),
+        },
+        "items": [],
+    }
+    if explain:
+        out["explanation"] = {"kind": None, "parts": [], "note": "popularity fallback: no per-modality explanation"}
+    for rank, item in enumerate(order.tolist(), start=1):
+        entry: dict[str, Any] = {"rank": rank, "item": item, "score": float(degree[item])}
+        title = dataset.title(item)
+        if title is not None:
+            entry["title"] = title
         out["items"].append(entry)
     return out
 

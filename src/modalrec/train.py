@@ -66,6 +66,23 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def deterministic_cpu_kernels(device: torch.device) -> None:
+    """Make torch's CPU kernels bit-reproducible across runs, whatever the thread timing.
+
+    With several intra-op threads, the CPU kernel of ``index_put_(..., accumulate=True)``
+    (the backward of every ``table[index]`` gather) adds rows with atomic float adds, so the
+    summation order, hence the last bits of a gradient, follow the thread timing: two runs
+    of one seed drifted apart after a few epochs. torch's deterministic mode switches such
+    kernels to their serial versions; filling new uninitialised memory with NaN (part of
+    that mode) is turned off as it costs time and changes no result. CPU only: on CUDA the
+    mode would demand a cuBLAS workspace setting and is not promised there. Process-wide.
+    """
+    if device.type != "cpu":
+        return
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 class NegativeSampler:
     """Uniform negatives, one per positive, redrawn every epoch, never a training positive.
 
@@ -190,6 +207,7 @@ def fit(
     """
     device = torch.device(device)
     keep_freed_memory_in_process()
+    deterministic_cpu_kernels(device)
     rng = rng if rng is not None else np.random.default_rng(config.seed)
     train_u, train_i = dataset.split("train")
     sampler = NegativeSampler(train_u, train_i, dataset.n_items, rng)

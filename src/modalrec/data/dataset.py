@@ -133,7 +133,9 @@ class Dataset:
     def summary(self) -> dict:
         """Counts, density and modalities, as printed by ``modalrec data validate``."""
         counts = {name: int((self.labels == v).sum()) for name, v in SPLIT_NAMES.items()}
-        n_train_items = int(np.unique(self.split(TRAIN)[1]).size)
+        train_users, train_items = self.split(TRAIN)
+        n_train_items = int(np.unique(train_items).size)
+        n_train_users = int(np.unique(train_users).size)
         return {
             "name": self.name,
             "users": self.n_users,
@@ -142,6 +144,8 @@ class Dataset:
             "per_split": counts,
             "density": len(self.users) / max(1, self.n_users * self.n_items),
             "items_without_training_interactions": self.n_items - n_train_items,
+            # ids with no training interaction (their valid/test rows were dropped): never trained or evaluated
+            "users_without_training_interactions": self.n_users - n_train_users,
             "modalities": {m: int(x.shape[1]) for m, x in self.features.items()},
             "has_titles": self.item_titles is not None,
             "warnings": list(self.warnings),

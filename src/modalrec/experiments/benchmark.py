@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from modalrec.config import load_defaults, resolve_config
+from modalrec.config import describe_preset, load_defaults, resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.errors import ModalrecError
 from modalrec.experiments.report import ReportWriter
@@ -120,6 +120,7 @@ class Experiment:
         cache_dir: str | Path | bool | None = None,
         log: Callable[[str], None] = print,
         dataset: Dataset | None = None,
+        preset: str | None = None,
     ) -> None:
         if not seeds:
             raise ModalrecError("give at least one seed")
@@ -129,6 +130,7 @@ class Experiment:
         self.seeds = [int(s) for s in seeds]
         self.base = dict(base_overrides or {})
         self.device, self.cache_dir, self.log = device, cache_dir, log
+        self.preset = preset  # None: the preset named like the dataset, if any; "none": no preset
         self.store = ResultsStore(self.out)
         self.trained = 0
         self.reused = 0
@@ -139,7 +141,7 @@ class Experiment:
         self.dataset.select_modalities(entry.modalities)  # an unknown modality fails here, not mid-run
         keys = {**self.base, **entry.overrides}
         for setting in grid_settings(self._grid(entry)) or [{}]:
-            resolve_config(cls.config_name, self.dataset.name, {**keys, **setting})
+            resolve_config(cls.config_name, self.dataset.name, {**keys, **setting}, self.preset)
 
     def _grid(self, entry: Entry) -> dict[str, list]:
         fixed = {**self.base, **entry.overrides}
@@ -148,7 +150,7 @@ class Experiment:
     def select_metric(self, model: str) -> str:
         """The validation metric a model is selected on: its resolved ``valid_metric``."""
         cls = get_model_class(model)
-        return str(resolve_config(cls.config_name, self.dataset.name, self.base).valid_metric).lower()
+        return str(resolve_config(cls.config_name, self.dataset.name, self.base, self.preset).valid_metric).lower()
 
     def run(self, model: str, overrides: dict[str, Any], modalities: list[str] | None, seed: int) -> dict:
         """Train one run, or return the stored record when it already finished."""
@@ -156,6 +158,8 @@ class Experiment:
         dataset = self.dataset.select_modalities(modalities)
         overrides = {**self.base, **overrides}
         setting = {"overrides": overrides, "modalities": modalities, "data": dataset.fingerprint}
+        if self.preset is not None:  # only then: the ids of runs made before --preset existed stay valid
+            setting["preset"] = self.preset
         sid = setting_id(cls.name, setting)
         record = self.store.get(cls.name, sid, seed)
         if record is not None:
@@ -173,6 +177,7 @@ class Experiment:
             self.data_dir,
             modalities,
             {**overrides, "seed": seed},
+            preset=self.preset,
             out=run_out,
             device=self.device,
             quiet=True,
@@ -202,6 +207,9 @@ class Experiment:
     def run_entry(self, entry: Entry) -> EntryResult:
         """Run an entry: grid search on the first seed (selected on validation), then every seed."""
         metric = self.select_metric(entry.model)
+        cls = get_model_class(entry.model)
+        config = resolve_config(cls.config_name, self.dataset.name, {**self.base, **entry.overrides}, self.preset)
+        self.log(f"{entry.label}: {describe_preset(config)}")
         grid = self._grid(entry)
         chosen = dict(entry.overrides)
         grid_records: list[dict] = []
@@ -517,6 +525,7 @@ def run_benchmark(
     log: Callable[[str], None] = print,
     modalities: list[str] | None = None,
     plan: list[Entry] | None = None,
+    preset: str | None = None,
 ) -> Report:
     """Run every model under the same protocol and write the table report (see module docstring).
 
@@ -525,6 +534,8 @@ def run_benchmark(
     for rows that name none.
 
     ``modalities`` selects the content modalities every model gets (default: all of them).
+    ``preset`` names every model's preset; by default a model's preset named like the dataset
+    applies, ``"none"`` applies none. The applied preset is logged for each model.
 
     ``overrides`` apply to every model (e.g. ``epochs``); with ``grid`` each model's
     ``search_space`` is searched (keys fixed by ``overrides`` are not searched). ``target``
@@ -548,7 +559,7 @@ def run_benchmark(
     names = [e.label for e in entries]
     dataset = load_dataset(data_dir)
     out = Path(out) if out is not None else default_report_dir("benchmark", dataset.name)
-    exp = Experiment(data_dir, out, seeds or [999], overrides, device, cache_dir, log, dataset)
+    exp = Experiment(data_dir, out, seeds or [999], overrides, device, cache_dir, log, dataset, preset)
     for e in entries:
         exp.check(e)
     if target is not None:

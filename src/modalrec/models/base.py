@@ -67,6 +67,10 @@ class Recommender(nn.Module):
         self.modalities = list(dataset.features)
         self._cache: Any = None
 
+    def used_modalities(self) -> list[str]:
+        """The content modalities this model reads (none for an ID-only model)."""
+        return list(self.modalities) if self.min_modalities > 0 else []
+
     # ----------------------------------------------------------- interface
     def loss(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

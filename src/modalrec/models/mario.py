@@ -217,6 +217,9 @@ class MARIO(Recommender):
             raise ConfigError(f"MARIO: modalities lists a modality twice: {list(wanted)}")
         return [m for m in available if m in wanted]
 
+    def used_modalities(self) -> list[str]:
+        return list(self.content)
+
     def _reset_parameters(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Linear):

@@ -1,6 +1,8 @@
 """The FastAPI application: JSON endpoints over a served run, and the static web page at ``/``."""
 
 import enum
+import errno
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -151,18 +153,42 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
     return app
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to (host, port); a busy port is a one-line error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ModalrecError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # reuse after TIME_WAIT, never a listening port
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (another process is using it; choose another --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise ModalrecError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
+
+
 def serve(
     run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", threads: int = 1
 ) -> None:
     """Load ``run_dir`` (refusing to start on a bad one) and serve it with uvicorn until interrupted.
 
-    A request is one user's GEMV and top-k, far too small for intra-op parallelism, so torch
-    runs ``threads`` (default 1) threads; concurrency comes from the event loop.
+    The port is bound first and the "serving …" line printed only once it is ours, so a busy
+    port fails with one line and no false announcement. A request is one user's GEMV and
+    top-k, far too small for intra-op parallelism, so torch runs ``threads`` (default 1)
+    threads; concurrency comes from the event loop.
     """
     import torch
     import uvicorn
 
     torch.set_num_threads(max(1, threads))
-    app = create_app(run_dir)
-    print(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    sock = bind_socket(host, port)
+    try:
+        app = create_app(run_dir)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+        print(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs)", flush=True)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from modalrec.errors import ModalrecError, RunError
 from modalrec.models.base import Explanation, Recommender
-from modalrec.runs import LoadedRun, load_run
+from modalrec.runs import LoadedRun, load_run, popularity_fallback
 from modalrec.serve.foldin import FoldIn, dot_tables
 
 MAX_K = 1000
@@ -206,8 +206,21 @@ class Engine:
         return out
 
     def recommend(self, user: int, k: int = 10, exclude_seen: bool = True, explain: bool = False) -> dict[str, Any]:
-        """Top-k of a training user; with ``explain`` the model's per-modality influence per item."""
+        """Top-k of a training user; with ``explain`` the model's per-modality influence per item.
+
+        A user without training interactions gets the most popular items, marked by ``fallback``
+        (the model never learned them). ``k`` above the number of items is capped, with a ``note``.
+        """
         self.check_user(user)
+        head: dict[str, Any] = {"user": user, "k": k, "exclude_seen": exclude_seen, "model": self.model.name}
+        if k > self.dataset.n_items:
+            head["note"] = f"k {k} exceeds the {self.dataset.n_items} items; returning at most {self.dataset.n_items}"
+        if self.seen_indptr[user + 1] == self.seen_indptr[user]:
+            body = popularity_fallback(self.dataset, user, min(k, self.dataset.n_items), explain)
+            body["items"] = [
+                {"rank": e["rank"], **self.item_entry(e["item"]), "score": e["score"]} for e in body["items"]
+            ]
+            return {**head, **body}
         with self.lock, torch.no_grad():
             items, scores = self._top(self._user_scores(user), k, self._seen(user) if exclude_seen else None)
             model = self.model
@@ -216,7 +229,7 @@ class Engine:
                 return model.explain(torch.full_like(idx, user), idx)
 
             body = self._result(items, scores, explain, explainer, f"{model.name} has no per-modality explanation")
-        return {"user": user, "k": k, "exclude_seen": exclude_seen, "model": self.model.name, **body}
+        return {**head, **body}
 
     def recommend_new(
         self, history: list[int], k: int = 10, exclude_seen: bool = True, explain: bool = False

@@ -75,6 +75,11 @@ class Explanation(BaseModel):
     note: str | None = Field(default=None, description="Why there is no explanation, when kind is null.")
 
 
+class Fallback(BaseModel):
+    method: str = Field(description="popularity: items ranked by their number of training interactions.")
+    reason: str = Field(description="Why the model's own ranking was not used.")
+
+
 class Recommendations(BaseModel):
     user: int
     k: int
@@ -82,6 +87,12 @@ class Recommendations(BaseModel):
     model: str
     items: list[RecommendedItem] = Field(description="Ranked items (fewer than k when too few are rankable).")
     explanation: Explanation | None = Field(default=None, description="Present when explain=true.")
+    fallback: Fallback | None = Field(
+        default=None,
+        description="Present when the list is NOT the model's: the user has no training interaction, so the model "
+        "never learned their representation, and the items are the most popular ones instead.",
+    )
+    note: str | None = Field(default=None, description="E.g. k was capped at the number of items.")
 
 
 class NewUserRequest(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -30,6 +31,8 @@ from modalrec.data.prepare.readers import (
     META_FORMATS,
     REVIEW_FORMATS,
     RawInteractions,
+    check_interaction_columns,
+    check_meta_columns,
     list_images,
     read_image_features,
     read_interactions,
@@ -40,6 +43,7 @@ from modalrec.errors import DataError, ModalrecError
 from modalrec.io import write_json, write_npy, write_text
 
 REPORT_FILE = "prepare.json"
+_INTEGER = re.compile(r"[+-]?\d+")
 USER_MAPPING = "u_id_mapping.csv"
 ITEM_MAPPING = "i_id_mapping.csv"
 ITEM_TEXT = "item_text.tsv"
@@ -156,10 +160,15 @@ def _describe(encoder) -> dict:
 
 
 def _reindex(codes: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """New contiguous ids, ordered by the original id string; returns (new ids, original ids by new id)."""
+    """New contiguous ids in the order of the original ids: numeric when every id is an integer
+    (2 before 10), else by the id string; returns (new ids, original ids by new id)."""
     uniq = np.unique(codes)
     original = np.asarray([names[c] for c in uniq.tolist()], dtype=str)
-    order = np.argsort(original, kind="stable")
+    if original.size and all(_INTEGER.fullmatch(x) for x in original.tolist()):
+        # Python ints: no overflow for long ids; ties ("7" and "007") keep the string order
+        order = np.asarray(sorted(range(original.size), key=lambda j: (int(original[j]), original[j])), dtype=np.int64)
+    else:
+        order = np.argsort(original, kind="stable")
     new_of_code = np.full(len(names), -1, dtype=np.int64)
     new_of_code[uniq[order]] = np.arange(len(uniq))
     return new_of_code[codes], original[order]
@@ -260,7 +269,11 @@ def prepare_dataset(
                 f"{ambiguous} image files share an item id with another file in {images}; the first by name was used"
             )
 
-    # Load encoders first: a missing package should stop the command before any long read.
+    # The inputs' first lines (format, columns) are checked before anything slow; then the encoders
+    # are loaded: a missing package should stop the command before any long read.
+    check_interaction_columns(reviews, review_format, user_col, item_col, rating_col, time_col)
+    if meta is not None:
+        check_meta_columns(meta, meta_format, item_col, text_cols)
     with stage("load_encoders"):
         if meta is not None and text and text_encoder is None:
             from modalrec.data.encode import check_device, load_text_encoder
@@ -492,7 +505,7 @@ def prepare_dataset(
             "columns": raw.columns,
             "implicit": "every kept interaction is a positive; rating is kept as a column only",
             "dedup": "repeated (user, item) pairs keep the earliest",
-            "ids": "contiguous from 0 in the sorted order of the original id strings",
+            "ids": "contiguous from 0 in the order of the original ids (numeric when all are integers)",
             "text": text if meta is not None else None,
             "text_model": None if text_model is None else str(text_model),
             "device": device,

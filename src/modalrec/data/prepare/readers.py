@@ -257,6 +257,7 @@ def _pick_column(
     required: bool,
 ) -> int | None:
     if wanted is not None:
+        wanted = header_name(wanted)  # --user-col user_id:token names the same column as user_id
         if wanted not in header:
             raise DataError(
                 path, f"no column {wanted!r} (given by {option}) in the header; found: {', '.join(header)}", line=1
@@ -298,14 +299,25 @@ def _iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise DataError(path, f"cannot read ({exc}); truncated or corrupt gzip file?", line=n + 1) from None
 
 
+# RecBole's atomic files type every column in the header: ``user_id:token item_id:token rating:float``.
+_RECBOLE_FIELD = re.compile(r"(.+):(token|token_seq|float|float_seq)")
+
+
+def header_name(field: str) -> str:
+    """A header field without RecBole's ``:type`` suffix (``item_id:token`` → ``item_id``)."""
+    field = field.strip()
+    m = _RECBOLE_FIELD.fullmatch(field)
+    return m.group(1) if m else field
+
+
 def _table_with_header(path: Path):
-    """(iterator over the remaining rows, stripped header fields) of a CSV/TSV table."""
+    """(iterator over the remaining rows, header names) of a CSV/TSV table; RecBole ``:type`` suffixes dropped."""
     rows = _iter_table(path)
     try:
         _, header = next(rows)
     except StopIteration:
         raise DataError(path, "empty file") from None
-    return rows, [h.strip() for h in header]
+    return rows, [header_name(h) for h in header]
 
 
 def read_interaction_table(
@@ -347,6 +359,56 @@ def read_interaction_table(
         "time": None if ct is None else header[ct],
     }
     return _finish(path, "table", users, items, ratings, times, uid, iid, cols)
+
+
+def check_interaction_columns(
+    path: Path,
+    fmt: str = "auto",
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    time_col: str | None = None,
+) -> None:
+    """Check what can be checked from the first line alone (format, and a table's columns).
+
+    Cheap: ``prepare`` runs it before loading any encoder, so a wrong column fails in
+    milliseconds rather than after a text model has loaded.
+    """
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    if fmt == "auto":
+        fmt = detect_review_format(path)
+    if fmt not in ("amazon-ratings", "amazon-reviews", "table"):
+        raise DataError(path, f"unknown interaction format {fmt!r} (choose from auto, {', '.join(REVIEW_FORMATS)})")
+    if fmt != "table":
+        return
+    rows, header = _table_with_header(path)
+    rows.close()
+    _pick_column(path, header, user_col, USER_COLUMNS, "user", "--user-col", True)
+    _pick_column(path, header, item_col, ITEM_COLUMNS, "item", "--item-col", True)
+    _pick_column(path, header, rating_col, RATING_COLUMNS, "rating", "--rating-col", False)
+    _pick_column(path, header, time_col, TIME_COLUMNS, "time", "--time-col", False)
+
+
+def check_meta_columns(
+    path: Path, fmt: str = "auto", item_col: str | None = None, text_cols: list[str] | None = None
+) -> None:
+    """The metadata counterpart of :func:`check_interaction_columns` (an item table's header)."""
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    if fmt == "auto":
+        fmt = detect_meta_format(path)
+    if fmt != "table":
+        return
+    rows, header = _table_with_header(path)
+    rows.close()
+    candidates = ((item_col,) if item_col else ()) + ITEM_COLUMNS
+    _pick_column(path, header, None, candidates, "item id", "--item-col", True)
+    missing = [c for c in text_cols or [] if header_name(c) not in header]
+    if missing:
+        raise DataError(
+            path, f"no column {missing[0]!r} (given by --text-cols) in the header; found: {', '.join(header)}", line=1
+        )
 
 
 def read_interactions(
@@ -490,6 +552,7 @@ def read_item_table(
     candidates = ((item_col,) if item_col else ()) + ITEM_COLUMNS
     ci = _pick_column(path, header, None, candidates, "item id", "--item-col", True)
     if text_cols:
+        text_cols = [header_name(c) for c in text_cols]
         missing = [c for c in text_cols if c not in header]
         if missing:
             raise DataError(
