@@ -379,3 +379,29 @@ def test_allocator_tuning_can_be_switched_off(monkeypatch):
     applied = train_mod.keep_freed_memory_in_process()
     assert applied is sys.platform.startswith("linux")
     assert train_mod.keep_freed_memory_in_process() is applied  # idempotent
+
+
+def test_bpr_item_bias_scores_loss_and_ranking(syn_dataset):
+    """item_bias: s = e_u·e_j + b_j in the loss and in full ranking; EmbLoss covers b_p, b_n; it trains."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model, config, _ = prepare_model("BPR", syn_dataset, {"item_bias": True, "reg_weight": 0.5}, cache_dir=False)
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    users, pos, neg = torch.arange(20), torch.arange(20) % syn_dataset.n_items, (torch.arange(20) + 7) % 100
+    e_u, e_i, b = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight[:, 0]
+    with torch.no_grad():
+        s_p = (e_u[users] * e_i[pos]).sum(1) + b[pos]
+        s_n = (e_u[users] * e_i[neg]).sum(1) + b[neg]
+        reg = sum(torch.linalg.norm(t) for t in (e_u[users], e_i[pos], e_i[neg], b[pos], b[neg])) / 20
+        want = -F.logsigmoid(s_p - s_n).mean() + 0.5 * reg
+        torch.testing.assert_close(model.loss(Batch(users, pos, neg)), want)
+    model.eval()
+    torch.testing.assert_close(model.full_scores(users), e_u[users] @ e_i.T + b[None, :])
+    plain, _, _ = prepare_model("BPR", syn_dataset, {}, cache_dir=False)
+    assert not hasattr(plain, "item_bias") or plain.item_bias is None
+    model, config, _ = prepare_model("BPR", syn_dataset, {**FAST, "item_bias": True}, cache_dir=False)
+    result = fit(model, syn_dataset, config, log=quiet)
+    assert result.test.metrics["recall@20"] > 1.5 * expected_random_recall(syn_dataset)
+    assert float(model.item_bias.weight.detach().abs().max()) > 0  # the bias was learned

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from modalrec.models import register
 from modalrec.models.base import Batch, Recommender, xavier_embedding
@@ -17,6 +18,11 @@ class BPR(Recommender):
     s(u, j) = e_u · e_j;  L = −mean log σ(s(u,p) − s(u,n)) + λ·EmbLoss(e_u, e_p, e_n),
     where EmbLoss is the MMRec form (unsquared Frobenius norms / batch size).
     Embeddings Xavier-normal. Config: ``embedding_size`` (64), ``reg_weight`` (λ, 1e-4).
+
+    ``item_bias: true`` adds a learned per-item bias b_j (zero at init), as in Rendle's
+    BPR-MF and Cornac's BPR: s(u, j) = e_u · e_j + b_j, with the batch's b_p and b_n in the
+    EmbLoss term. MMRec's BPR has none (the default). The bias is folded into the
+    representations — users [e_u, 1], items [e_j, b_j] — so full ranking stays one GEMM.
     """
 
     name = "BPR"
@@ -28,12 +34,25 @@ class BPR(Recommender):
         d = config.embedding_size
         self.user_emb = xavier_embedding(self.n_users, d, uniform=False)
         self.item_emb = xavier_embedding(self.n_items, d, uniform=False)
+        self.item_bias: nn.Embedding | None = None
+        if bool(config.item_bias):
+            self.item_bias = nn.Embedding(self.n_items, 1)
+            nn.init.zeros_(self.item_bias.weight)
 
     def compute_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_emb.weight, self.item_emb.weight
+        users, items = self.user_emb.weight, self.item_emb.weight
+        if self.item_bias is None:
+            return users, items
+        return torch.cat([users, users.new_ones(users.shape[0], 1)], dim=1), torch.cat(
+            [items, self.item_bias.weight], dim=1
+        )
 
     def loss(self, batch: Batch) -> torch.Tensor:
         u = self.user_emb(batch.users)
         p = self.item_emb(batch.pos)
         n = self.item_emb(batch.neg)
-        return bpr_loss(pair_scores(u, p), pair_scores(u, n)) + self.config.reg_weight * emb_loss(u, p, n)
+        pos, neg = pair_scores(u, p), pair_scores(u, n)
+        if self.item_bias is None:
+            return bpr_loss(pos, neg) + self.config.reg_weight * emb_loss(u, p, n)
+        bp, bn = self.item_bias(batch.pos), self.item_bias(batch.neg)
+        return bpr_loss(pos + bp[:, 0], neg + bn[:, 0]) + self.config.reg_weight * emb_loss(u, p, n, bp, bn)
