@@ -88,6 +88,14 @@ class MARIO(Recommender):
     SqReg = ½(‖E_u[u]‖² + ‖E_i[p]‖² + ‖E_i[n]‖²)/B on the layer-0 embeddings,
     μ = ``mu`` (0 creates no decoders), λ_reg = ``reg_weight``.
 
+    Content scale control **[choice; the paper is silent]**: ``content_norm: l2`` (the
+    default) scales every row of C_m to unit L2 norm before the learned graph and the
+    propagation; ``none`` is the paper's literal model (``--preset paper``). Without it the
+    unregularised W_m grows under Adam until the content scores dominate the attention
+    logits and the ranking collapses to a content-only one, below the backbone alone
+    (docs/models/mario.md#content-scale-control has the measurements; the default was
+    chosen on validation Recall@20 on every dataset in docs/reproduction.md).
+
     Initialisation: Xavier-uniform for every embedding and every Linear weight (NGCF
     layers and the fc fusion included), zero biases **[choice]**.
 
