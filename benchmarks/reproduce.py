@@ -140,8 +140,12 @@ def dataset_folder(part: Part, root: Path, out: Path, quick: bool) -> Path | Non
     return folder if folder.is_dir() else None
 
 
-def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool) -> list[str]:
-    """Run (or resume) one part; returns the command it ran."""
+def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool, reuse_only: bool = False) -> list[str]:
+    """Run (or resume) one part; returns the command it ran.
+
+    ``reuse_only`` trains nothing and rewrites the part's table from its finished runs
+    (rows with unfinished runs are left out and the summary is marked incomplete).
+    """
     cmd = [
         *modalrec_cmd(),
         "benchmark",
@@ -158,6 +162,11 @@ def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool) -> li
     if quick:
         cmd += ["--epochs", "1"]
         cmd = [c for c in cmd if c not in ("--modalities", "image,text")]
+    if reuse_only:
+        result = subprocess.run([*cmd, "--reuse-only"], capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"part {part.name}: nothing finished yet", flush=True)
+        return cmd
     print("$ " + shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return cmd
@@ -390,7 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "reports" / "reproduction"), help="report folder (resumable)")
     ap.add_argument("--report", default=None, help="Markdown to write (default docs/reproduction.md)")
     ap.add_argument("--seeds", default=SEEDS)
-    ap.add_argument("--render-only", action="store_true", help="only rewrite the report from finished runs")
+    ap.add_argument(
+        "--render-only", action="store_true", help="train nothing: tables from the finished runs, then the report"
+    )
     ap.add_argument("--quick", action="store_true", help="every part on a tiny synthetic dataset, 1 epoch, 1 seed")
     args = ap.parse_args(argv)
     out, root = Path(args.out), data_root(args.data_root)
@@ -405,18 +416,18 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"--parts: unknown part {sorted(unknown)[0]!r} (known: {', '.join(p.name for p in PARTS)})")
     commands_path = out / "commands.json"
-    if not args.render_only:
-        out.mkdir(parents=True, exist_ok=True)
-        order = (args.parts or ",".join(p.name for p in PARTS)).split(",")
-        for part in sorted((p for p in PARTS if p.name in wanted), key=lambda p: order.index(p.name)):
-            folder = dataset_folder(part, root, out, args.quick)
-            if folder is None:
-                print(f"part {part.name}: dataset {root / part.dataset} not found — not run", flush=True)
-                continue
-            cmd = run_part(part, folder, out, seeds if args.quick else part.seeds or seeds, args.quick)
-            commands = json.loads(commands_path.read_text()) if commands_path.exists() else {}
-            commands[part.name] = shlex.join(["modalrec", *cmd[3:]])
-            commands_path.write_text(json.dumps(commands, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    order = (args.parts or ",".join(p.name for p in PARTS)).split(",")
+    for part in sorted((p for p in PARTS if p.name in wanted), key=lambda p: order.index(p.name)):
+        folder = dataset_folder(part, root, out, args.quick)
+        if folder is None:
+            print(f"part {part.name}: dataset {root / part.dataset} not found — not run", flush=True)
+            continue
+        part_seeds = seeds if args.quick else part.seeds or seeds
+        cmd = run_part(part, folder, out, part_seeds, args.quick, reuse_only=args.render_only)
+        commands = json.loads(commands_path.read_text()) if commands_path.exists() else {}
+        commands[part.name] = shlex.join(["modalrec", *cmd[3:]])
+        commands_path.write_text(json.dumps(commands, indent=1))
     render(out, root, report, args.quick, INTRO_FILE.read_text() if INTRO_FILE.exists() else "")
 
 

@@ -303,3 +303,21 @@ def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
         assert label in report, label
     assert "Paired t-test of **MARIO**" in report and "Cornac" in report
     assert "benchmark --plan" in report and "fingerprint" in report
+
+
+def test_benchmark_reuse_only_tabulates_finished_rows_and_trains_nothing(syn_dir, tmp_path, monkeypatch):
+    fake, calls = fake_trainer(lambda m, o: (0.5, 0.4))
+    monkeypatch.setattr(bench_mod, "train_run", fake)
+    out = tmp_path / "r"
+    assert invoke("benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1,2", "--out", out).exit_code == 0
+    n = len(calls)
+    res = invoke(
+        "benchmark", "--models", "BPR,LightGCN", "--data", syn_dir, "--seeds", "1,2", "--out", out, "--reuse-only"
+    )
+    assert res.exit_code == 0, res.output
+    assert len(calls) == n  # nothing trained
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["label"] for r in summary["rows"]] == ["BPR"] and summary["complete"] is False
+    assert "LightGCN: left out" in res.output
+    res = invoke("benchmark", "--models", "LightGCN", "--data", syn_dir, "--out", tmp_path / "empty", "--reuse-only")
+    assert res.exit_code == 1 and "no row of the benchmark has finished runs" in res.stderr

@@ -446,6 +446,9 @@ def benchmark_cmd(
         str | None,
         typer.Option(help="Preset of every model's YAML (default: the one named like the dataset; none: no preset)."),
     ] = None,
+    reuse_only: Annotated[
+        bool, typer.Option("--reuse-only", help="Train nothing: tabulate the rows whose runs have all finished.")
+    ] = False,
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
     from modalrec.experiments.benchmark import load_plan, run_benchmark
@@ -465,6 +468,7 @@ def benchmark_cmd(
         modalities=_split_list(modalities),
         plan=load_plan(plan) if plan is not None else None,
         preset=preset,
+        reuse_only=reuse_only,
     )
     print(report.table.to_markdown())
     print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")

@@ -38,6 +38,10 @@ ALPHA = 0.05
 MARK = "*"
 
 
+class NotFinished(ModalrecError):
+    """A run that a ``reuse_only`` experiment would have had to train."""
+
+
 @dataclass
 class Entry:
     """One table row: a model with fixed overrides, optionally a grid to search."""
@@ -131,6 +135,7 @@ class Experiment:
         self.base = dict(base_overrides or {})
         self.device, self.cache_dir, self.log = device, cache_dir, log
         self.preset = preset  # None: the preset named like the dataset, if any; "none": no preset
+        self.reuse_only = False  # True: never train; rows with a missing run are left out of the table
         self.store = ResultsStore(self.out)
         self.trained = 0
         self.reused = 0
@@ -166,6 +171,8 @@ class Experiment:
             self.reused += 1
             self.log(f"  {cls.name} seed {seed} [{sid}] finished earlier — reused")
             return record
+        if self.reuse_only:
+            raise NotFinished(f"{cls.name} seed {seed} [{sid}] has not finished")
         run_out = self.out / "runs" / f"{cls.name}-{sid}-seed{seed}"
         n = 1
         while run_out.exists():  # left over by an interrupted run: keep it, train into a fresh folder
@@ -526,8 +533,13 @@ def run_benchmark(
     modalities: list[str] | None = None,
     plan: list[Entry] | None = None,
     preset: str | None = None,
+    reuse_only: bool = False,
 ) -> Report:
     """Run every model under the same protocol and write the table report (see module docstring).
+
+    ``reuse_only`` trains nothing: the table holds the rows whose runs (grid and seeds) have
+    all finished in ``out``; the others are named in the log and the summary is marked
+    incomplete.
 
     ``plan`` (from :func:`load_plan`) replaces ``models``/``grid`` with explicit rows: a
     row's own overrides, modalities and search space; ``modalities`` then fills in only
@@ -567,18 +579,29 @@ def run_benchmark(
     log(f"benchmark of {', '.join(names)} on {dataset.name}, seeds {exp.seeds} → {out}")
     searched = any(e.grid for e in entries)
     title = f"{dataset.name}: test metrics" + (" (grid search on validation)" if searched else "")
+    exp.reuse_only = reuse_only
     writer = ReportWriter(out)
     results: list[EntryResult] = []
+    missing: list[str] = []
     for e in entries:
-        results.append(exp.run_entry(e))
-        if len(results) < len(entries):  # the rows so far, so that a long benchmark shows what has finished
+        try:
+            results.append(exp.run_entry(e))
+        except NotFinished as exc:
+            log(f"{e.label}: left out ({exc})")
+            missing.append(e.label)
+            continue
+        if len(results) + len(missing) < len(entries):  # the rows so far: a long benchmark shows what finished
             partial_target = target if target in {r.entry.label for r in results} else None
             write_table_report(
                 exp, results, partial_target, metrics, title + " (partial)", writer, "benchmark", complete=False
             )
+    if not results:
+        raise ModalrecError(f"no row of the benchmark has finished runs in {out} (--reuse-only trains nothing)")
+    if target is not None and target in missing:
+        target = None
     if target is None and len(results) > 1:
         target = choose_target(results)
-    return write_table_report(exp, results, target, metrics, title, writer, "benchmark")
+    return write_table_report(exp, results, target, metrics, title, writer, "benchmark", complete=not missing)
 
 
 def _no_target(target: str, names: list[str]) -> str:
