@@ -104,6 +104,12 @@ def data_validate(
     )
     c.print("per split: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
     c.print(f"items without a training interaction: {s['items_without_training_interactions']}")
+    if s["cold_items"]:
+        cold = s["cold_items"]
+        c.print(
+            f"cold items (cold_items.txt): {cold['valid'] + cold['test']:,} — valid {cold['valid']:,}, "
+            f"test {cold['test']:,}; none has a training interaction (checked)"
+        )
     if n_cold:
         c.print(
             f"users without a training interaction: {n_cold:,} (not trained or evaluated; recommend and serve "
@@ -124,16 +130,27 @@ def data_validate(
 def data_split(
     directory: Path,
     out: Annotated[Path, typer.Option(help="New dataset folder (must not exist).")],
-    protocol: Annotated[str, typer.Option(help="mmrec (per-user 8:1:1) | loo | temporal")] = "mmrec",
-    seed: Annotated[int, typer.Option(help="Seed of the mmrec shuffle.")] = 999,
+    protocol: Annotated[
+        str, typer.Option(help="mmrec (per-user 8:1:1) | loo | temporal | cold-items (hold out whole items)")
+    ] = "mmrec",
+    seed: Annotated[int, typer.Option(help="Seed of the mmrec shuffle / of the random cold items.")] = 999,
+    cold_ratio: Annotated[
+        float, typer.Option(help="cold-items: share of the items held out (half valid, half test).")
+    ] = 0.2,
+    by: Annotated[
+        str, typer.Option(help="cold-items: random | time (the newest items by first interaction).")
+    ] = "random",
 ) -> None:
     """Re-split a dataset into a NEW folder (the input is never modified)."""
     from modalrec.data.dataset import load_dataset
     from modalrec.data.split import resplit_dataset
 
-    path = resplit_dataset(directory, protocol, seed, out)
+    path = resplit_dataset(directory, protocol, seed, out, cold_ratio=cold_ratio, by=by)
     s = load_dataset(path).summary()
-    _console().print(f"wrote {path}: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
+    line = f"wrote {path}: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items())
+    if s["cold_items"]:
+        line += f"; cold items: valid {s['cold_items']['valid']:,}, test {s['cold_items']['test']:,} (cold_items.txt)"
+    _console().print(line)
 
 
 @data_app.command("synth")
