@@ -199,6 +199,14 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same metrics on CPU).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    eval_: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            help="Which items compete in valid/test ranking: warm | cold (only the split's cold items) | all "
+            "(default: cold on a cold-items split, else warm).",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output (warnings are still shown).")
     ] = False,
@@ -213,6 +221,8 @@ def train_cmd(
         overrides["seed"] = seed
     if epochs is not None:
         overrides["epochs"] = epochs
+    if eval_ is not None:
+        overrides["eval_mode"] = eval_
     run_dir, result = train_run(
         model,
         data,
@@ -225,7 +235,7 @@ def train_cmd(
         quiet=quiet,
         progress=sys.stdout.isatty(),
     )
-    _print_metrics(f"test metrics (best epoch {result.best_epoch})", result.test.metrics)
+    _print_metrics(f"test metrics (best epoch {result.best_epoch}, eval {result.test.mode})", result.test.metrics)
     _console().print(f"run directory: {run_dir}")
 
 
@@ -252,6 +262,10 @@ def evaluate_cmd(
     ] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    eval_: Annotated[
+        str | None,
+        typer.Option("--eval", help="warm | cold | all (default: the run's own eval mode)."),
+    ] = None,
 ) -> None:
     """Re-evaluate a trained run with full ranking."""
     from modalrec.config import topk_list
@@ -260,11 +274,15 @@ def evaluate_cmd(
     if split not in ("valid", "test"):
         raise ModalrecError("--split must be valid or test")
     ks = topk_list(topk, "--topk") if topk is not None else None
-    result = evaluate_run(load_run(run, device), split, ks, mask_valid)
+    loaded = load_run(run, device)
+    result = evaluate_run(loaded, split, ks, mask_valid, eval_)
     if as_json:
-        print(json.dumps({"split": split, "metrics": result.metrics, "seconds": result.seconds}, indent=2))
+        out = {"split": split, "eval": result.mode, "metrics": result.metrics, "seconds": result.seconds}
+        print(json.dumps(out, indent=2))
     else:
-        _print_metrics(f"{split} metrics ({len(result.users)} users, {result.seconds:.2f}s)", result.metrics)
+        _print_metrics(
+            f"{split} metrics, eval {result.mode} ({len(result.users)} users, {result.seconds:.2f}s)", result.metrics
+        )
 
 
 @app.command("recommend")

@@ -200,9 +200,14 @@ class Evaluator:
 
 
 def top_k_items(
-    model: Recommender, users: torch.Tensor, k: int, exclude: sp.csr_matrix | None = None
+    model: Recommender,
+    users: torch.Tensor,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    exclude_items: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (items, scores) for each user, excluding the items in ``exclude`` rows (e.g. R)."""
+    """Top-k (items, scores) for each user, excluding the items in ``exclude`` rows (e.g. R) and,
+    for every user, ``exclude_items`` (excluded items can only fill a list longer than the rest, at −inf)."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -212,6 +217,8 @@ def top_k_items(
             indptr, indices = _csr_rows(sub, scores.device)
             rows, cols = block_coo(indptr, indices, 0, len(users))
             scores[rows, cols] = -torch.inf
+        if exclude_items is not None:
+            scores[:, exclude_items.to(scores.device)] = -torch.inf
         vals, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)
     model.train(was_training)
     return idx, vals
