@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,43 @@ def test_content_models_beat_random_on_cold_items(larger_cold_dir, name, tmp_pat
     n_cold_test = load_dataset(larger_cold_dir).cold_items_of("test").size
     chance = 10 / n_cold_test  # E[Recall@10] of a random order of the test cold items
     assert result.test.metrics["recall@10"] > chance + 0.05, (result.test.metrics["recall@10"], chance)
+
+
+# ---------------------------------------------------------------------- benchmark
+def test_benchmark_cold_items_protocol_adds_reference_rows_and_marks_id_only(syn_dir, tmp_path):
+    from modalrec.experiments.benchmark import run_benchmark
+
+    out = tmp_path / "bench"
+    report = run_benchmark(
+        ["BPR", "VBPR"], syn_dir, [1], out=out, overrides={"epochs": 1}, log=lambda s: None, protocol="cold-items"
+    )
+    assert report.table.rows == ["BPR", "VBPR", "Popularity", "Random"]
+    split = load_dataset(out / "data" / "cold-items-r0.2-seed1")
+    assert split.has_cold_items and not np.isin(split.split("train")[1], split.cold_items).any()
+    summary = json.loads((out / "summary.json").read_text())
+    kinds = {r["label"]: r["cold_start"] for r in summary["rows"]}
+    assert kinds == {"BPR": "unable", "VBPR": "content", "Popularity": "reference", "Random": "reference"}
+    assert "ID-only rows (BPR)" in (out / "table.md").read_text()
+    assert set(report.significance) == {"BPR", "VBPR", "Popularity", "Random"} - {report.target}
+    # every row was evaluated on the same users (the test users of the cold split)
+    users = [np.load(Path(r["runs"][0]["run_dir"]) / "test_per_user.npz")["users"] for r in summary["rows"]]
+    assert all(np.array_equal(u, users[0]) for u in users)
+    # the same command again reuses every finished run
+    again = run_benchmark(
+        ["BPR", "VBPR"], syn_dir, [1], out=out, overrides={"epochs": 1}, log=lambda s: None, protocol="cold-items"
+    )
+    assert again.trained == 0 and again.reused == 4
+
+
+def test_reference_rankers_are_seeded(cold_ds):
+    from modalrec.experiments.rankers import FixedRanker
+
+    users = torch.arange(5)
+    pop = FixedRanker("Popularity", cold_ds, 1)
+    assert torch.equal(pop.ranking_scores(users), FixedRanker("Popularity", cold_ds, 1).ranking_scores(users))
+    assert not torch.equal(pop.ranking_scores(users), FixedRanker("Popularity", cold_ds, 2).ranking_scores(users))
+    # popularity orders items by their training count; cold items (count 0) come last
+    scores = pop.ranking_scores(users)[0]
+    top = int(torch.argmax(scores))
+    assert pop.degree[top] == pop.degree.max()
+    assert scores[torch.from_numpy(cold_ds.cold_items)].max() < 0.5

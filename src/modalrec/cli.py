@@ -481,8 +481,22 @@ def benchmark_cmd(
         str | None,
         typer.Option(help="Preset of every model's YAML (default: the one named like the dataset; none: no preset)."),
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="default | cold-items (split off a share of the items once, add Popularity and Random rows)."
+        ),
+    ] = "default",
+    cold_ratio: Annotated[float, typer.Option(help="cold-items: share of the items held out.")] = 0.2,
+    eval_: Annotated[
+        str | None,
+        typer.Option("--eval", help="warm | cold | all (default: cold on a cold-items split, else warm)."),
+    ] = None,
 ) -> None:
-    """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
+    """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests.
+
+    Popularity and Random (untrained reference rankers) may be named in --models.
+    """
     from modalrec.experiments.benchmark import load_plan, run_benchmark
 
     if (models is None) == (plan is None):
@@ -500,6 +514,9 @@ def benchmark_cmd(
         modalities=_split_list(modalities),
         plan=load_plan(plan) if plan is not None else None,
         preset=preset,
+        protocol=protocol,
+        cold_ratio=cold_ratio,
+        eval_mode=eval_,
     )
     print(report.table.to_markdown())
     print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
