@@ -326,3 +326,44 @@ def test_reference_rankers_are_seeded(cold_ds):
     top = int(torch.argmax(scores))
     assert pop.degree[top] == pop.degree.max()
     assert scores[torch.from_numpy(cold_ds.cold_items)].max() < 0.5
+
+
+# ---------------------------------------------------------------------- serving
+@pytest.mark.parametrize("name", ["VBPR", "MeAIM"])
+def test_serving_a_cold_split_run_recommends_its_cold_items(cold_dir, tmp_path, name):
+    from modalrec.serve.engine import Engine
+
+    run_dir, _ = train_run(name, cold_dir, overrides={**ONE_EPOCH}, out=tmp_path / name, quiet=True, cache_dir=False)
+    engine = Engine.from_run_dir(run_dir)
+    ds = engine.dataset
+    cold = set(ds.cold_items.tolist())
+    assert engine.info()["cold_items"]["scoring"] == "content"
+    # the full list of a user holds every cold item, with a finite content score, marked cold
+    body = engine.recommend(0, k=ds.n_items)
+    served = {e["item"]: e for e in body["items"]}
+    assert cold <= set(served)
+    assert all(served[i]["cold"] and math.isfinite(served[i]["score"]) for i in cold)
+    # and cold items do reach the top-10 of some users (they compete with warm items)
+    tops = {e["item"] for u in range(0, ds.n_users, 5) for e in engine.recommend(u, k=10)["items"]}
+    assert tops & cold
+    # the served score is the model's evaluation score (content path), not the untrained ID row's
+    with torch.no_grad():
+        user_scores = engine.run.model.ranking_scores(torch.tensor([0]))[0]
+    some = sorted(cold)[0]
+    assert served[some]["score"] == pytest.approx(float(user_scores[some]), rel=1e-4, abs=1e-5)
+    # a new user folded in from cold items only gets an answer too
+    assert engine.recommend_new(sorted(cold)[:3], k=5)["items"]
+
+
+def test_serving_an_id_only_run_leaves_cold_items_out(cold_dir, tmp_path):
+    from modalrec.serve.engine import Engine
+
+    run_dir, _ = train_run("LightGCN", cold_dir, overrides={**ONE_EPOCH}, out=tmp_path / "lg", quiet=True)
+    engine = Engine.from_run_dir(run_dir)
+    cold = set(engine.dataset.cold_items.tolist())
+    body = engine.recommend(0, k=engine.dataset.n_items)
+    assert body["items"] and not {e["item"] for e in body["items"]} & cold
+    assert "cannot be scored" in body["note"]
+    new = engine.recommend_new([int(engine.dataset.split("train")[1][0])], k=engine.dataset.n_items)
+    assert not {e["item"] for e in new["items"]} & cold and "cannot be scored" in new["note"]
+    assert engine.info()["cold_items"]["scoring"] == "unable"
