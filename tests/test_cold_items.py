@@ -367,3 +367,13 @@ def test_serving_an_id_only_run_leaves_cold_items_out(cold_dir, tmp_path):
     new = engine.recommend_new([int(engine.dataset.split("train")[1][0])], k=engine.dataset.n_items)
     assert not {e["item"] for e in new["items"]} & cold and "cannot be scored" in new["note"]
     assert engine.info()["cold_items"]["scoring"] == "unable"
+
+
+@pytest.mark.parametrize("cls", list_models(), ids=lambda c: c.name)
+def test_every_model_documents_its_cold_item_rule(cls):
+    page = Path(__file__).resolve().parents[1] / "docs" / "models" / f"{cls.config_name}.md"
+    text = page.read_text(encoding="utf-8")
+    assert "## Cold items" in text
+    section = text.split("## Cold items", 1)[1].split("\n## ", 1)[0]
+    assert f'cold_start = "{cls.cold_start}"' in section
+    assert cls.cold_rule  # the one-line rule shown in logs, metrics.json and /info
