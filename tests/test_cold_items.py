@@ -377,3 +377,21 @@ def test_every_model_documents_its_cold_item_rule(cls):
     section = text.split("## Cold items", 1)[1].split("\n## ", 1)[0]
     assert f'cold_start = "{cls.cold_start}"' in section
     assert cls.cold_rule  # the one-line rule shown in logs, metrics.json and /info
+
+
+def test_cli_train_and_evaluate_take_an_eval_mode(cold_dir, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["train", "--model", "VBPR", "--data", str(cold_dir), "--epochs", "1", "--eval", "all", "--out", str(run)]
+    res = runner.invoke(app, [*args, "-q"])
+    assert res.exit_code == 0, res.output
+    assert "eval all" in res.output
+    assert json.loads((run / "metrics.json").read_text())["eval_mode"] == "all"
+    res = runner.invoke(app, ["evaluate", str(run), "--eval", "cold", "--json"])
+    out = json.loads(res.output)
+    assert out["eval"] == "cold"
+    default = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).output)
+    assert default["eval"] == "all"  # the run's own mode
+    assert out["metrics"]["recall@10"] >= default["metrics"]["recall@10"]  # fewer competitors, never a worse rank
+    bad = runner.invoke(app, ["evaluate", str(run), "--eval", "warm"])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1 and "cold-items split" in bad.output

@@ -72,9 +72,12 @@ def models_cmd() -> None:
     table = Table(title="Registered models")
     table.add_column("model")
     table.add_column("modalities")
+    table.add_column("cold items")
     table.add_column("description")
     for cls in list_models():
-        table.add_row(cls.name, "content + ID" if cls.min_modalities else "ID only", cls.description)
+        # how an item without interactions is scored (docs/protocol.md#cold-items)
+        cold = "from content" if cls.cold_start == "content" else "unable (random)"
+        table.add_row(cls.name, "content + ID" if cls.min_modalities else "ID only", cold, cls.description)
     _console().print(table)
 
 
