@@ -72,9 +72,12 @@ def models_cmd() -> None:
     table = Table(title="Registered models")
     table.add_column("model")
     table.add_column("modalities")
+    table.add_column("cold items")
     table.add_column("description")
     for cls in list_models():
-        table.add_row(cls.name, "content + ID" if cls.min_modalities else "ID only", cls.description)
+        # how an item without interactions is scored (docs/protocol.md#cold-items)
+        cold = "from content" if cls.cold_start == "content" else "unable (random)"
+        table.add_row(cls.name, "content + ID" if cls.min_modalities else "ID only", cold, cls.description)
     _console().print(table)
 
 
@@ -104,6 +107,12 @@ def data_validate(
     )
     c.print("per split: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
     c.print(f"items without a training interaction: {s['items_without_training_interactions']}")
+    if s["cold_items"]:
+        cold = s["cold_items"]
+        c.print(
+            f"cold items (cold_items.txt): {cold['valid'] + cold['test']:,} — valid {cold['valid']:,}, "
+            f"test {cold['test']:,}; none has a training interaction (checked)"
+        )
     if n_cold:
         c.print(
             f"users without a training interaction: {n_cold:,} (not trained or evaluated; recommend and serve "
@@ -124,16 +133,27 @@ def data_validate(
 def data_split(
     directory: Path,
     out: Annotated[Path, typer.Option(help="New dataset folder (must not exist).")],
-    protocol: Annotated[str, typer.Option(help="mmrec (per-user 8:1:1) | loo | temporal")] = "mmrec",
-    seed: Annotated[int, typer.Option(help="Seed of the mmrec shuffle.")] = 999,
+    protocol: Annotated[
+        str, typer.Option(help="mmrec (per-user 8:1:1) | loo | temporal | cold-items (hold out whole items)")
+    ] = "mmrec",
+    seed: Annotated[int, typer.Option(help="Seed of the mmrec shuffle / of the random cold items.")] = 999,
+    cold_ratio: Annotated[
+        float, typer.Option(help="cold-items: share of the items held out (half valid, half test).")
+    ] = 0.2,
+    by: Annotated[
+        str, typer.Option(help="cold-items: random | time (the newest items by first interaction).")
+    ] = "random",
 ) -> None:
     """Re-split a dataset into a NEW folder (the input is never modified)."""
     from modalrec.data.dataset import load_dataset
     from modalrec.data.split import resplit_dataset
 
-    path = resplit_dataset(directory, protocol, seed, out)
+    path = resplit_dataset(directory, protocol, seed, out, cold_ratio=cold_ratio, by=by)
     s = load_dataset(path).summary()
-    _console().print(f"wrote {path}: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items()))
+    line = f"wrote {path}: " + ", ".join(f"{k} {v:,}" for k, v in s["per_split"].items())
+    if s["cold_items"]:
+        line += f"; cold items: valid {s['cold_items']['valid']:,}, test {s['cold_items']['test']:,} (cold_items.txt)"
+    _console().print(line)
 
 
 @data_app.command("synth")
@@ -182,6 +202,14 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same metrics on CPU).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    eval_: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            help="Which items compete in valid/test ranking: warm | cold (only the split's cold items) | all "
+            "(default: cold on a cold-items split, else warm).",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output (warnings are still shown).")
     ] = False,
@@ -196,6 +224,8 @@ def train_cmd(
         overrides["seed"] = seed
     if epochs is not None:
         overrides["epochs"] = epochs
+    if eval_ is not None:
+        overrides["eval_mode"] = eval_
     run_dir, result = train_run(
         model,
         data,
@@ -208,7 +238,7 @@ def train_cmd(
         quiet=quiet,
         progress=sys.stdout.isatty(),
     )
-    _print_metrics(f"test metrics (best epoch {result.best_epoch})", result.test.metrics)
+    _print_metrics(f"test metrics (best epoch {result.best_epoch}, eval {result.test.mode})", result.test.metrics)
     _console().print(f"run directory: {run_dir}")
 
 
@@ -235,6 +265,10 @@ def evaluate_cmd(
     ] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    eval_: Annotated[
+        str | None,
+        typer.Option("--eval", help="warm | cold | all (default: the run's own eval mode)."),
+    ] = None,
 ) -> None:
     """Re-evaluate a trained run with full ranking."""
     from modalrec.config import topk_list
@@ -243,11 +277,15 @@ def evaluate_cmd(
     if split not in ("valid", "test"):
         raise ModalrecError("--split must be valid or test")
     ks = topk_list(topk, "--topk") if topk is not None else None
-    result = evaluate_run(load_run(run, device), split, ks, mask_valid)
+    loaded = load_run(run, device)
+    result = evaluate_run(loaded, split, ks, mask_valid, eval_)
     if as_json:
-        print(json.dumps({"split": split, "metrics": result.metrics, "seconds": result.seconds}, indent=2))
+        out = {"split": split, "eval": result.mode, "metrics": result.metrics, "seconds": result.seconds}
+        print(json.dumps(out, indent=2))
     else:
-        _print_metrics(f"{split} metrics ({len(result.users)} users, {result.seconds:.2f}s)", result.metrics)
+        _print_metrics(
+            f"{split} metrics, eval {result.mode} ({len(result.users)} users, {result.seconds:.2f}s)", result.metrics
+        )
 
 
 @app.command("recommend")
@@ -449,8 +487,22 @@ def benchmark_cmd(
     reuse_only: Annotated[
         bool, typer.Option("--reuse-only", help="Train nothing: tabulate the rows whose runs have all finished.")
     ] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="default | cold-items (split off a share of the items once, add Popularity and Random rows)."
+        ),
+    ] = "default",
+    cold_ratio: Annotated[float, typer.Option(help="cold-items: share of the items held out.")] = 0.2,
+    eval_: Annotated[
+        str | None,
+        typer.Option("--eval", help="warm | cold | all (default: cold on a cold-items split, else warm)."),
+    ] = None,
 ) -> None:
-    """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests."""
+    """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests.
+
+    Popularity and Random (untrained reference rankers) may be named in --models.
+    """
     from modalrec.experiments.benchmark import load_plan, run_benchmark
 
     if (models is None) == (plan is None):
@@ -469,6 +521,9 @@ def benchmark_cmd(
         plan=load_plan(plan) if plan is not None else None,
         preset=preset,
         reuse_only=reuse_only,
+        protocol=protocol,
+        cold_ratio=cold_ratio,
+        eval_mode=eval_,
     )
     print(report.table.to_markdown())
     print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")

@@ -17,12 +17,36 @@ import scipy.sparse as sp
 import torch
 
 from modalrec.data.dataset import SPLIT_NAMES, TEST, TRAIN, VALID
+from modalrec.errors import ConfigError
 
 if TYPE_CHECKING:
     from modalrec.data.dataset import Dataset
     from modalrec.models.base import Recommender
 
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
+# Which items compete: warm = the usual protocol (every item; the dataset declares no cold item),
+# cold = only the split's cold items, all = every item, cold and warm (docs/protocol.md#cold-items).
+EVAL_MODES = ("warm", "cold", "all")
+
+
+def resolve_eval_mode(dataset: Dataset, mode: str | None) -> str:
+    """The evaluation mode to use: ``mode`` checked against the dataset; None = cold on a cold-items
+    split, else warm. Raises :class:`ConfigError` for a mode the dataset cannot support."""
+    if mode is None:
+        return "cold" if dataset.has_cold_items else "warm"
+    if mode not in EVAL_MODES:
+        raise ConfigError(f"eval mode {mode!r}: choose from {', '.join(EVAL_MODES)}")
+    if mode == "cold" and not dataset.has_cold_items:
+        raise ConfigError(
+            f"eval mode cold: dataset {dataset.name!r} declares no cold items "
+            "(make a split with: modalrec data split DIR --protocol cold-items --out NEW)"
+        )
+    if mode == "warm" and dataset.has_cold_items:
+        raise ConfigError(
+            f"eval mode warm: dataset {dataset.name!r} is a cold-items split (its valid/test hold only cold "
+            "items); use cold (cold items only) or all (cold items compete with warm ones)"
+        )
+    return mode
 
 
 @dataclass
@@ -34,6 +58,7 @@ class EvalResult:
     per_user: dict[str, np.ndarray] = field(repr=False)
     users: np.ndarray = field(repr=False)
     seconds: float = 0.0
+    mode: str = "warm"
 
     def rounded(self, digits: int = 4) -> dict[str, float]:
         return {k: round(v, digits) for k, v in self.metrics.items()}
@@ -93,6 +118,11 @@ class Evaluator:
 
     ``mask_valid``: at test time also mask the users' valid items (MMRec leaves them
     rankable; that is the default). ``block_size`` users are ranked per GEMM block.
+    ``mode`` (:data:`EVAL_MODES`, None = :func:`resolve_eval_mode`'s default): with ``cold``
+    only the split's cold items are ranked (every other item is masked, targets on other
+    items are dropped, users left without a target are not evaluated); ``all`` and ``warm``
+    rank every item. Scores come from the model's ``ranking_scores`` (an ID-only model's
+    cold items at random).
     """
 
     def __init__(
@@ -104,6 +134,7 @@ class Evaluator:
         mask_valid: bool = False,
         block_size: int = 4096,
         device: str | torch.device = "cpu",
+        mode: str | None = None,
     ) -> None:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
@@ -114,7 +145,15 @@ class Evaluator:
         self.block_size = block_size
         self.device = torch.device(device)
         label = SPLIT_NAMES[split]
+        self.mode = resolve_eval_mode(dataset, mode)
         target = dataset.split_matrix(label)
+        self._blocked: torch.Tensor | None = None
+        if self.mode == "cold":
+            candidates = np.zeros(dataset.n_items, dtype=bool)
+            candidates[dataset.cold_items_of(label)] = True
+            target = (target @ sp.diags(candidates.astype(np.float32))).tocsr()
+            target.eliminate_zeros()
+            self._blocked = torch.from_numpy(np.flatnonzero(~candidates)).to(self.device)
         mask = dataset.split_matrix(TRAIN)
         if mask_valid and label == TEST:
             mask = mask + dataset.split_matrix(VALID)
@@ -140,9 +179,11 @@ class Evaluator:
         n = len(self.users)
         for lo in range(0, n, self.block_size):
             hi = min(n, lo + self.block_size)
-            scores = model.full_scores(self._users_t[lo:hi]).float()
+            scores = model.ranking_scores(self._users_t[lo:hi]).float()
             rows, cols = block_coo(*self._mask, lo, hi)
             scores[rows, cols] = -torch.inf
+            if self._blocked is not None:
+                scores[:, self._blocked] = -torch.inf
             top = torch.topk(scores, min(k_max, self.n_items), dim=1).indices
             if top.shape[1] < k_max:  # fewer items than K: pad with a never-relevant id
                 top = torch.cat([top, torch.full((hi - lo, k_max - top.shape[1]), -1, device=top.device)], dim=1)
@@ -155,22 +196,29 @@ class Evaluator:
         per_user = {name: torch.cat(v).numpy() for name, v in chunks.items()}
         means = {name: float(v.mean()) if v.size else 0.0 for name, v in per_user.items()}
         model.train(was_training)
-        return EvalResult(self.split, means, per_user, self.users, time.perf_counter() - start)
+        return EvalResult(self.split, means, per_user, self.users, time.perf_counter() - start, self.mode)
 
 
 def top_k_items(
-    model: Recommender, users: torch.Tensor, k: int, exclude: sp.csr_matrix | None = None
+    model: Recommender,
+    users: torch.Tensor,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    exclude_items: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (items, scores) for each user, excluding the items in ``exclude`` rows (e.g. R)."""
+    """Top-k (items, scores) for each user, excluding the items in ``exclude`` rows (e.g. R) and,
+    for every user, ``exclude_items`` (excluded items can only fill a list longer than the rest, at −inf)."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        scores = model.full_scores(users).float()
+        scores = model.ranking_scores(users).float()
         if exclude is not None:
             sub = exclude[users.cpu().numpy()].tocsr()
             indptr, indices = _csr_rows(sub, scores.device)
             rows, cols = block_coo(indptr, indices, 0, len(users))
             scores[rows, cols] = -torch.inf
+        if exclude_items is not None:
+            scores[:, exclude_items.to(scores.device)] = -torch.inf
         vals, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)
     model.train(was_training)
     return idx, vals

@@ -25,10 +25,11 @@ import torch
 from modalrec.config import Config, describe_preset, resolve_config, topk_list
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.errors import ModalrecError, RunError
-from modalrec.evaluate import EvalResult, Evaluator, top_k_items
+from modalrec.evaluate import EvalResult, Evaluator, resolve_eval_mode, top_k_items
 from modalrec.graphs import GraphStore
 from modalrec.io import atomic_write, write_json, write_npz, write_text, write_yaml
 from modalrec.models import Recommender, build_model, get_model_class
+from modalrec.models.base import COLD_UNABLE
 from modalrec.train import TrainResult, fit, seed_everything
 
 CHECKPOINT_VERSION = 1
@@ -137,6 +138,10 @@ def train_run(
             f"topk: {', '.join(map(str, over))} exceed{'s' if len(over) == 1 else ''} the {dataset.n_items:,} items; "
             f"a list has at most {dataset.n_items} items, so @K counts hits in all of them"
         )
+    resolve_eval_mode(dataset, config.get("eval_mode"))  # a mode the data cannot support fails before any work
+    cold_note = cold_start_note(cls, dataset)
+    if cold_note and cls.cold_start == COLD_UNABLE:
+        notes.append(cold_note)
     model, config, graphs = prepare_model(cls.name, dataset, overrides, preset, device, cache_dir)
     run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
     try:
@@ -145,6 +150,30 @@ def train_run(
         if not (run_dir / "model.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # claimed by this call: it holds only our log and config
         raise
+
+
+def cold_start_note(cls: type[Recommender], dataset: Dataset) -> str | None:
+    """One line on how ``cls`` scores the dataset's cold items (None when it has none)."""
+    if not dataset.has_cold_items:
+        return None
+    n = dataset.cold_items.size
+    if cls.cold_start == COLD_UNABLE:
+        return (
+            f"{cls.name} is ID only and cannot score the {n:,} cold items: they are ranked at random "
+            "(reported as unable)"
+        )
+    return f"{cls.name} scores the {n:,} cold items from their features: {cls.cold_rule}"
+
+
+def cold_start_info(model: Recommender, dataset: Dataset) -> dict[str, Any] | None:
+    """What metrics.json records about cold items (None when the dataset has none)."""
+    if not dataset.has_cold_items:
+        return None
+    return {
+        "items": int(dataset.cold_items.size),
+        "scoring": model.cold_start,
+        "rule": model.cold_rule,
+    }
 
 
 def _train_into(
@@ -164,6 +193,9 @@ def _train_into(
     for w in [*dataset.warnings, *notes]:
         runlog.warn(f"warning: {w}")
     runlog(describe_preset(config))
+    cold_note = cold_start_note(type(model), dataset)
+    if cold_note and model.cold_start != COLD_UNABLE:
+        runlog(cold_note)
     n_params = sum(p.numel() for p in model.parameters())
     used = model.used_modalities()
     runlog(
@@ -199,6 +231,8 @@ def _train_into(
             "dataset": dataset.name,
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
+            "eval_mode": result.test.mode,
+            "cold_start": cold_start_info(model, dataset),
             "valid": result.valid.metrics,
             "test": result.test.metrics,
             "timings": result.timings,
@@ -274,10 +308,15 @@ def load_run(
 
 
 def evaluate_run(
-    run: LoadedRun, split: str = "test", ks: list[int] | None = None, mask_valid: bool | None = None
+    run: LoadedRun,
+    split: str = "test",
+    ks: list[int] | None = None,
+    mask_valid: bool | None = None,
+    mode: str | None = None,
 ) -> EvalResult:
     """Full-ranking metrics of a loaded run on ``split``; cut-offs above the number of items are
-    capped at it with a logged warning (``ks`` defaults to the run's ``topk``)."""
+    capped at it with a logged warning (``ks`` defaults to the run's ``topk``). ``mode``
+    (warm | cold | all) defaults to the run's ``eval_mode``."""
     cfg = run.config
     mask = cfg.mask_valid_at_test if mask_valid is None else mask_valid
     ks = topk_list(list(ks) if ks else list(cfg.topk), "--topk" if ks else "topk", run.dataset.n_items, log.warning)
@@ -289,6 +328,7 @@ def evaluate_run(
         mask_valid=mask,
         block_size=cfg.eval_batch_size,
         device=run.model.device,
+        mode=mode if mode is not None else cfg.get("eval_mode"),
     )
     return ev.evaluate(run.model)
 
@@ -305,8 +345,13 @@ def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exc
         log.warning(out["fallback"]["reason"])
         return {"model": model.name, "dataset": ds.name, "user": user, "k": k, "exclude_seen": exclude_seen, **out}
     users = torch.tensor([user], device=model.device)
-    items, scores = top_k_items(model, users, k, ds.train_matrix if exclude_seen else None)
+    # an ID-only model cannot score cold items (it would rank them at random): they are left out, and said so
+    unscorable = model.cold_items if model.cold_start == COLD_UNABLE and ds.has_cold_items else None
+    items, scores = top_k_items(model, users, k, ds.train_matrix if exclude_seen else None, unscorable)
     items, scores = items[0], scores[0]
+    if unscorable is not None:  # only cold items would fill the list beyond this: they are not answers
+        keep = torch.isfinite(scores)
+        items, scores = items[keep], scores[keep]
     out: dict[str, Any] = {
         "model": model.name,
         "dataset": ds.name,
@@ -315,6 +360,8 @@ def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exc
         "exclude_seen": exclude_seen,
         "items": [],
     }
+    if unscorable is not None:
+        out["note"] = f"{model.name} is ID only: its {unscorable.numel():,} cold items cannot be scored, left out"
     expl = None
     if explain:
         with torch.no_grad():

@@ -213,8 +213,9 @@ def fit(
     sampler = NegativeSampler(train_u, train_i, dataset.n_items, rng)
     ks = list(config.topk)
     metric = config.valid_metric.lower()
+    eval_mode = config.get("eval_mode")
     valid_eval = Evaluator(
-        dataset, "valid", ks, tuple(config.metrics), block_size=config.eval_batch_size, device=device
+        dataset, "valid", ks, tuple(config.metrics), block_size=config.eval_batch_size, device=device, mode=eval_mode
     )
     if metric not in {f"{m}@{k}" for m in config.metrics for k in ks}:
         raise ModalrecError(f"valid_metric {config.valid_metric!r} is not among the computed metrics/topk")
@@ -285,6 +286,7 @@ def fit(
         mask_valid=config.mask_valid_at_test,
         block_size=config.eval_batch_size,
         device=device,
+        mode=eval_mode,
     ).evaluate(model)
     log(
         f"best epoch {best_epoch}: valid {metric} {best_valid.metrics[metric]:.4f}; "

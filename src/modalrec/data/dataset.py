@@ -22,6 +22,7 @@ from modalrec.io import write_npy, write_text
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 FEATURE_SUFFIX = "_feat.npy"
+COLD_ITEMS_FILE = "cold_items.txt"  # written by the cold-items split: "itemID<TAB>split" (valid | test)
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
 
@@ -46,6 +47,10 @@ class Dataset:
     item_titles: dict[int, str] | None = None
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    # Cold items (``cold_items.txt``, cold-items split): ids, sorted, and the split (VALID/TEST) whose
+    # interactions each one holds. Empty for every other dataset. No cold item has a training interaction.
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     # ----------------------------------------------------------------- splits
     def split(self, split: str | int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +77,18 @@ class Dataset:
     def modalities(self) -> list[str]:
         return list(self.features)
 
+    @property
+    def has_cold_items(self) -> bool:
+        """Whether the dataset declares cold items (a cold-items split)."""
+        return self.cold_items.size > 0
+
+    def cold_items_of(self, split: str | int | None = None) -> np.ndarray:
+        """The declared cold items, all of them or those held out for one split (valid | test)."""
+        if split is None:
+            return self.cold_items
+        label = SPLIT_NAMES[split] if isinstance(split, str) else split
+        return self.cold_items[self.cold_labels == label]
+
     def select_modalities(self, names: list[str] | None) -> Dataset:
         """A view of this dataset with only the named modalities (all when ``names`` is None)."""
         if names is None:
@@ -95,6 +112,8 @@ class Dataset:
             item_titles=self.item_titles,
             path=self.path,
             warnings=list(self.warnings),
+            cold_items=self.cold_items,
+            cold_labels=self.cold_labels,
         )
         return ds
 
@@ -127,6 +146,10 @@ class Dataset:
         for m in sorted(self.features):
             h.update(m.encode())
             h.update(self.feature_hash(m).encode())
+        if self.has_cold_items:  # only then: fingerprints of datasets without cold items stay as they were
+            h.update(b"cold")
+            h.update(np.ascontiguousarray(self.cold_items, dtype=np.int64).tobytes())
+            h.update(np.ascontiguousarray(self.cold_labels, dtype=np.int64).tobytes())
         return h.hexdigest()[:24]
 
     # ---------------------------------------------------------------- summary
@@ -148,6 +171,9 @@ class Dataset:
             "users_without_training_interactions": self.n_users - n_train_users,
             "modalities": {m: int(x.shape[1]) for m, x in self.features.items()},
             "has_titles": self.item_titles is not None,
+            "cold_items": {name: int((self.cold_labels == v).sum()) for name, v in SPLIT_NAMES.items() if v != TRAIN}
+            if self.has_cold_items
+            else None,
             "warnings": list(self.warnings),
         }
 
@@ -314,6 +340,52 @@ def read_item_titles(path: Path, n_items: int) -> dict[int, str]:
     return titles
 
 
+def read_cold_items(path: Path, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parse ``cold_items.txt``: a header ``itemID split``, then one ``<item id> <valid|test>`` line per cold item.
+
+    Returns (items sorted, their split labels). Errors name the file and line.
+    """
+    items, labels = [], []
+    seen: dict[int, int] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if n == 1 and fields[0] == "itemID":
+            continue
+        if len(fields) != 2:
+            raise DataError(path, f"expected 2 tab-separated fields (itemID, split), found {len(fields)}", line=n)
+        try:
+            item = int(fields[0])
+        except ValueError:
+            raise DataError(path, f"item id {fields[0]!r} is not an integer", line=n) from None
+        if not 0 <= item < n_items:
+            raise DataError(path, f"item id {item} outside 0..{n_items - 1}", line=n)
+        if fields[1] not in ("valid", "test"):
+            raise DataError(path, f"split {fields[1]!r} must be valid or test", line=n)
+        if item in seen:
+            raise DataError(path, f"item {item} is listed twice (lines {seen[item]} and {n})", line=n)
+        seen[item] = n
+        items.append(item)
+        labels.append(SPLIT_NAMES[fields[1]])
+    order = np.argsort(np.asarray(items, dtype=np.int64), kind="stable")
+    return np.asarray(items, dtype=np.int64)[order], np.asarray(labels, dtype=np.int64)[order]
+
+
+def check_cold_items(path: Path, inter_path: Path, items: np.ndarray, labels: np.ndarray, cold: np.ndarray) -> None:
+    """No cold item may have a training interaction: that would train on a held-out item."""
+    is_cold = np.zeros(int(max(items.max(initial=-1), cold.max(initial=-1))) + 1, dtype=bool)
+    is_cold[cold] = True
+    leak = np.flatnonzero((labels == TRAIN) & is_cold[items])
+    if leak.size:
+        row = int(leak[0])
+        raise DataError(
+            path,
+            f"item {int(items[row])} is listed as cold but has {leak.size} training interaction(s) "
+            f"(first: {inter_path}:{row + 2}, x_label 0); cold items must never be trained on",
+        )
+
+
 def clean_interactions(
     users: np.ndarray, items: np.ndarray, labels: np.ndarray, timestamps: np.ndarray | None
 ) -> tuple[np.ndarray, list[str]]:
@@ -374,6 +446,11 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
 
     titles_path = directory / "item_text.tsv"
     titles = read_item_titles(titles_path, n_items) if titles_path.exists() else None
+    cold_path = directory / COLD_ITEMS_FILE
+    cold_items, cold_labels = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if cold_path.exists():
+        cold_items, cold_labels = read_cold_items(cold_path, n_items)
+        check_cold_items(cold_path, inter_path, parsed["items"], parsed["labels"], cold_items)
     return Dataset(
         name=inter_path.stem,
         n_users=n_users,
@@ -386,6 +463,8 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
         item_titles=titles,
         path=directory.resolve(),
         warnings=[f"{inter_path.name}: {w}" for w in warnings],
+        cold_items=cold_items,
+        cold_labels=cold_labels,
     )
 
 
@@ -406,8 +485,12 @@ def write_dataset(
     ratings: np.ndarray | None = None,
     features: dict[str, np.ndarray] | None = None,
     titles: dict[int, str] | None = None,
+    cold_items: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """Write a new dataset folder; refuses to touch an existing path."""
+    """Write a new dataset folder; refuses to touch an existing path.
+
+    ``cold_items`` = (item ids, split labels VALID/TEST) writes ``cold_items.txt``.
+    """
     out = Path(out_dir)
     if out.exists():
         raise DataError(out, "already exists; choose a new output directory (nothing was written)")
@@ -431,6 +514,13 @@ def write_dataset(
         if titles:
             lines = ["itemID\ttext"] + [f"{i}\t{t}" for i, t in sorted(titles.items())]
             write_text(tmp / "item_text.tsv", "\n".join(lines) + "\n")
+        if cold_items is not None:
+            names = {VALID: "valid", TEST: "test"}
+            ids, labs = cold_items
+            lines = ["itemID\tsplit"] + [
+                f"{i}\t{names[lab]}" for i, lab in sorted(zip(ids.tolist(), labs.tolist(), strict=True))
+            ]
+            write_text(tmp / COLD_ITEMS_FILE, "\n".join(lines) + "\n")
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

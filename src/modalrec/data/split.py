@@ -19,7 +19,10 @@ from modalrec.data.dataset import (
 )
 from modalrec.errors import DataError
 
-SPLIT_PROTOCOLS = ("mmrec", "loo", "temporal")
+SPLIT_PROTOCOLS = ("mmrec", "loo", "temporal")  # per-interaction protocols (also offered by ``data prepare``)
+COLD_ITEMS = "cold-items"
+RESPLIT_PROTOCOLS = (*SPLIT_PROTOCOLS, COLD_ITEMS)
+COLD_ORDERS = ("random", "time")
 
 
 def _rank_within_user(users: np.ndarray, sort_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,11 +95,68 @@ def split_labels(
     return split_temporal(timestamps)
 
 
-def resplit_dataset(src: str | Path, protocol: str, seed: int, out: str | Path) -> Path:
+def split_cold_items(
+    items: np.ndarray,
+    n_items: int,
+    ratio: float,
+    seed: int,
+    timestamps: np.ndarray | None = None,
+    by: str = "random",
+    source: object = "split",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item cold-start split: (x_label per interaction, cold item ids, their split labels).
+
+    round(ratio · n) of the n items that occur become cold: chosen uniformly at random
+    (``by="random"``, seeded) or the newest ones by their first interaction (``by="time"``;
+    ties by item id). Every interaction of a cold item leaves train; the cold items are
+    divided by ITEM between valid and test — half each (test gets the odd one), at random,
+    or by time the older half to valid and the newest to test — so valid and test cold items
+    are disjoint. All other interactions stay in train.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise DataError(source, f"--cold-ratio {ratio} must be between 0 and 1 (exclusive)")
+    if by not in COLD_ORDERS:
+        raise DataError(source, f"--by {by!r}: choose random or time")
+    present = np.unique(items)
+    n_cold = int(round(ratio * present.size))
+    if n_cold < 2:
+        raise DataError(
+            source, f"--cold-ratio {ratio} makes {n_cold} of {present.size} items cold; at least 2 are needed"
+        )
+    if n_cold >= present.size:
+        raise DataError(source, f"--cold-ratio {ratio} leaves no item for training")
+    if by == "time":
+        if timestamps is None:
+            raise DataError(source, "--by time needs a 'timestamp' column")
+        first = np.full(n_items, np.inf)
+        np.minimum.at(first, items, timestamps)
+        order = present[np.lexsort((present, first[present]))]  # oldest first; ties by id
+        cold = order[-n_cold:]  # the newest items, oldest of them first
+    else:
+        rng = np.random.default_rng(seed)
+        cold = rng.permutation(present)[:n_cold]
+    n_valid = n_cold // 2
+    cold_labels = np.full(n_cold, TEST, dtype=np.int64)
+    cold_labels[:n_valid] = VALID  # random: a random half; time: the older half
+    label_of = np.full(n_items, TRAIN, dtype=np.int64)
+    label_of[cold] = cold_labels
+    order = np.argsort(cold)
+    return label_of[items], cold[order].astype(np.int64), cold_labels[order]
+
+
+def resplit_dataset(
+    src: str | Path,
+    protocol: str,
+    seed: int,
+    out: str | Path,
+    cold_ratio: float = 0.2,
+    by: str = "random",
+) -> Path:
     """Write a copy of the dataset at ``src`` with new x_labels into ``out`` (which must not exist).
 
     Repeated (user, item) pairs are collapsed to their earliest occurrence first, so a
-    repeat can never land in train and test at once.
+    repeat can never land in train and test at once. ``cold-items`` (see
+    :func:`split_cold_items`, ``cold_ratio`` and ``by``) also writes ``cold_items.txt``.
     """
     src, out = Path(src), Path(out)
     if out.exists():
@@ -112,11 +172,18 @@ def resplit_dataset(src: str | Path, protocol: str, seed: int, out: str | Path) 
     keep = np.sort(order[first])
     users, items = users[keep], items[keep]
     ts = ts[keep] if ts is not None else None
-    labels = split_labels(protocol, users, ts, seed, source=inter)
     n_items = int(parsed["n_items"])
+    cold = None
+    if protocol == COLD_ITEMS:
+        labels, cold_ids, cold_labels = split_cold_items(items, n_items, cold_ratio, seed, ts, by, source=inter)
+        cold = (cold_ids, cold_labels)
+    elif protocol not in RESPLIT_PROTOCOLS:
+        raise DataError(inter, f"unknown split protocol {protocol!r} (choose from {', '.join(RESPLIT_PROTOCOLS)})")
+    else:
+        labels = split_labels(protocol, users, ts, seed, source=inter)
     features = {
         p.name[: -len(FEATURE_SUFFIX)]: read_feature_file(p, n_items) for p in sorted(src.glob(f"*{FEATURE_SUFFIX}"))
     }
     titles_path = src / "item_text.tsv"
     titles = read_item_titles(titles_path, n_items) if titles_path.exists() else None
-    return write_dataset(out, inter.stem, users, items, labels, ts, None, features, titles)
+    return write_dataset(out, inter.stem, users, items, labels, ts, None, features, titles, cold)

@@ -8,6 +8,13 @@ again, so an interrupted benchmark resumes where it stopped when the same comman
 ``--out``) is run again. The test split is never used for any decision: grid settings
 are ranked by the model's ``valid_metric`` (Recall@20 by default) on the first seed;
 the remaining seeds then run the chosen setting only.
+
+``--protocol cold-items`` benchmarks item cold start: the dataset (unless it already is a
+cold-items split) is split once into ``<report>/data/cold-items-r<ratio>-seed<seed>`` (the
+first seed), every model is trained there and evaluated with the cold (default) or all
+evaluation mode, and two untrained rows, Popularity and Random, are added. ID-only models
+rank cold items at random (see ``Recommender.ranking_scores``); the table says which rows
+those are.
 """
 
 from __future__ import annotations
@@ -26,13 +33,19 @@ import numpy as np
 
 from modalrec.config import describe_preset, load_defaults, resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
+from modalrec.data.split import COLD_ITEMS, resplit_dataset
 from modalrec.errors import ModalrecError
+from modalrec.evaluate import Evaluator
+from modalrec.experiments.rankers import RANKERS, FixedRanker, ranker_name
 from modalrec.experiments.report import ReportWriter
 from modalrec.experiments.significance import align_users, paired_ttest
 from modalrec.experiments.tables import DEFAULT_METRICS, ResultTable, metric_label
-from modalrec.io import write_json
+from modalrec.io import write_json, write_npz
 from modalrec.models import get_model_class
-from modalrec.runs import per_user_metrics, train_run
+from modalrec.models.base import COLD_UNABLE
+from modalrec.runs import new_run_dir, per_user_metrics, train_run
+
+BENCHMARK_PROTOCOLS = ("default", COLD_ITEMS)
 
 ALPHA = 0.05
 MARK = "*"
@@ -142,6 +155,9 @@ class Experiment:
 
     def check(self, entry: Entry) -> None:
         """Fail early (before any training) on an unknown model, key or value type."""
+        if entry.model in RANKERS:
+            self.ranker_config()
+            return
         cls = get_model_class(entry.model)
         self.dataset.select_modalities(entry.modalities)  # an unknown modality fails here, not mid-run
         keys = {**self.base, **entry.overrides}
@@ -211,8 +227,65 @@ class Experiment:
         )
         return record
 
+    def ranker_config(self):
+        """The shared evaluation settings (topk, metrics, eval mode…) a reference ranker is evaluated with."""
+        overall = load_defaults("overall")[0]
+        return resolve_config("overall", None, {k: v for k, v in self.base.items() if k in overall}, "none")
+
+    def run_ranker(self, kind: str, seed: int) -> dict:
+        """Evaluate a reference ranker (valid and test, same protocol as the models), or reuse its record."""
+        cfg = self.ranker_config()
+        setting = {"ranker": kind, "eval_mode": cfg.get("eval_mode"), "data": self.dataset.fingerprint}
+        sid = setting_id(kind, setting)
+        record = self.store.get(kind, sid, seed)
+        if record is not None:
+            self.reused += 1
+            return record
+        t0 = time.perf_counter()
+        ranker = FixedRanker(kind, self.dataset, seed)
+        results = {}
+        for split in ("valid", "test"):
+            ev = Evaluator(
+                self.dataset,
+                split,
+                list(cfg.topk),
+                tuple(cfg.metrics),
+                mask_valid=split == "test" and bool(cfg.mask_valid_at_test),
+                block_size=int(cfg.eval_batch_size),
+                mode=cfg.get("eval_mode"),
+            )
+            results[split] = ev.evaluate(ranker)
+        run_out, n = self.out / "runs" / f"{kind}-{sid}-seed{seed}", 1
+        while run_out.exists():  # left over by an interrupted run: keep it, write a fresh folder
+            n += 1
+            run_out = self.out / "runs" / f"{kind}-{sid}-seed{seed}-try{n}"
+        run_dir = new_run_dir(kind, self.dataset.name, run_out)
+        for split, res in results.items():
+            write_npz(run_dir / f"{split}_per_user.npz", users=res.users, **res.per_user)
+        metrics = {split: res.metrics for split, res in results.items()}
+        write_json(run_dir / "metrics.json", {"model": kind, "eval_mode": results["test"].mode, **metrics})
+        record = {
+            "model": kind,
+            "seed": seed,
+            "setting_id": sid,
+            "setting": setting,
+            "run_dir": str(run_dir.resolve()),
+            "best_epoch": -1,
+            "valid": metrics["valid"],
+            "test": metrics["test"],
+            "seconds": round(time.perf_counter() - t0, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        self.store.put(record)
+        self.trained += 1
+        self.log(f"  {kind} seed {seed}: test {_brief(record['test'])} (untrained reference ranker)")
+        return record
+
     def run_entry(self, entry: Entry) -> EntryResult:
         """Run an entry: grid search on the first seed (selected on validation), then every seed."""
+        if entry.model in RANKERS:
+            records = [self.run_ranker(entry.model, seed) for seed in entry.seeds or self.seeds]
+            return EntryResult(entry, {}, records, [], "recall@20")
         metric = self.select_metric(entry.model)
         cls = get_model_class(entry.model)
         config = resolve_config(cls.config_name, self.dataset.name, {**self.base, **entry.overrides}, self.preset)
@@ -380,7 +453,20 @@ def write_table_report(
             s = sig[best_other][m]
             if s["significant"] and s["mean_diff"] > 0:
                 table.markers.setdefault(target, {})[m] = MARK
-    writer.write_text("table.md", table.to_markdown() + _table_note(target, bool(sig)))
+    unable = [r.entry.label for r in results if _cold_start_kind(r.entry.model) == COLD_UNABLE]
+    cold_note = ""
+    if exp.dataset.has_cold_items:
+        cold_note = (
+            f"Cold-items split, eval mode {_eval_mode(exp)}."
+            + (
+                f" ID-only rows ({', '.join(unable)}) cannot score an item without interactions: their cold "
+                "items are ranked at random (unable)."
+                if unable
+                else ""
+            )
+            + " Popularity ranks cold items (all without training interactions) in random order.\n"
+        )
+    writer.write_text("table.md", table.to_markdown() + _table_note(target, bool(sig)) + cold_note)
     writer.write_text("table.csv", table.to_csv())
     writer.write_text("table.tex", table.to_latex())
     if sig:
@@ -424,6 +510,7 @@ def write_table_report(
                 {
                     "label": r.entry.label,
                     "model": r.entry.model,
+                    "cold_start": _cold_start_kind(r.entry.model) if exp.dataset.has_cold_items else None,
                     "overrides": r.overrides,
                     "modalities": r.entry.modalities,
                     "select_metric": r.select_metric,
@@ -441,6 +528,16 @@ def write_table_report(
         },
     )
     return Report(writer.folder, table, results, sig, target, list(writer.written), exp.trained, exp.reused)
+
+
+def _cold_start_kind(model: str) -> str:
+    """How a row scores cold items: a model's ``cold_start`` (content | unable), or ``reference`` for a ranker."""
+    return "reference" if model in RANKERS else get_model_class(model).cold_start
+
+
+def _eval_mode(exp: Experiment) -> str:
+    mode = exp.base.get("eval_mode")
+    return str(mode) if mode is not None else ("cold" if exp.dataset.has_cold_items else "warm")
 
 
 def _table_note(target: str | None, tested: bool) -> str:
@@ -534,6 +631,9 @@ def run_benchmark(
     plan: list[Entry] | None = None,
     preset: str | None = None,
     reuse_only: bool = False,
+    protocol: str = "default",
+    cold_ratio: float = 0.2,
+    eval_mode: str | None = None,
 ) -> Report:
     """Run every model under the same protocol and write the table report (see module docstring).
 
@@ -552,7 +652,17 @@ def run_benchmark(
     ``overrides`` apply to every model (e.g. ``epochs``); with ``grid`` each model's
     ``search_space`` is searched (keys fixed by ``overrides`` are not searched). ``target``
     is the row of the Improv. % line and of the t-tests (default: best mean test Recall@20).
+
+    ``protocol`` ``cold-items`` (see the module docstring) splits with ``cold_ratio`` unless
+    the dataset already declares cold items, and adds the Popularity and Random rows.
+    ``eval_mode`` (warm | cold | all; None = the dataset's default) applies to every row.
+    ``Popularity``/``Random`` may also be named in ``models`` under any protocol.
     """
+    if protocol not in BENCHMARK_PROTOCOLS:
+        raise ModalrecError(f"--protocol {protocol!r}: choose from {', '.join(BENCHMARK_PROTOCOLS)}")
+    overrides = dict(overrides or {})
+    if eval_mode is not None:
+        overrides["eval_mode"] = eval_mode
     if plan:
         entries = [
             e if e.modalities is not None else Entry(e.label, e.model, e.overrides, modalities, e.grid, e.seeds)
@@ -561,16 +671,27 @@ def run_benchmark(
     else:
         if not models:
             raise ModalrecError("--models: name at least one model")
-        model_names = [get_model_class(m).name for m in models]
+        model_names = [ranker_name(m) or get_model_class(m).name for m in models]
         if len(set(model_names)) != len(model_names):
             raise ModalrecError(f"--models lists a model twice: {', '.join(models)}")
         entries = []
         for name in model_names:
-            space = load_defaults(get_model_class(name).config_name)[2] if grid else None
+            space = load_defaults(get_model_class(name).config_name)[2] if grid and name not in RANKERS else None
             entries.append(Entry(name, name, modalities=modalities, grid=space))
-    names = [e.label for e in entries]
     dataset = load_dataset(data_dir)
-    out = Path(out) if out is not None else default_report_dir("benchmark", dataset.name)
+    out = Path(out) if out is not None else default_report_dir("benchmark", dataset.name, _protocol_tag(protocol))
+    if protocol == COLD_ITEMS:
+        present = {e.model for e in entries}
+        entries += [Entry(r, r) for r in RANKERS if r not in present]
+        if not dataset.has_cold_items:
+            split_seed = (seeds or [999])[0]
+            split_dir = out / "data" / f"cold-items-r{cold_ratio:g}-seed{split_seed}"
+            if not split_dir.exists():  # deterministic: a resumed benchmark finds the same split here
+                log(f"cold-items split of {data_dir} (ratio {cold_ratio:g}, seed {split_seed}) → {split_dir}")
+                resplit_dataset(data_dir, COLD_ITEMS, split_seed, split_dir, cold_ratio=cold_ratio)
+            data_dir = split_dir
+            dataset = load_dataset(split_dir)
+    names = [e.label for e in entries]
     exp = Experiment(data_dir, out, seeds or [999], overrides, device, cache_dir, log, dataset, preset)
     for e in entries:
         exp.check(e)
@@ -602,6 +723,10 @@ def run_benchmark(
     if target is None and len(results) > 1:
         target = choose_target(results)
     return write_table_report(exp, results, target, metrics, title, writer, "benchmark", complete=not missing)
+
+
+def _protocol_tag(protocol: str) -> str:
+    return "" if protocol == "default" else protocol
 
 
 def _no_target(target: str, names: list[str]) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,6 +18,11 @@ from modalrec.nn.scoring import dot_scores
 if TYPE_CHECKING:
     from modalrec.data.dataset import Dataset
     from modalrec.graphs import GraphStore
+
+COLD_CONTENT = "content"  # scores an item without interactions from its features (docs: "Cold items")
+COLD_UNABLE = "unable"  # ID only: a cold item's scores are random, never the untrained ID row's
+# (tensor, rows, values): while scoring, ``tensor[rows]`` reads ``values`` (see Recommender.cold_overrides)
+ColdOverride = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class Batch(NamedTuple):
@@ -46,12 +54,23 @@ class Recommender(nn.Module):
     ranking needs, computed once per evaluation under ``no_grad`` and cached until the
     module is put back in training mode or its weights are loaded), and override
     :meth:`full_scores` when ranking is not a plain dot product.
+
+    Cold items (a dataset split with ``--protocol cold-items``): ``cold_start`` says whether the
+    model can score an item without interactions. ``"content"`` models declare in
+    :meth:`cold_overrides` the per-item tensors (ID rows, trainable feature copies) whose cold
+    rows are replaced by a value that owes nothing to the item's own training — the warm-item
+    mean, zero, or the raw features — while evaluation representations are computed, so a cold
+    item's score comes from its features and the shared weights only; a model whose content
+    path needs more overrides :meth:`compute_cold_representations`. ``"unable"`` (ID-only)
+    models get random scores for cold items in :meth:`ranking_scores`.
     """
 
     name: ClassVar[str] = ""
     config_name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     min_modalities: ClassVar[int] = 0
+    cold_start: ClassVar[str] = COLD_UNABLE
+    cold_rule: ClassVar[str] = "ID only: no representation for an item without interactions (scored at random)"
 
     def __init__(self, dataset: Dataset, config: Config, graphs: GraphStore) -> None:
         super().__init__()
@@ -66,6 +85,12 @@ class Recommender(nn.Module):
         self.graphs = graphs
         self.modalities = list(dataset.features)
         self._cache: Any = None
+        # Cold-start bookkeeping: plain tensors (not buffers), rebuilt from the dataset on load.
+        self.cold_items = torch.from_numpy(np.ascontiguousarray(dataset.cold_items, dtype=np.int64))
+        degree = np.diff(dataset.train_matrix.tocsc().indptr)
+        self.warm_items = torch.from_numpy(np.flatnonzero(degree > 0).astype(np.int64))
+        self._raw_features = dataset.features  # a reference: the "raw" override of trainable feature copies
+        self._cold_seed = int(config.get("seed", 0) or 0)
 
     def used_modalities(self) -> list[str]:
         """The content modalities this model reads (none for an ID-only model)."""
@@ -100,14 +125,98 @@ class Recommender(nn.Module):
         uniq, inverse = torch.unique(users, return_inverse=True)
         return self.full_scores(uniq)[inverse, items]
 
+    # ----------------------------------------------------------- cold items
+    @property
+    def scores_cold_items(self) -> bool:
+        """True when the dataset has cold items and this model scores them from content."""
+        return self.cold_start == COLD_CONTENT and self.cold_items.numel() > 0
+
+    def cold_overrides(self) -> list[ColdOverride]:
+        """Per-item tensors whose cold rows are replaced while evaluation representations are computed.
+
+        A content model returns e.g. ``[self.cold_mean(self.item_emb.weight)]``; the base returns none.
+        """
+        return []
+
+    def _cold_rows(self, table: torch.Tensor, offset: int) -> torch.Tensor:
+        return self.cold_items.to(table.device) + offset
+
+    def cold_mean(self, table: torch.Tensor, offset: int = 0) -> ColdOverride:
+        """Cold rows of ``table`` (item j at row ``offset`` + j) set to the mean row of the warm items.
+
+        Warm = items with a training interaction; the mean is the ID part of "an average item".
+        """
+        warm = self.warm_items.to(table.device) + offset
+        rows = self._cold_rows(table, offset)
+        mean = table.detach()[warm].mean(dim=0, keepdim=True)
+        return table, rows, mean.expand(rows.shape[0], -1).clone()
+
+    def cold_zero(self, table: torch.Tensor, offset: int = 0) -> ColdOverride:
+        """Cold rows of ``table`` set to zero (the ID part absent, the mode of an L2 prior)."""
+        rows = self._cold_rows(table, offset)
+        return table, rows, table.new_zeros((rows.shape[0], *table.shape[1:]))
+
+    def cold_raw_features(self, table: torch.Tensor, modality: str) -> ColdOverride:
+        """Cold rows of a trainable copy of a modality's features reset to the raw features (their initial value)."""
+        rows = self._cold_rows(table, 0)
+        raw = torch.from_numpy(np.ascontiguousarray(self._raw_features[modality][self.cold_items.numpy()]))
+        return table, rows, raw.to(device=table.device, dtype=table.dtype)
+
+    @contextlib.contextmanager
+    def cold_substitution(self) -> Iterator[None]:
+        """Within the block, the tensors of :meth:`cold_overrides` hold the cold values; restored after."""
+        saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        with torch.no_grad():
+            for table, rows, values in self.cold_overrides():
+                saved.append((table, rows, table[rows].clone()))
+                table[rows] = values.to(table.dtype)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for table, rows, old in reversed(saved):
+                    table[rows] = old
+
+    def compute_cold_representations(self) -> Any:
+        """:meth:`compute_representations` with the cold rows of :meth:`cold_overrides` in place."""
+        with self.cold_substitution():
+            return self.compute_representations()
+
+    def ranking_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """What evaluation and recommendation rank by: :meth:`full_scores`, with cold items handled.
+
+        A content model's cold items are already scored from content (:meth:`representations`).
+        An ID-only model's cold columns are replaced by random draws: each cold item takes the
+        score of a uniformly drawn warm item of the same user (a random rank among the warm
+        items; among cold items a random order), seeded by the config seed and the users.
+        """
+        scores = self.full_scores(users)
+        if self.cold_start != COLD_UNABLE or self.cold_items.numel() == 0:
+            return scores
+        cold = self.cold_items.to(scores.device)
+        warm_mask = torch.ones(scores.shape[1], dtype=torch.bool, device=scores.device)
+        warm_mask[cold] = False
+        gen = torch.Generator().manual_seed(self._cold_seed * 1_000_003 + int(users[0]) if len(users) else 0)
+        warm_sorted = scores[:, warm_mask].sort(dim=1).values
+        pick = torch.randint(0, warm_sorted.shape[1], (scores.shape[0], cold.shape[0]), generator=gen)
+        scores = scores.clone()
+        scores[:, cold] = torch.gather(warm_sorted, 1, pick.to(scores.device))
+        return scores
+
     # ----------------------------------------------------------- caching
     def representations(self) -> Any:
-        """Cached :meth:`compute_representations`; recomputed after any training step."""
+        """Cached :meth:`compute_representations`; recomputed after any training step.
+
+        In eval mode on a dataset with cold items, a content model's cold items are scored
+        through :meth:`compute_cold_representations`.
+        """
         if self.training:
             return self.compute_representations()
         if self._cache is None:
             with torch.no_grad():
-                self._cache = self.compute_representations()
+                self._cache = (
+                    self.compute_cold_representations() if self.scores_cold_items else self.compute_representations()
+                )
         return self._cache
 
     def train(self, mode: bool = True) -> Recommender:

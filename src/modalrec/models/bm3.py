@@ -12,7 +12,7 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import emb_loss, negative_cosine_loss
 from modalrec.nn.propagation import propagate, split_nodes
 
@@ -55,6 +55,30 @@ class BM3(Recommender):
     config_name = "bm3"
     description = "Bootstrapped multimodal rec.: LightGCN + predictor vs. dropout targets, no negatives."
     min_modalities = 1
+    cold_start = COLD_CONTENT
+    cold_rule = (
+        "H_j = the content branch's prediction of the online item vector, q(mean_m Φ_m(x_j)), scaled to the mean "
+        "warm-item norm (E_i row at the warm mean, feature rows at the raw features)"
+    )
+
+    def cold_overrides(self):
+        return [
+            self.cold_mean(self.item_emb.weight),
+            *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
+        ]
+
+    def compute_cold_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """BM3 ranks with q(H) where H is ID-only; its content branch is trained so that q(Φ_m(x_j))
+        points like H_j (negative cosine), so a cold item's H_j is that prediction, averaged over
+        modalities and rescaled to the mean norm of the warm items' H (the loss fixes only the direction)."""
+        with self.cold_substitution():
+            users, items = self.encode()
+            cold = self.cold_items.to(items.device)
+            c = torch.stack([proj(f[cold]) for f, proj in zip(self.features, self.projections, strict=True)]).mean(0)
+        scale = items[self.warm_items.to(items.device)].norm(dim=1).mean()
+        items = items.clone()
+        items[cold] = F.normalize(self.predictor(c), dim=1) * scale
+        return self.predictor(users), self.predictor(items)
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from modalrec.graphs import SparseOperator, co_interaction_graph, cross_modal_denoised_knn
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import dot_bernoulli_kl_full, neighbour_discrimination_nce
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -59,6 +59,12 @@ class DAMRS(Recommender):
     config_name = "damrs"
     description = "Denoised item-item graphs, denoised BPR weights and KL/neighbour alignment on LightGCN."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "E_i row at the warm-item mean; content enters through the item's neighbours in the denoised kNN graphs"
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

@@ -11,7 +11,7 @@ from torch import nn
 from modalrec.errors import ConfigError
 from modalrec.graphs import EpochEdgeDropout, SparseOperator
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -64,6 +64,15 @@ class FREEDOM(Recommender):
     config_name = "freedom"
     description = "Frozen multimodal kNN item graph + degree-sensitive pruning of the user-item graph."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "E_i row at the warm-item mean, trainable feature rows at the raw features; content enters through S_mm"
+
+    def cold_overrides(self):
+        return [
+            self.cold_mean(self.item_emb.weight),
+            *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
+        ]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

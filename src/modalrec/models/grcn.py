@@ -9,7 +9,7 @@ from torch import nn
 
 from modalrec.graphs import bipartite_edge_list
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender
 from modalrec.nn.losses import bpr_loss
 from modalrec.nn.propagation import LearnedEdgeGraph, segment_softmax
 from modalrec.nn.scoring import pair_scores
@@ -60,6 +60,12 @@ class GRCN(Recommender):
     config_name = "grcn"
     description = "Graph-refined convolution: content attention + confidence re-weights and prunes the UI graph."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "Z row and modality confidences at the warm-item mean; O_j = [norm(mean Z) ‖ f_m(x_j) …]"
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.id_emb, self.n_users), self.cold_mean(self.confidence, self.n_users)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

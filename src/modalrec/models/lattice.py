@@ -10,7 +10,7 @@ from torch import nn
 from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator, learned_knn_coo, normalize_sparse_rows
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, sq_reg
 from modalrec.nn.propagation import edge_list_aggregate, propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -52,6 +52,15 @@ class LATTICE(Recommender):
     config_name = "lattice"
     description = "Learned + frozen modality item-item kNN graphs added to a LightGCN item side."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "E_i row at the warm-item mean, trainable feature rows at the raw features; content enters through S"
+
+    def cold_overrides(self):
+        return [
+            self.cold_mean(self.item_emb.weight),
+            *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
+        ]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

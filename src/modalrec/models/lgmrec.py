@@ -10,7 +10,7 @@ from torch import nn
 
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, emb_loss, info_nce_full
 from modalrec.nn.propagation import gumbel_softmax_memberships, hypergraph_propagate, propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -56,6 +56,12 @@ class LGMRec(Recommender):
     config_name = "lgmrec"
     description = "Local (user-item graph) and global (learned Gumbel-softmax hypergraph) multimodal graph learning."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "E_i row at the warm-item mean; content enters through the feature-built hypergraph memberships"
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

@@ -12,7 +12,7 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender
 
 COV_FORMS = ("reference", "paper")
 NORM_EPS = 1e-12  # F.normalize's eps
@@ -90,6 +90,13 @@ class MAML(Recommender):
     config_name = "maml"
     description = "Metric learning with per-(user, item) attention over dimensions and a feature-fusion MLP."
     min_modalities = 1
+    cold_start = COLD_CONTENT
+    cold_rule = "Q_j = φ_j, the item's feature projection (MAML's L_f pulls Q_j to φ_j; Q starts at φ)"
+
+    def cold_overrides(self):
+        phi = self._item_features(dropout=False).detach()
+        cold = self.cold_items.to(phi.device)
+        return [(self.item_emb, cold, phi[cold])]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

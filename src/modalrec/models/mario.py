@@ -18,7 +18,7 @@ from torch import nn
 from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator, knn_graph_coo, knn_topk, normalize_sparse_rows
 from modalrec.models import register
-from modalrec.models.base import Batch, Explanation, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Explanation, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, sq_reg
 from modalrec.nn.propagation import NGCFPropagation, propagate, split_nodes
 from modalrec.nn.scoring import modality_attention_scores
@@ -109,6 +109,12 @@ class MARIO(Recommender):
     config_name = "mario"
     description = "User-queried attention over per-modality item embeddings with modality-preserving decoders."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "E_i row (interaction modality) at the warm-item mean; content modalities v^m from the features"
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

@@ -19,7 +19,7 @@ from torch import nn
 from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
-from modalrec.models.base import Batch, Explanation, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Explanation, Recommender, xavier_embedding
 from modalrec.nn.losses import dot_bernoulli_kl_full, info_nce_full
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import meta_weight_head_affine
@@ -161,6 +161,12 @@ class MeAIM(Recommender):
     config_name = "meaim"
     description = "Meta-weight nets integrate ID and per-modality user-item scores, with contrastive and KL alignment."
     min_modalities = 2
+
+    cold_start = COLD_CONTENT
+    cold_rule = "E_i row at the warm-item mean, gated per modality by the item's features (x_m = E_i ⊙ σ(Q_m P_m x))"
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

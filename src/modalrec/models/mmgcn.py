@@ -10,7 +10,7 @@ from torch import nn
 from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator, bipartite_edge_list
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender
 from modalrec.nn.losses import bpr_loss
 from modalrec.nn.propagation import edge_list_operator, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -175,6 +175,12 @@ class MMGCN(Recommender):
     config_name = "mmgcn"
     description = "Per-modality GCNs on the user-item graph (content + preference vectors), averaged."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "Z row at the warm-item mean; each branch's item input is the item's own (projected) features"
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.id_embedding, self.n_users)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

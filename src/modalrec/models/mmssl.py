@@ -12,7 +12,7 @@ from torch import nn
 
 from modalrec.graphs import left_norm_bipartite_operators
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, grace_info_nce, sq_reg, wgan_gradient_penalty_linear_first
 from modalrec.nn.scoring import pair_scores
 
@@ -122,6 +122,30 @@ class MMSSL(Recommender):
         "Adversarial modality-aware interaction graphs (WGAN-GP critic) with cross-modal contrastive learning."
     )
     min_modalities = 1
+    cold_start = COLD_CONTENT
+    cold_rule = (
+        "ID part of H_i at the warm-item mean; modality part κ_m Σ_m norm(f_m(x_j)) from the item's own projected "
+        "features (its two-hop smoothing over interactions is empty)"
+    )
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.item_emb.weight)]
+
+    def compute_cold_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """H_i = ID part + κ_m Σ_m norm(i_m); a cold item has no interaction to smooth f_m over (i_m = 0),
+        so its modality part is κ_m Σ_m norm(f_m) of its own projected features, and its ID part the
+        warm items' mean ID part (h_i − modality part)."""
+        with self.cold_substitution():
+            out = self.forward_all()
+        kappa = float(self.config.model_cat_rate)
+        h_i = out["h_i"]
+        content = sum(kappa * F.normalize(out["i_m"][m], dim=1) for m in self.modalities)
+        id_mean = (h_i - content)[self.warm_items.to(h_i.device)].mean(dim=0)
+        cold = self.cold_items.to(h_i.device)
+        own = sum(kappa * F.normalize(self.proj[m](getattr(self, f"feat_{m}")[cold]), dim=1) for m in self.modalities)
+        h_i = h_i.clone()
+        h_i[cold] = id_mean + own
+        return out["h_u"], h_i
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

@@ -13,7 +13,7 @@ from torch import nn
 from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import info_nce_in_batch, sq_reg
 from modalrec.nn.scoring import dot_scores
 
@@ -77,6 +77,12 @@ class SLMRec(Recommender):
     config_name = "slmrec"
     description = "Self-supervised multimedia rec.: per-modality LightGCN views, in-batch InfoNCE + FAC contrast."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "E_i row at the warm-item mean; the modality views Π_m(x̃_m) come from the features"
+
+    def cold_overrides(self):
+        return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
@@ -169,6 +175,17 @@ class SLMRec(Recommender):
             return self.stale_user, self.stale_item
         users, items = self.views()
         return self.fuse_user(users), self.fuse_item(items)
+
+    def compute_cold_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """In reference mode the warm rows stay the stale ones; cold rows are always computed afresh."""
+        if not (self.quirks and bool(self.stale_valid)):
+            return super().compute_cold_representations()
+        with self.cold_substitution():
+            fresh = self.fuse_item(self.views()[1])
+        cold = self.cold_items.to(fresh.device)
+        items = self.stale_item.clone()
+        items[cold] = fresh[cold]
+        return self.stale_user, items
 
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         user_repr, item_repr = self.representations()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from modalrec.models import register
-from modalrec.models.base import Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, Recommender
 from modalrec.nn.losses import bpr_loss, emb_loss
 from modalrec.nn.scoring import pair_scores
 
@@ -49,6 +49,12 @@ class VBPR(Recommender):
     config_name = "vbpr"
     description = "MF with items = [ID embedding | linear projection of the concatenated content features]."
     min_modalities = 1
+
+    cold_start = COLD_CONTENT
+    cold_rule = "ID part Q_j = 0 (the L2 prior's mode); score = P_u^(2)·(x_j W + b), the content term only"
+
+    def cold_overrides(self):
+        return [self.cold_zero(self.item_emb)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from modalrec.errors import ModalrecError, RunError
-from modalrec.models.base import Explanation, Recommender
+from modalrec.models.base import COLD_UNABLE, Explanation, Recommender
 from modalrec.runs import LoadedRun, load_run, popularity_fallback
 from modalrec.serve.foldin import FoldIn, dot_tables
 
@@ -98,6 +98,14 @@ class Engine:
         self.seen_indptr = r.indptr.astype(np.int64)
         self.seen_indices = torch.from_numpy(r.indices.astype(np.int64))
         self.item_degree = np.asarray(r.sum(axis=0)).ravel().astype(np.int64)
+        # Cold items (cold-items split): a content model scores them from their features (its cached
+        # representations already hold those scores), so they are served like any item; an ID-only model
+        # cannot score them, so they are left out of its lists (and the response says so).
+        self.is_cold = np.zeros(ds.n_items, dtype=bool)
+        self.is_cold[ds.cold_items] = True
+        self.unscorable = (
+            torch.from_numpy(ds.cold_items) if ds.has_cold_items and model.cold_start == COLD_UNABLE else None
+        )
         self.explanation_parts = list(probe.parts) if probe is not None else []
         self.explanation_kind = probe.kind if probe is not None else None
 
@@ -141,10 +149,22 @@ class Engine:
             "similar_by": ["model", *ds.features],
             "best_epoch": m.get("best_epoch"),
             "metrics": {"valid": m.get("valid") or {}, "test": m.get("test") or {}},
+            "cold_items": {
+                "count": int(ds.cold_items.size),
+                "scoring": self.model.cold_start,
+                "rule": self.model.cold_rule,
+            }
+            if ds.has_cold_items
+            else None,
         }
 
     def item_entry(self, item: int) -> dict[str, Any]:
-        return {"item": int(item), "title": self.dataset.title(item), "interactions": int(self.item_degree[item])}
+        return {
+            "item": int(item),
+            "title": self.dataset.title(item),
+            "interactions": int(self.item_degree[item]),
+            "cold": bool(self.is_cold[item]),
+        }
 
     def history(self, user: int) -> dict[str, Any]:
         """The user's training items (with titles where the dataset has them)."""
@@ -160,6 +180,18 @@ class Engine:
 
     def _seen(self, user: int) -> torch.Tensor:
         return self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]]
+
+    def _excluded(self, seen: torch.Tensor | None) -> torch.Tensor | None:
+        """Items a list must not hold: ``seen`` plus, for an ID-only model, the cold items it cannot score."""
+        if self.unscorable is None:
+            return seen
+        return self.unscorable if seen is None else torch.cat([seen, self.unscorable])
+
+    def _cold_note(self) -> dict[str, str]:
+        if self.unscorable is None:
+            return {}
+        n = self.unscorable.numel()
+        return {"note": f"{self.model.name} is ID only: its {n:,} cold items cannot be scored, left out"}
 
     @staticmethod
     def _top(scores: torch.Tensor, k: int, exclude: torch.Tensor | None) -> tuple[list[int], list[float]]:
@@ -222,13 +254,16 @@ class Engine:
             ]
             return {**head, **body}
         with self.lock, torch.no_grad():
-            items, scores = self._top(self._user_scores(user), k, self._seen(user) if exclude_seen else None)
+            exclude = self._excluded(self._seen(user) if exclude_seen else None)
+            items, scores = self._top(self._user_scores(user), k, exclude)
             model = self.model
 
             def explainer(idx: torch.Tensor) -> Explanation | None:
                 return model.explain(torch.full_like(idx, user), idx)
 
             body = self._result(items, scores, explain, explainer, f"{model.name} has no per-modality explanation")
+        if self.unscorable is not None and "note" not in head:
+            head.update(self._cold_note())
         return {**head, **body}
 
     def recommend_new(
@@ -239,7 +274,7 @@ class Engine:
         hist = np.unique(np.asarray(history, dtype=np.int64))
         with self.lock, torch.no_grad(), frozen_cache(self.model):
             res = self.fold_in(hist)
-            exclude = torch.from_numpy(hist) if exclude_seen else None
+            exclude = self._excluded(torch.from_numpy(hist) if exclude_seen else None)
             items, scores = self._top(res.scores.float(), k, exclude)
             note = f"{self.model.name} has no per-modality explanation for fold-in ({res.method})"
             body = self._result(items, scores, explain, res.explain, note)
@@ -250,6 +285,7 @@ class Engine:
             "model": self.model.name,
             "fold_in": {"method": res.method, **res.details},
             **body,
+            **self._cold_note(),
         }
 
     def similar(self, item: int, k: int = 10, by: str = "model") -> dict[str, Any]:

@@ -31,6 +31,12 @@ class RunMetrics(BaseModel):
     test: dict[str, float] = Field(description="Test metrics at the best epoch.")
 
 
+class ColdItemsInfo(BaseModel):
+    count: int = Field(description="Number of cold items (no training interaction).")
+    scoring: str = Field(description="content: scored from their features; unable: ID-only model, left out.")
+    rule: str = Field(description="The model's cold-item rule.")
+
+
 class Info(BaseModel):
     model: str
     dataset: str
@@ -45,12 +51,19 @@ class Info(BaseModel):
     similar_by: list[str] = Field(description="Allowed values of ?by= for similar items.")
     best_epoch: int | None = None
     metrics: RunMetrics
+    cold_items: ColdItemsInfo | None = Field(
+        default=None, description="Present for a run on a cold-items split: how its cold items are scored."
+    )
 
 
 class Item(BaseModel):
     item: int = Field(description="Item id (0-based).")
     title: str | None = Field(description="Title from item_text.tsv, or null.")
     interactions: int = Field(description="Number of training interactions of the item.")
+    cold: bool = Field(
+        default=False,
+        description="A held-out cold item of a cold-items split: no interaction was trained on; scored from content.",
+    )
 
 
 class History(BaseModel):
@@ -121,6 +134,7 @@ class NewUserRecommendations(BaseModel):
     fold_in: FoldInInfo
     items: list[RecommendedItem]
     explanation: Explanation | None = None
+    note: str | None = Field(default=None, description="E.g. cold items an ID-only model cannot score.")
 
 
 class SimilarItem(Item):
