@@ -1,0 +1,259 @@
+"""Resumable training: a run killed (SIGKILL) or interrupted (Ctrl-C, SIGTERM) and resumed ends exactly like an
+uninterrupted run with the same seed; damaged or incompatible resume states are refused with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from modalrec.cli import app
+from modalrec.errors import Interrupted, RunError
+from modalrec.runs import RESUME_FILE, read_resume_state, resume_run, train_run
+
+ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+# 1,500 training pairs / 256 = 6 batches per epoch, so a mid-epoch stop has batches on both sides
+BASE = {"epochs": 4, "train_batch_size": 256, "learning_rate": 0.01, "stopping_step": 10, "checkpoint_every": 1}
+MODEL_SETS = {
+    "BPR": [],
+    "LightGCN": ["n_layers=2"],
+    "FREEDOM": ["dropout=0.5"],  # a new randomly pruned user-item graph every epoch
+    "MMSSL": ["embedding_size=16", "weight_size=[16, 16]", "head_num=2"],  # the critic has its own Adam
+}
+
+
+def _sets(name: str) -> list[str]:
+    out = []
+    for k, v in BASE.items():
+        out += ["--set", f"{k}={json.dumps(v)}"]
+    for s in MODEL_SETS[name]:
+        out += ["--set", s]
+    return out
+
+
+def _overrides(name: str) -> dict:
+    return {**BASE, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in MODEL_SETS[name])}}
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+def cli_subprocess(args: list, signal_spec: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``modalrec`` in a fresh process that receives a signal at a chosen point (``MODALREC_TEST_SIGNAL``)."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        **ENV,
+        "OMP_NUM_THREADS": "1",
+        "MODALREC_TEST_SIGNAL": signal_spec,
+        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "modalrec.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise-equal metrics, per-user vectors, losses and weights."""
+    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    for key in ("best_epoch", "stop_reason", "valid", "test"):
+        assert ma[key] == mb[key], key
+    strip = [[{k: v for k, v in h.items() if k != "train_seconds"} for h in m["history"]] for m in (ma, mb)]
+    assert strip[0] == strip[1]
+    for split in ("valid", "test"):
+        with np.load(a / f"{split}_per_user.npz") as za, np.load(b / f"{split}_per_user.npz") as zb:
+            assert za.files == zb.files
+            for k in za.files:
+                assert np.array_equal(za[k], zb[k]), (split, k)
+    wa = torch.load(a / "model.pt", weights_only=False)["state_dict"]
+    wb = torch.load(b / "model.pt", weights_only=False)["state_dict"]
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not (b / RESUME_FILE).exists()  # a finished run drops its resume state
+
+
+@pytest.fixture(scope="module")
+def reference_runs(syn_dir, tmp_path_factory):
+    """Uninterrupted runs of each model (in process, one thread — as the subprocesses run)."""
+    root = tmp_path_factory.mktemp("reference")
+    runs = {}
+    for name in MODEL_SETS:
+        runs[name], _ = train_run(name, syn_dir, overrides=_overrides(name), out=root / name, quiet=True)
+    return runs
+
+
+@pytest.mark.parametrize("name", list(MODEL_SETS))
+def test_sigkill_after_an_epoch_then_resume_is_exact(name, syn_dir, reference_runs, tmp_path):
+    run = tmp_path / "run"
+    killed = cli_subprocess(["train", "--model", name, "--data", syn_dir, "--out", run, "-q", *_sets(name)], "KILL:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (run / "model.pt").exists() and (run / RESUME_FILE).is_file()
+    assert read_resume_state(run)["train"]["trainer"]["epoch"] == 2  # epochs 0 and 1 are done
+    res = invoke("train", "--resume", run, "-q", "--threads", 1)
+    assert res.exit_code == 0, res.output
+    assert_same_run(reference_runs[name], run)
+    assert "resuming" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize(("name", "sig"), [("BPR", "INT"), ("FREEDOM", "INT"), ("MMSSL", "TERM")])
+def test_interrupt_mid_epoch_saves_a_state_that_resumes_exactly(name, sig, syn_dir, reference_runs, tmp_path):
+    run = tmp_path / "run"
+    stopped = cli_subprocess(
+        ["train", "--model", name, "--data", syn_dir, "--out", run, "-q", *_sets(name)], f"{sig}:2:2"
+    )
+    assert stopped.returncode == {"INT": 130, "TERM": 143}[sig], stopped.stderr
+    lines = stopped.stderr.strip().splitlines()
+    assert lines[-1].startswith("interrupted:") and f"--resume {run}" in lines[-1], stopped.stderr
+    assert "in epoch 2, after batch 3 of 6" in lines[-1]
+    assert "Traceback" not in stopped.stderr
+    state = read_resume_state(run)["train"]
+    assert (state["trainer"]["epoch"], state["trainer"]["batch"]) == (2, 3)
+    assert not (run / "model.pt").exists()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    res = invoke("train", "--resume", run, "-q", "--threads", 1)
+    assert res.exit_code == 0, res.output
+    assert_same_run(reference_runs[name], run)
+
+
+def test_interrupt_in_process_raises_interrupted_with_the_resume_hint(syn_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:0:1")
+    with pytest.raises(Interrupted, match="resume with: modalrec train --resume") as info:
+        train_run("BPR", syn_dir, overrides=_overrides("BPR"), out=tmp_path / "run", quiet=True)
+    assert info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are restored
+
+
+# ================================================================ bad states
+@pytest.fixture
+def killed_run(syn_dir, tmp_path, monkeypatch) -> Path:
+    """A BPR run stopped after epoch 1 with its resume state (Ctrl-C in process: fast)."""
+    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1")
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train_run("BPR", syn_dir, overrides=_overrides("BPR"), out=run, quiet=True)
+    monkeypatch.delenv("MODALREC_TEST_SIGNAL")
+    return run
+
+
+def assert_one_line_error(res, *fragments: str) -> None:
+    assert res.exit_code not in (0, None), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in res.output, err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+def _rewrite_state(run: Path, **changes) -> None:
+    state = torch.load(run / RESUME_FILE, weights_only=False)
+    for key, value in changes.items():
+        target = state
+        *path, last = key.split("__")
+        for p in path:
+            target = target[p]
+        target[last] = value
+    torch.save(state, run / RESUME_FILE)
+
+
+def test_truncated_resume_state_is_refused(killed_run):
+    data = (killed_run / RESUME_FILE).read_bytes()
+    (killed_run / RESUME_FILE).write_bytes(data[: len(data) // 2])
+    assert_one_line_error(invoke("train", "--resume", killed_run), "corrupt or truncated", RESUME_FILE)
+
+
+def test_garbage_resume_state_is_refused(killed_run):
+    (killed_run / RESUME_FILE).write_bytes(b"not a checkpoint at all")
+    assert_one_line_error(invoke("train", "--resume", killed_run), "corrupt or truncated")
+
+
+def test_changed_code_version_is_refused(killed_run):
+    _rewrite_state(killed_run, code="0.0.1+0123456789ab")
+    assert_one_line_error(invoke("train", "--resume", killed_run, "--force"), "0.0.1+0123456789ab", "code changed")
+
+
+def test_changed_dataset_is_refused(killed_run):
+    _rewrite_state(killed_run, dataset__fingerprint="f" * 16)
+    assert_one_line_error(invoke("train", "--resume", killed_run, "--force"), "dataset", "changed")
+
+
+def test_changed_config_is_refused_unless_forced(killed_run):
+    assert_one_line_error(invoke("train", "--resume", killed_run, "--epochs", 6), "epochs 4 → 6", "--force")
+    assert (killed_run / RESUME_FILE).is_file()  # the refusal leaves the state alone
+    res = invoke("train", "--resume", killed_run, "--epochs", 6, "--force", "-q")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((killed_run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 6
+    assert yaml.safe_load((killed_run / "config.yaml").read_text())["config"]["epochs"] == 6
+    assert "--force" in (killed_run / "train.log").read_text()
+
+
+def test_checkpoint_every_is_not_a_config_change(killed_run):
+    res = invoke("train", "--resume", killed_run, "--set", "checkpoint_every=2", "-q")
+    assert res.exit_code == 0, res.output
+
+
+def test_gpu_state_on_cpu_is_refused_unless_forced(killed_run):
+    _rewrite_state(killed_run, train__device="cuda")
+    assert_one_line_error(invoke("train", "--resume", killed_run), "written on cuda", "--device cuda", "--force")
+    res = invoke("train", "--resume", killed_run, "--force", "-q")
+    assert res.exit_code == 0, res.output
+
+
+def test_finished_and_missing_runs_are_refused(lightgcn_finished, tmp_path):
+    assert_one_line_error(invoke("train", "--resume", lightgcn_finished), "finished", "nothing to resume")
+    assert_one_line_error(invoke("train", "--resume", tmp_path / "nope"), "no such run directory")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(invoke("train", "--resume", tmp_path / "empty"), "no resume.pt")
+
+
+@pytest.fixture
+def lightgcn_finished(syn_dir, tmp_path) -> Path:
+    run, _ = train_run("BPR", syn_dir, overrides={**BASE, "epochs": 1}, out=tmp_path / "done", quiet=True)
+    return run
+
+
+def test_resume_options_are_checked(killed_run, syn_dir):
+    assert_one_line_error(invoke("train", "--resume", killed_run, "--model", "BPR"), "drop --model")
+    assert_one_line_error(invoke("train", "--data", syn_dir), "--model and --data")
+    assert_one_line_error(invoke("train", "--model", "BPR", "--data", syn_dir, "--force"), "--force")
+
+
+def test_failed_write_keeps_the_previous_state(syn_dir, tmp_path, monkeypatch):
+    """The disk fills up while the second resume state is written: one-line error, the first state loads and resumes."""
+    import modalrec.runs as runs_mod
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def failing_save(obj, fh, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("format") == "modalrec-resume":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                fh.write(b"partial")
+                raise OSError(28, "No space left on device")
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(runs_mod.torch, "save", failing_save)
+    run = tmp_path / "run"
+    with pytest.raises(RunError, match="No space left on device.*previous resume state \\(after epoch 0\\) is intact"):
+        train_run("BPR", syn_dir, overrides=_overrides("BPR"), out=run, quiet=True)
+    monkeypatch.setattr(runs_mod.torch, "save", real_save)
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert read_resume_state(run)["train"]["trainer"]["epoch"] == 1
+    _, result = resume_run(run, quiet=True)
+    reference, _ = train_run("BPR", syn_dir, overrides=_overrides("BPR"), out=tmp_path / "ref", quiet=True)
+    assert_same_run(reference, run)
+    assert result.best_epoch == json.loads((reference / "metrics.json").read_text())["best_epoch"]
