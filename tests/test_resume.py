@@ -257,3 +257,35 @@ def test_failed_write_keeps_the_previous_state(syn_dir, tmp_path, monkeypatch):
     reference, _ = train_run("BPR", syn_dir, overrides=_overrides("BPR"), out=tmp_path / "ref", quiet=True)
     assert_same_run(reference, run)
     assert result.best_epoch == json.loads((reference / "metrics.json").read_text())["best_epoch"]
+
+
+# ================================================================ experiments
+def test_interrupted_benchmark_resumes_its_trial(syn_dir, tmp_path, monkeypatch):
+    """Ctrl-C in a benchmark's trial, then the same command again: the trial continues from its state (not from
+    scratch) and its record equals that of a benchmark that was never interrupted."""
+    import modalrec.experiments.benchmark as bench_mod
+
+    args = ["benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1", "--epochs", 3, "--threads", 1]
+    args += ["--set", "train_batch_size=256"]
+    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
+    stopped = invoke(*args, "--out", tmp_path / "bench")
+    assert stopped.exit_code == 130, stopped.output
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: BPR seed 1") and "run the same command again to resume" in last, last
+    monkeypatch.delenv("MODALREC_TEST_SIGNAL")
+
+    def no_fresh_training(*a, **k):
+        raise AssertionError("the interrupted trial was trained from scratch")
+
+    with monkeypatch.context() as m:
+        m.setattr(bench_mod, "train_run", no_fresh_training)
+        resumed = invoke(*args, "--out", tmp_path / "bench")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output and "1 runs trained" in resumed.output
+    clean = invoke(*args, "--out", tmp_path / "clean")
+    assert clean.exit_code == 0, clean.output
+    (a,) = (tmp_path / "bench" / "results").rglob("seed-1.json")
+    (b,) = (tmp_path / "clean" / "results").rglob("seed-1.json")
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert (ra["valid"], ra["test"], ra["best_epoch"]) == (rb["valid"], rb["test"], rb["best_epoch"])
+    assert_same_run(Path(rb["run_dir"]), Path(ra["run_dir"]))
