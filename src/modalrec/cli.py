@@ -14,9 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modalrec.errors import Interrupted, ModalrecError
-from modalrec.threads import THREADS_ENV, configure_threads, prefer_passive_waiting, resolve_threads
-
-prefer_passive_waiting()  # before torch is imported by any command (see modalrec.threads)
+from modalrec.threads import THREADS_ENV, configure_threads, resolve_threads
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Multimodal recommendation: data, training, evaluation."

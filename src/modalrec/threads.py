@@ -4,13 +4,14 @@ else the usable cores.
 The default counts the cores this process may run on (``os.sched_getaffinity``: a container's or
 ``taskset``'s CPU set), not the machine's. On a machine shared with other CPU-bound jobs, OpenMP
 threads that busy-wait at every parallel region's barrier burn the time slices the other thread
-needs and training collapses; the CLI therefore makes waiting threads sleep
+needs and training collapses; importing ``modalrec`` therefore makes waiting threads sleep
 (``OMP_WAIT_POLICY=PASSIVE``, unless the environment sets it) — see :func:`prefer_passive_waiting`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from modalrec.errors import ConfigError
 
@@ -54,9 +55,15 @@ def configure_threads(threads: int | None = None) -> int:
     return n
 
 
-def prefer_passive_waiting() -> None:
+def prefer_passive_waiting() -> bool:
     """Make idle OpenMP threads sleep instead of spinning, unless the user chose a policy.
 
-    Must run before torch (and its OpenMP runtime) is loaded: the runtime reads the variable once.
+    Called when ``modalrec`` is imported. It only works before torch (and its OpenMP runtime) is
+    loaded, since the runtime reads the variable once; returns whether it could still take effect.
+    Measured on the shared 2-core machine at a load of ~6 (MARIO, 4 epochs of the demo data): 67.6 s
+    with 2 spinning threads, 13.6 s with 2 passive threads, 13.3 s with 1 thread.
     """
+    if "torch" in sys.modules:
+        return False
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return True
