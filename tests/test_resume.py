@@ -129,6 +129,22 @@ def test_interrupt_mid_epoch_saves_a_state_that_resumes_exactly(name, sig, syn_d
     assert_same_run(reference_runs[name], run)
 
 
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("LATTICE", {}), ("MARIO", {"graph_refresh": "epoch"})],  # item graphs built from an earlier batch's weights
+)
+def test_models_with_cached_graphs_resume_exactly_mid_epoch(name, extra, syn_dir, tmp_path, monkeypatch):
+    overrides = {**BASE, "epochs": 3, **extra}
+    reference, _ = train_run(name, syn_dir, overrides=overrides, out=tmp_path / "ref", quiet=True, cache_dir=False)
+    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
+    with pytest.raises(Interrupted):
+        train_run(name, syn_dir, overrides=overrides, out=tmp_path / "run", quiet=True, cache_dir=False)
+    monkeypatch.delenv("MODALREC_TEST_SIGNAL")
+    assert read_resume_state(tmp_path / "run")["train"]["model_extra"]  # the cached graph travels
+    resume_run(tmp_path / "run", quiet=True, cache_dir=False)
+    assert_same_run(reference, tmp_path / "run")
+
+
 def test_interrupt_in_process_raises_interrupted_with_the_resume_hint(syn_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:0:1")
     with pytest.raises(Interrupted, match="resume with: modalrec train --resume") as info:
@@ -289,3 +305,98 @@ def test_interrupted_benchmark_resumes_its_trial(syn_dir, tmp_path, monkeypatch)
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     assert (ra["valid"], ra["test"], ra["best_epoch"]) == (rb["valid"], rb["test"], rb["best_epoch"])
     assert_same_run(Path(rb["run_dir"]), Path(ra["run_dir"]))
+
+
+# ================================================================ progress: elapsed time and an upper-bound ETA
+def test_format_duration_and_epoch_clock():
+    from modalrec.train import EpochClock, format_duration
+
+    assert [format_duration(s) for s in (0, 59.4, 61, 3599, 3600, 7260)] == [
+        "0s",
+        "59s",
+        "1m01s",
+        "59m59s",
+        "1h00m",
+        "2h01m",
+    ]
+    clock = EpochClock(max_epochs=10)
+    assert clock.left(0) is None and clock.describe(0).startswith("elapsed ")
+    clock.add(2.0)
+    clock.add(4.0)
+    assert clock.left(2) == pytest.approx(3.0 * 8)  # mean epoch time × epochs left to the maximum
+    assert clock.left(10) == 0.0
+    assert "≤ 24s left" in clock.describe(2)
+
+
+def test_epoch_lines_show_elapsed_and_eta_and_one_eta_line(syn_dataset):
+    from modalrec.runs import prepare_model
+    from modalrec.train import fit
+
+    lines: list[str] = []
+    model, config, _ = prepare_model("BPR", syn_dataset, {**BASE, "epochs": 3}, cache_dir=False)
+    fit(model, syn_dataset, config, log=lines.append)
+    epoch_lines = [ln for ln in lines if ln.startswith("epoch ")]
+    assert len(epoch_lines) == 3
+    assert all("[elapsed " in ln and "left]" in ln for ln in epoch_lines), epoch_lines
+    eta = [ln for ln in lines if ln.startswith("ETA:")]
+    assert len(eta) == 1 and lines.index(eta[0]) == lines.index(epoch_lines[0]) + 1
+    assert "remaining 2 of 3 epochs" in eta[0] and "upper bound" in eta[0] and "early stopping" in eta[0]
+
+
+def test_rich_progress_bar_runs(syn_dataset):
+    from modalrec.runs import prepare_model
+    from modalrec.train import fit
+
+    model, config, _ = prepare_model("BPR", syn_dataset, {**BASE, "epochs": 2}, cache_dir=False)
+    assert fit(model, syn_dataset, config, log=lambda _: None, progress=True).timings["epochs_run"] == 2
+
+
+# ================================================================ threads
+def test_thread_count_precedence(monkeypatch):
+    from modalrec.threads import THREADS_ENV, resolve_threads, usable_cores
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    assert resolve_threads() == usable_cores()
+    assert resolve_threads(default=1) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert resolve_threads() == 3
+    monkeypatch.setenv(THREADS_ENV, "5")
+    assert resolve_threads() == 5
+    assert resolve_threads(2) == 2
+
+
+def test_threads_option_and_variable(lightgcn_finished, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        res = invoke("evaluate", lightgcn_finished, "--threads", 2, "--json")
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("MODALREC_THREADS", "1")
+        assert invoke("evaluate", lightgcn_finished, "--json").exit_code == 0
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("MODALREC_THREADS", "many")
+        assert_one_line_error(invoke("evaluate", lightgcn_finished), "MODALREC_THREADS", "'many'")
+        monkeypatch.delenv("MODALREC_THREADS")
+        assert_one_line_error(invoke("evaluate", lightgcn_finished, "--threads", 0), "--threads 0")
+    finally:
+        torch.set_num_threads(before)
+    for cmd in ("train", "evaluate", "recommend", "serve", "demo", "benchmark", "ablate", "sweep"):
+        assert "--threads" in invoke(cmd, "--help").output, cmd
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_modalrec_makes_idle_openmp_threads_sleep(preset, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, modalrec; print(os.environ['OMP_WAIT_POLICY'])"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.stdout.strip() == expected, out.stderr
