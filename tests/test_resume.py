@@ -145,6 +145,29 @@ def test_models_with_cached_graphs_resume_exactly_mid_epoch(name, extra, syn_dir
     assert_same_run(reference, tmp_path / "run")
 
 
+@pytest.mark.parametrize(
+    ("every", "eval_step", "written"),
+    [(1, 1, [1, 2, 3, 4]), (2, 1, [2, 4]), (0, 2, [2, 4]), (0, 1, [1, 2, 3, 4])],  # 0 = at every evaluation
+)
+def test_checkpoint_every(every, eval_step, written, syn_dataset):
+    from modalrec.runs import prepare_model
+    from modalrec.train import fit
+
+    overrides = {**BASE, "epochs": 5, "checkpoint_every": every, "eval_step": eval_step}
+    model, config, _ = prepare_model("BPR", syn_dataset, overrides, cache_dir=False)
+    states: list[dict] = []
+    fit(model, syn_dataset, config, log=lambda _: None, checkpoint=states.append)
+    # the epoch to run next; none after the last epoch (the finished run's files follow at once)
+    assert [s["trainer"]["epoch"] for s in states] == written
+    assert all(s["trainer"]["batch"] is None for s in states)
+
+
+def test_negative_checkpoint_every_is_a_config_error(syn_dir, tmp_path):
+    res = invoke("train", "--model", "BPR", "--data", syn_dir, "--out", tmp_path / "r", "--set", "checkpoint_every=-1")
+    assert_one_line_error(res, "checkpoint_every")
+    assert not (tmp_path / "r").exists()  # checked before the run directory is claimed
+
+
 def test_interrupt_in_process_raises_interrupted_with_the_resume_hint(syn_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:0:1")
     with pytest.raises(Interrupted, match="resume with: modalrec train --resume") as info:
@@ -400,3 +423,30 @@ def test_importing_modalrec_makes_idle_openmp_threads_sleep(preset, expected):
         timeout=60,
     )
     assert out.stdout.strip() == expected, out.stderr
+
+
+def test_second_ctrl_c_quits_at_once_and_leaves_the_previous_state(syn_dir, tmp_path, monkeypatch):
+    """Ctrl-C, then Ctrl-C again while the resume state is being written: exit 130 at once, no temporary file,
+    the previous state (after epoch 0) still loads and resumes."""
+    import modalrec.runs as runs_mod
+
+    real_save = torch.save
+
+    def save_then_second_ctrl_c(obj, fh, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("train", {}).get("trainer", {}).get("batch") is not None:
+            fh.write(b"partial")
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises KeyboardInterrupt here
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(runs_mod.torch, "save", save_then_second_ctrl_c)
+    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
+    run = tmp_path / "run"
+    res = invoke("train", "--model", "BPR", "--data", syn_dir, "--out", run, "-q", *_sets("BPR"))
+    assert res.exit_code == 130, res.output
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: stopped at once") and "Traceback" not in res.output, res.stderr
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+    assert read_resume_state(run)["train"]["trainer"]["epoch"] == 1  # the state written after epoch 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    assert invoke("train", "--resume", run, "-q").exit_code == 0

@@ -31,7 +31,7 @@ from modalrec.graphs import GraphStore
 from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.io import atomic_write, write_json, write_npz, write_text, write_yaml
 from modalrec.models import Recommender, build_model, get_model_class
-from modalrec.train import TrainingStopped, TrainResult, fit, seed_everything
+from modalrec.train import TrainingStopped, TrainResult, checkpoint_interval, fit, seed_everything
 
 CHECKPOINT_VERSION = 1
 RESUME_FILE = "resume.pt"
@@ -128,7 +128,7 @@ def train_run(
         dataset = load_dataset(data_dir, modalities)
     cls = get_model_class(model_name)
     # Resolve before claiming a directory so a bad key leaves nothing behind.
-    resolve_config(cls.config_name, dataset.name, overrides, preset)
+    checkpoint_interval(resolve_config(cls.config_name, dataset.name, overrides, preset))
     run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
     runlog = RunLog(run_dir / "train.log", echo=not quiet)
     for w in dataset.warnings:

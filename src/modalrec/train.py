@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from modalrec.errors import ModalrecError
+from modalrec.errors import ConfigError, ModalrecError
 from modalrec.evaluate import EvalResult, Evaluator
 from modalrec.models.base import Batch
 
@@ -282,6 +282,14 @@ def _test_signal_hook(epoch: int, batch: int | None) -> None:
         os.kill(os.getpid(), getattr(signal, f"SIG{name.upper()}"))
 
 
+def checkpoint_interval(config: Config) -> int:
+    """Epochs between resume states: ``checkpoint_every``, where 0 means at every evaluation (``eval_step``)."""
+    every = int(config.get("checkpoint_every", 0))
+    if every < 0:
+        raise ConfigError(f"checkpoint_every = {every}: must be ≥ 0 (0 = at every evaluation)")
+    return every or int(config.eval_step)
+
+
 def fit(
     model: Recommender,
     dataset: Dataset,
@@ -327,7 +335,7 @@ def fit(
     batch_size = int(config.train_batch_size)
     n_batches = math.ceil(train_u.size / batch_size)
     max_epochs = int(config.epochs)
-    every = int(config.get("checkpoint_every", 0) or 0) or int(config.eval_step)
+    every = checkpoint_interval(config)
 
     st: dict[str, Any] = {
         "epoch": 0,  # the epoch to run next (or the one in progress when ``batch`` is set)
@@ -460,12 +468,14 @@ def fit(
                 break
             if st["epoch"] >= max_epochs:
                 break
-            signum = interrupt() if interrupt is not None else None
-            if checkpoint is not None and signum is None and (epoch + 1) % every == 0:
+            wrote = checkpoint is not None and (epoch + 1) % every == 0
+            if wrote:
                 checkpoint(state(capture_rng_state(rng, device)))
             _test_signal_hook(epoch, None)
-            signum = signum if signum is not None else (interrupt() if interrupt is not None else None)
+            signum = interrupt() if interrupt is not None else None
             if signum is not None:
+                if wrote:  # nothing changed since that state was written
+                    raise TrainingStopped(signum, st["epoch"], None, n_batches, True)
                 stop_here(signum)
     best_state, best_valid, best_epoch = st["best_state"], st["best_valid"], st["best_epoch"]
     if best_state is None:  # never evaluated (NaN in the first epoch or eval_step > epochs)
