@@ -280,9 +280,9 @@ def read_resume_state(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / RESUME_FILE
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
+    if (run_dir / "metrics.json").is_file():  # written last, just before resume.pt is removed
+        raise RunError(f"{run_dir}: the run has finished (metrics.json is there); nothing to resume")
     if not path.is_file():
-        if (run_dir / "model.pt").is_file():
-            raise RunError(f"{run_dir}: the run has finished (model.pt is there); nothing to resume")
         raise RunError(
             f"{run_dir}: no {RESUME_FILE} — the run stopped before its first resume state was written "
             "(or this is not a run directory); start it again"
