@@ -109,7 +109,7 @@ def test_sigkill_after_an_epoch_then_resume_is_exact(name, syn_dir, reference_ru
     assert "resuming" in (run / "train.log").read_text()
 
 
-@pytest.mark.parametrize(("name", "sig"), [("BPR", "INT"), ("FREEDOM", "INT"), ("MMSSL", "TERM")])
+@pytest.mark.parametrize(("name", "sig"), [("FREEDOM", "INT"), ("MMSSL", "TERM")])  # BPR: in process below
 def test_interrupt_mid_epoch_saves_a_state_that_resumes_exactly(name, sig, syn_dir, reference_runs, tmp_path):
     run = tmp_path / "run"
     stopped = cli_subprocess(
