@@ -47,7 +47,7 @@ def handle_errors(fn):
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
-        help=f"CPU threads for torch (default: ${THREADS_ENV}, else the cores this process may use).",
+        help=f"CPU threads for torch (default: ${THREADS_ENV}, else $OMP_NUM_THREADS, else the usable cores).",
         show_default=False,
     ),
 ]
