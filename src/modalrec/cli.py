@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modalrec.errors import ModalrecError
+from modalrec.errors import Interrupted, ModalrecError
+from modalrec.threads import THREADS_ENV, configure_threads, resolve_threads
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Multimodal recommendation: data, training, evaluation."
@@ -37,11 +38,26 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:
+            err_console.print(f"interrupted: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:  # the second Ctrl-C: quit now (atomic writes leave no partial file)
+            err_console.print("interrupted: stopped at once; no file was left half-written", highlight=False)
+            raise typer.Exit(130) from None
         except ModalrecError as exc:
             err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help=f"CPU threads for torch (default: ${THREADS_ENV}, else $OMP_NUM_THREADS, else the usable cores).",
+        show_default=False,
+    ),
+]
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -186,8 +202,8 @@ def data_synth(
 @app.command("train")
 @handle_errors
 def train_cmd(
-    model: Annotated[str, typer.Option(help="Model name (see `modalrec models`).")],
-    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    model: Annotated[str | None, typer.Option(help="Model name (see `modalrec models`).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (with --resume: where the data now is).")] = None,
     modalities: Annotated[str | None, typer.Option(help="Comma-separated subset of modalities.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of config overrides.")] = None,
@@ -213,11 +229,23 @@ def train_cmd(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output (warnings are still shown).")
     ] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the interrupted run in this directory from its resume.pt.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --resume: accept a changed configuration or device.")
+    ] = False,
+    threads: ThreadsOption = None,
 ) -> None:
-    """Train a model with early stopping into a new run directory."""
-    from modalrec.config import load_override_file, parse_overrides
-    from modalrec.runs import train_run
+    """Train a model with early stopping into a new run directory (or continue one with --resume).
 
+    Ctrl-C or SIGTERM stops after the current batch, saves the resume state and says how to resume;
+    a second Ctrl-C quits at once.
+    """
+    from modalrec.config import load_override_file, parse_overrides
+    from modalrec.runs import resume_run, train_run
+
+    configure_threads(threads)
     overrides = load_override_file(config) if config else {}
     overrides.update(parse_overrides(set_))
     if seed is not None:
@@ -226,18 +254,34 @@ def train_cmd(
         overrides["epochs"] = epochs
     if eval_ is not None:
         overrides["eval_mode"] = eval_
-    run_dir, result = train_run(
-        model,
-        data,
-        _split_list(modalities),
-        overrides,
-        preset,
-        out,
-        runs_dir,
-        device,
-        quiet=quiet,
-        progress=sys.stdout.isatty(),
-    )
+    if resume is not None:
+        given = [
+            f"--{n}"
+            for n, v in (("model", model), ("modalities", modalities), ("preset", preset), ("out", out))
+            if v is not None
+        ]
+        if given:
+            raise ModalrecError(f"--resume continues the run with its own model, data and output; drop {given[0]}")
+        run_dir, result = resume_run(
+            resume, overrides, device, quiet=quiet, progress=sys.stdout.isatty(), force=force, data_dir=data
+        )
+    else:
+        if model is None or data is None:
+            raise ModalrecError("give --model and --data (or --resume RUN to continue an interrupted run)")
+        if force:
+            raise ModalrecError("--force only applies to --resume")
+        run_dir, result = train_run(
+            model,
+            data,
+            _split_list(modalities),
+            overrides,
+            preset,
+            out,
+            runs_dir,
+            device,
+            quiet=quiet,
+            progress=sys.stdout.isatty(),
+        )
     _print_metrics(f"test metrics (best epoch {result.best_epoch}, eval {result.test.mode})", result.test.metrics)
     _console().print(f"run directory: {run_dir}")
 
@@ -269,8 +313,10 @@ def evaluate_cmd(
         str | None,
         typer.Option("--eval", help="warm | cold | all (default: the run's own eval mode)."),
     ] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Re-evaluate a trained run with full ranking."""
+    configure_threads(threads)
     from modalrec.config import topk_list
     from modalrec.runs import evaluate_run, load_run
 
@@ -297,8 +343,10 @@ def recommend_cmd(
     explain: Annotated[bool, typer.Option(help="Add per-modality influence of each item.")] = False,
     include_seen: Annotated[bool, typer.Option(help="Do not exclude training items.")] = False,
     device: Annotated[str, typer.Option()] = "cpu",
+    threads: ThreadsOption = None,
 ) -> None:
     """Top-k recommendations of one user as JSON on stdout."""
+    configure_threads(threads)
     from modalrec.runs import load_run, recommend
 
     result = recommend(load_run(run, device), user, k, explain, not include_seen)
@@ -311,11 +359,17 @@ def serve_cmd(
     run: Path,
     host: Annotated[str, typer.Option(help="Interface to bind (default: local only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help=f"CPU threads for torch (default: ${THREADS_ENV}, else 1: requests are small).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Serve a trained run: JSON API (/docs) and a web page at / (refuses to start on a bad run)."""
     from modalrec.serve import serve
 
-    serve(run, host, port)
+    serve(run, host, port, threads=resolve_threads(threads, default=1))
 
 
 @app.command("demo")
@@ -323,8 +377,10 @@ def serve_cmd(
 def demo_cmd(
     out: Annotated[Path | None, typer.Option(help="Demo directory (must not exist).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Parent of the auto-named demo directory.")] = Path("runs"),
+    threads: ThreadsOption = None,
 ) -> None:
     """Synthetic default data → BPR, LightGCN, MARIO → comparison table and an explained top-10."""
+    configure_threads(threads)
     from modalrec.demo import run_demo
 
     run_demo(out, runs_dir)
@@ -498,11 +554,13 @@ def benchmark_cmd(
         str | None,
         typer.Option("--eval", help="warm | cold | all (default: cold on a cold-items split, else warm)."),
     ] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests.
 
     Popularity and Random (untrained reference rankers) may be named in --models.
     """
+    configure_threads(threads)
     from modalrec.experiments.benchmark import load_plan, run_benchmark
 
     if (models is None) == (plan is None):
@@ -540,8 +598,10 @@ def ablate_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every variant, key=value.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    threads: ThreadsOption = None,
 ) -> None:
     """The paper's ablations of MARIO or MeAIM in one table."""
+    configure_threads(threads)
     from modalrec.experiments.ablate import run_ablation
 
     report = run_ablation(
@@ -564,8 +624,10 @@ def sweep_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed override, key=value.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    threads: ThreadsOption = None,
 ) -> None:
     """One- or two-parameter sensitivity of Recall/NDCG@10/@20 (line plots or heat maps)."""
+    configure_threads(threads)
     from modalrec.experiments.sweep import run_sweep
 
     report = run_sweep(

@@ -31,3 +31,11 @@ class ConfigError(ModalrecError):
 
 class RunError(ModalrecError):
     """A run directory is missing, incomplete, or would be overwritten."""
+
+
+class Interrupted(ModalrecError):
+    """Training stopped on Ctrl-C/SIGTERM after saving its resume state; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -217,6 +217,24 @@ class SparseOperator:
         op.nnz, op.a, op.a_t, op._scipy = self.nnz, self.a_t, self.a, None
         return op
 
+    def state(self) -> dict:
+        """The operator's tensors (on the CPU), for :meth:`from_state` — e.g. in a resume state."""
+        return {
+            "shape": tuple(self.shape),
+            "nnz": self.nnz,
+            "a": self.a.cpu(),
+            "a_t": None if self.a_t is self.a else self.a_t.cpu(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device | str = "cpu") -> SparseOperator:
+        """Inverse of :meth:`state`, on ``device`` (bit-identical values)."""
+        op = cls.__new__(cls)
+        op.shape, op.nnz, op._scipy = tuple(state["shape"]), state["nnz"], None
+        op.a = state["a"].to(device)
+        op.a_t = op.a if state["a_t"] is None else state["a_t"].to(device)
+        return op
+
     def to_scipy(self) -> sp.csr_matrix:
         if self._scipy is None:
             a = self.a.cpu()

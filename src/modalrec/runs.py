@@ -4,12 +4,15 @@ A run directory (``runs/<model>-<dataset>-<timestamp>`` by default) holds
 ``config.yaml`` (resolved configuration and data source), ``metrics.json`` (best epoch,
 valid and test metrics at it, per-epoch history, timings), ``test_per_user.npz`` and
 ``valid_per_user.npz`` (per-user metric vectors), ``model.pt`` (checkpoint) and
-``train.log``. An existing directory is never overwritten; every file is written
-atomically.
+``train.log``. While training, ``resume.pt`` holds the latest resume state (see
+:func:`resume_run`); it is removed when the run finishes. An existing directory is never
+overwritten; every file is written atomically.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import shutil
@@ -24,23 +27,31 @@ import torch
 
 from modalrec.config import Config, describe_preset, resolve_config, topk_list
 from modalrec.data.dataset import Dataset, load_dataset
-from modalrec.errors import ModalrecError, RunError
+from modalrec.errors import Interrupted, ModalrecError, RunError
 from modalrec.evaluate import EvalResult, Evaluator, resolve_eval_mode, top_k_items
 from modalrec.graphs import GraphStore
+from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.io import atomic_write, write_json, write_npz, write_text, write_yaml
 from modalrec.models import Recommender, build_model, get_model_class
 from modalrec.models.base import COLD_UNABLE
-from modalrec.train import TrainResult, fit, seed_everything
+from modalrec.train import TrainingStopped, TrainResult, checkpoint_interval, fit, seed_everything
 
 CHECKPOINT_VERSION = 1
+RESUME_FILE = "resume.pt"
+RESUME_FORMAT = "modalrec-resume"
+RESUME_VERSION = 1
+# configuration keys that do not change what training computes: changing them needs no --force
+RESUME_NEUTRAL_KEYS = frozenset({"checkpoint_every"})
 log = logging.getLogger("modalrec")
 
 
 class RunLog:
     """Collects log lines, echoes them, and rewrites ``train.log`` atomically."""
 
-    def __init__(self, path: Path | None, echo: bool = True) -> None:
+    def __init__(self, path: Path | None, echo: bool = True, append: bool = False) -> None:
         self.path, self.echo, self.lines = path, echo, []
+        if append and path is not None and path.is_file():  # a resumed run continues its log
+            self.lines = path.read_text().splitlines()
 
     def __call__(self, line: str) -> None:
         self._add(line)
@@ -87,10 +98,12 @@ def prepare_model(
     preset: str | None = None,
     device: str = "cpu",
     cache_dir: str | Path | bool | None = None,
+    config: Config | None = None,
 ) -> tuple[Recommender, Config, GraphStore]:
-    """Resolve the config, seed every RNG, build graphs and the model on ``device``."""
+    """Resolve the config (or take ``config`` as resolved), seed every RNG, build graphs and the model."""
     cls = get_model_class(model_name)
-    config = resolve_config(cls.config_name, dataset.name, overrides, preset)
+    if config is None:
+        config = resolve_config(cls.config_name, dataset.name, overrides, preset)
     seed_everything(int(config.seed))
     graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
     model = build_model(cls.name, dataset, config, graphs).to(device)
@@ -132,6 +145,7 @@ def train_run(
     cls = get_model_class(model_name)
     notes: list[str] = []
     config = resolve_config(cls.config_name, dataset.name, overrides, preset)
+    checkpoint_interval(config)
     over = [k for k in config.topk if k > dataset.n_items]
     if over:  # kept (valid_metric may name it), but said: a ranked list cannot be longer than the items
         notes.append(
@@ -145,10 +159,27 @@ def train_run(
     model, config, graphs = prepare_model(cls.name, dataset, overrides, preset, device, cache_dir)
     run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
     try:
-        return _train_into(run_dir, cls.name, model, config, graphs, dataset, notes, device, quiet, progress)
+        # Warnings and notes are echoed even when quiet: quiet hides progress, not problems with the data.
+        runlog = RunLog(run_dir / "train.log", echo=not quiet)
+        for w in [*dataset.warnings, *notes]:
+            runlog.warn(f"warning: {w}")
+        runlog(describe_preset(config))
+        cold_note = cold_start_note(type(model), dataset)
+        if cold_note and model.cold_start != COLD_UNABLE:
+            runlog(cold_note)
+        n_params = sum(p.numel() for p in model.parameters())
+        used = model.used_modalities()
+        runlog(
+            f"{cls.name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+            f"modalities {', '.join(used) if used else 'none (ID only)'}, {n_params} parameters, device {device}"
+        )
+        _write_run_config(run_dir, cls.name, dataset, config)
+        return _train_into(run_dir, model, dataset, config, graphs, runlog, device, progress and not quiet, None)
     except ModalrecError:
-        if not (run_dir / "model.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # claimed by this call: it holds only our log and config
+        # A directory that holds no checkpoint and no resume state was claimed by this call and holds only
+        # our log and config: remove it so the same ``out`` can be used again.
+        if not (run_dir / "model.pt").exists() and not (run_dir / RESUME_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
@@ -176,36 +207,11 @@ def cold_start_info(model: Recommender, dataset: Dataset) -> dict[str, Any] | No
     }
 
 
-def _train_into(
-    run_dir: Path,
-    name: str,
-    model: Recommender,
-    config: Config,
-    graphs: GraphStore,
-    dataset: Dataset,
-    notes: list[str],
-    device: str,
-    quiet: bool,
-    progress: bool,
-) -> tuple[Path, TrainResult]:
-    # Warnings and notes are echoed even when quiet: quiet hides progress, not problems with the data.
-    runlog = RunLog(run_dir / "train.log", echo=not quiet)
-    for w in [*dataset.warnings, *notes]:
-        runlog.warn(f"warning: {w}")
-    runlog(describe_preset(config))
-    cold_note = cold_start_note(type(model), dataset)
-    if cold_note and model.cold_start != COLD_UNABLE:
-        runlog(cold_note)
-    n_params = sum(p.numel() for p in model.parameters())
-    used = model.used_modalities()
-    runlog(
-        f"{name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-        f"modalities {', '.join(used) if used else 'none (ID only)'}, {n_params} parameters, device {device}"
-    )
+def _write_run_config(run_dir: Path, model_name: str, dataset: Dataset, config: Config) -> None:
     write_yaml(
         run_dir / "config.yaml",
         {
-            "model": name,
+            "model": model_name,
             "data": {
                 "path": str(dataset.path) if dataset.path else None,
                 "name": dataset.name,
@@ -220,14 +226,87 @@ def _train_into(
             "config": config.to_dict(),
         },
     )
-    result = fit(model, dataset, config, log=runlog, progress=progress and not quiet, device=device)
+
+
+def _dataset_info(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "path": str(dataset.path) if dataset.path else None,
+        "name": dataset.name,
+        "fingerprint": dataset.fingerprint,
+        "modalities": dataset.modalities,
+        "n_users": dataset.n_users,
+        "n_items": dataset.n_items,
+    }
+
+
+def _train_into(
+    run_dir: Path,
+    model: Recommender,
+    dataset: Dataset,
+    config: Config,
+    graphs: GraphStore,
+    runlog: RunLog,
+    device: str,
+    progress: bool,
+    resume: dict[str, Any] | None,
+) -> tuple[Path, TrainResult]:
+    """Train (or continue training) into ``run_dir``, writing ``resume.pt`` as it goes; the finished run's files.
+
+    Ctrl-C/SIGTERM stop training at the next batch with its state saved (:class:`Interrupted`);
+    a resume state that cannot be written stops the run with the previous state intact.
+    """
+    resume_path = run_dir / RESUME_FILE
+    meta = {
+        "format": RESUME_FORMAT,
+        "version": RESUME_VERSION,
+        "code": code_version(),
+        "model": model.name,
+        "config": config.to_dict(),
+        "dataset": _dataset_info(dataset),
+    }
+    saved: dict[str, str | None] = {"where": None if resume is None else describe_position(resume)}
+    hint = f"resume with: modalrec train --resume {run_dir}"
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        try:
+            atomic_write(resume_path, lambda fh: torch.save({**meta, "train": state}, fh), mode="wb")
+        except OSError as exc:
+            kept = (
+                f"the previous resume state ({saved['where']}) is intact — fix that, then {hint}"
+                if saved["where"]
+                else "no earlier resume state exists"
+            )
+            raise RunError(f"{resume_path}: cannot write the resume state ({exc.strerror or exc}); {kept}") from None
+        saved["where"] = describe_position(state)
+
+    try:
+        with graceful_interrupts() as flag:
+            result = fit(
+                model,
+                dataset,
+                config,
+                log=runlog,
+                progress=progress,
+                device=device,
+                checkpoint=checkpoint,
+                resume=resume,
+                interrupt=flag,
+            )
+    except OSError as exc:  # e.g. train.log on a full disk; the resume state has its own message above
+        kept = f"the last resume state ({saved['where']}) is intact — {hint}" if saved["where"] else "nothing to resume"
+        raise RunError(f"{run_dir}: writing failed ({exc}); {kept}") from None
+    except TrainingStopped as stop:
+        runlog(f"interrupted: training stopped {stop.where}; state saved in {resume_path}")
+        raise Interrupted(
+            f"training stopped {stop.where}; state saved — {hint}", SIGNAL_EXIT_CODES.get(stop.signum, 130)
+        ) from None
     save_checkpoint(run_dir / "model.pt", model, config, dataset)
     write_npz(run_dir / "test_per_user.npz", users=result.test.users, **result.test.per_user)
     write_npz(run_dir / "valid_per_user.npz", users=result.valid.users, **result.valid.per_user)
     write_json(
         run_dir / "metrics.json",
         {
-            "model": name,
+            "model": model.name,
             "dataset": dataset.name,
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
@@ -240,7 +319,138 @@ def _train_into(
             "history": result.history,
         },
     )
+    resume_path.unlink(missing_ok=True)  # finished: model.pt supersedes the resume state
     return run_dir, result
+
+
+def describe_position(state: dict[str, Any]) -> str:
+    """Where a trainer state stands, e.g. ``after epoch 4`` or ``in epoch 5, after batch 3``."""
+    trainer = state["trainer"]
+    if trainer["batch"] is None:
+        return f"after epoch {trainer['epoch'] - 1}"
+    return f"in epoch {trainer['epoch']}, after batch {trainer['batch']}"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """``<version>+<hash of the package's sources>``: any code change changes it (a resume then refuses)."""
+    from modalrec import __version__
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".yaml") and path.is_file():
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def read_resume_state(run_dir: str | Path) -> dict[str, Any]:
+    """The resume state of an unfinished run, loaded onto the CPU; one-line errors for every bad case."""
+    run_dir = Path(run_dir)
+    path = run_dir / RESUME_FILE
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    if (run_dir / "metrics.json").is_file():  # written last, just before resume.pt is removed
+        raise RunError(f"{run_dir}: the run has finished (metrics.json is there); nothing to resume")
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir}: no {RESUME_FILE} — the run stopped before its first resume state was written "
+            "(or this is not a run directory); start it again"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated zip, a pickle error, …: all mean the file is damaged
+        raise RunError(f"{path}: corrupt or truncated resume state ({exc.__class__.__name__}); cannot resume") from None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise RunError(f"{path}: not a modalrec resume state")
+    if state.get("version") != RESUME_VERSION:
+        raise RunError(f"{path}: resume-state format {state.get('version')}, this modalrec reads {RESUME_VERSION}")
+    missing = [k for k in ("code", "model", "config", "dataset", "train") if k not in state]
+    if missing:
+        raise RunError(f"{path}: corrupt resume state (no {missing[0]!r})")
+    return state
+
+
+def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = [k for k in {**old, **new} if k not in RESUME_NEUTRAL_KEYS and old.get(k) != new.get(k)]
+    return [f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys]
+
+
+def resume_run(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    quiet: bool = False,
+    progress: bool = False,
+    force: bool = False,
+    cache_dir: str | Path | bool | None = None,
+    data_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+) -> tuple[Path, TrainResult]:
+    """Continue an interrupted run from its ``resume.pt``; the finished run equals an uninterrupted one.
+
+    Refuses (one-line :class:`RunError`) when the code version or the dataset changed since the
+    state was written, when the file is damaged, when ``overrides`` change the configuration
+    (``force`` accepts that: training continues under the new values) and when the state was
+    written on another device type (``force`` continues anyway, loaded with ``map_location``;
+    the result then differs from an uninterrupted run in the last bits).
+    """
+    run_dir = Path(run_dir)
+    check_device(device)
+    state = read_resume_state(run_dir)
+    path = run_dir / RESUME_FILE
+    if state["code"] != code_version():
+        raise RunError(
+            f"{path}: written by modalrec {state['code']}, this is {code_version()}; the code changed, so the "
+            "run cannot continue exactly — start a new run"
+        )
+    info = state["dataset"]
+    if dataset is None:
+        source = data_dir or info["path"]
+        if source is None or not Path(source).is_dir():
+            raise RunError(f"{run_dir}: its dataset {source} is not available (pass the data directory)")
+        dataset = load_dataset(source, info["modalities"])
+    if dataset.fingerprint != info["fingerprint"] or dataset.modalities != info["modalities"]:
+        raise RunError(f"{run_dir}: the dataset at {dataset.path} changed since the run started (content hash differs)")
+    cls = get_model_class(state["model"])
+    saved = dict(state["config"])
+    config = Config(saved)
+    notes = []
+    if overrides:
+        wanted = {k: v for k, v in saved.items() if k != "preset"}
+        wanted.update(overrides)
+        config = resolve_config(cls.config_name, dataset.name, wanted, saved.get("preset"))
+        changes = _config_changes(saved, config.to_dict())
+        if changes and not force:
+            raise RunError(
+                f"{run_dir}: the configuration differs from the interrupted run's ({'; '.join(changes)}); "
+                "pass --force to continue under the new values"
+            )
+        if changes:
+            notes.append(f"warning: --force: continuing with a changed configuration ({'; '.join(changes)})")
+    saved_device = state["train"].get("device", "cpu")
+    if saved_device != torch.device(device).type:
+        if not force:
+            raise RunError(
+                f"{path}: written on {saved_device}, resuming on {device}; use --device {saved_device}, "
+                "or --force to continue here (the result will differ slightly from an uninterrupted run)"
+            )
+        notes.append(f"warning: --force: the state was written on {saved_device}, continuing on {device}")
+    threads = state["train"].get("threads")
+    if threads is not None and threads != torch.get_num_threads():
+        notes.append(
+            f"warning: the run used {threads} threads, this process {torch.get_num_threads()}; results may differ "
+            f"in the last bits from an uninterrupted run (use --threads {threads})"
+        )
+    runlog = RunLog(run_dir / "train.log", echo=not quiet, append=True)
+    runlog(f"resuming {run_dir} {describe_position(state['train'])} on {device}")
+    for n in notes:
+        runlog(n)
+    model, config, graphs = prepare_model(cls.name, dataset, device=device, cache_dir=cache_dir, config=config)
+    if config.to_dict() != saved:
+        _write_run_config(run_dir, cls.name, dataset, config)
+    return _train_into(run_dir, model, dataset, config, graphs, runlog, device, progress and not quiet, state["train"])
 
 
 def save_checkpoint(path: Path, model: Recommender, config: Config, dataset: Dataset) -> None:

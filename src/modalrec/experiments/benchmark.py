@@ -4,10 +4,11 @@ A report folder holds ``results/<model>/<setting id>/seed-<seed>.json`` — one 
 finished run, keyed by (model, seed, setting) where the setting is the canonical JSON of
 the overrides, the modality subset and the dataset fingerprint (its SHA-1 prefix is the
 setting id) — and the run directories under ``runs/``. A finished run is never trained
-again, so an interrupted benchmark resumes where it stopped when the same command (same
-``--out``) is run again. The test split is never used for any decision: grid settings
-are ranked by the model's ``valid_metric`` (Recall@20 by default) on the first seed;
-the remaining seeds then run the chosen setting only.
+again, and a run that was interrupted continues from its resume state, so an interrupted
+benchmark resumes where it stopped when the same command (same ``--out``) is run again.
+The test split is never used for any decision: grid settings are ranked by the model's
+``valid_metric`` (Recall@20 by default) on the first seed; the remaining seeds then run the
+chosen setting only.
 
 ``--protocol cold-items`` benchmarks item cold start: the dataset (unless it already is a
 cold-items split) is split once into ``<report>/data/cold-items-r<ratio>-seed<seed>`` (the
@@ -34,7 +35,7 @@ import numpy as np
 from modalrec.config import describe_preset, load_defaults, resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.data.split import COLD_ITEMS, resplit_dataset
-from modalrec.errors import ModalrecError
+from modalrec.errors import Interrupted, ModalrecError, RunError
 from modalrec.evaluate import Evaluator
 from modalrec.experiments.rankers import RANKERS, FixedRanker, ranker_name
 from modalrec.experiments.report import ReportWriter
@@ -43,7 +44,8 @@ from modalrec.experiments.tables import DEFAULT_METRICS, ResultTable, metric_lab
 from modalrec.io import write_json, write_npz
 from modalrec.models import get_model_class
 from modalrec.models.base import COLD_UNABLE
-from modalrec.runs import new_run_dir, per_user_metrics, train_run
+from modalrec.runs import RESUME_FILE, new_run_dir, per_user_metrics, resume_run, train_run
+from modalrec.train import TrainResult
 
 BENCHMARK_PROTOCOLS = ("default", COLD_ITEMS)
 
@@ -189,24 +191,14 @@ class Experiment:
             return record
         if self.reuse_only:
             raise NotFinished(f"{cls.name} seed {seed} [{sid}] has not finished")
-        run_out = self.out / "runs" / f"{cls.name}-{sid}-seed{seed}"
-        n = 1
-        while run_out.exists():  # left over by an interrupted run: keep it, train into a fresh folder
-            n += 1
-            run_out = self.out / "runs" / f"{cls.name}-{sid}-seed{seed}-try{n}"
         t0 = time.perf_counter()
-        run_dir, result = train_run(
-            cls.name,
-            self.data_dir,
-            modalities,
-            {**overrides, "seed": seed},
-            preset=self.preset,
-            out=run_out,
-            device=self.device,
-            quiet=True,
-            cache_dir=self.cache_dir,
-            dataset=dataset,
-        )
+        try:
+            run_dir, result = self._resume_or_train(cls.name, sid, dataset, modalities, {**overrides, "seed": seed})
+        except Interrupted as exc:
+            where = str(exc).split(" — ")[0]
+            raise Interrupted(
+                f"{cls.name} seed {seed} [{sid}]: {where} — run the same command again to resume", exc.exit_code
+            ) from None
         record = {
             "model": cls.name,
             "seed": seed,
@@ -280,6 +272,40 @@ class Experiment:
         self.trained += 1
         self.log(f"  {kind} seed {seed}: test {_brief(record['test'])} (untrained reference ranker)")
         return record
+
+    def _resume_or_train(
+        self, model: str, sid: str, dataset: Dataset, modalities: list[str] | None, overrides: dict[str, Any]
+    ) -> tuple[Path, TrainResult]:
+        """Continue the trial's interrupted run from its resume state, else train it into a fresh folder.
+
+        A leftover folder whose state cannot be resumed (code or data changed, damaged file, none
+        written) is kept as it is; the trial then starts again in ``…-try<n>``.
+        """
+        base = self.out / "runs" / f"{model}-{sid}-seed{overrides['seed']}"
+        tries = [base] + [base.with_name(f"{base.name}-try{n}") for n in range(2, 1000)]
+        existing = [p for p in tries if p.exists()]
+        if existing and (existing[-1] / RESUME_FILE).is_file():
+            try:
+                run_dir, result = resume_run(
+                    existing[-1], overrides, self.device, quiet=True, cache_dir=self.cache_dir, dataset=dataset
+                )
+                self.log(f"  {model} seed {overrides['seed']} [{sid}] resumed from {existing[-1].name}")
+                return run_dir, result
+            except RunError as exc:
+                self.log(f"  warning: cannot resume {existing[-1]} ({exc}); training the trial again")
+        run_out = next(p for p in tries if not p.exists())  # a leftover folder is kept, never overwritten
+        return train_run(
+            model,
+            self.data_dir,
+            modalities,
+            overrides,
+            preset=self.preset,
+            out=run_out,
+            device=self.device,
+            quiet=True,
+            cache_dir=self.cache_dir,
+            dataset=dataset,
+        )
 
     def run_entry(self, entry: Entry) -> EntryResult:
         """Run an entry: grid search on the first seed (selected on validation), then every seed."""

@@ -112,6 +112,21 @@ class Recommender(nn.Module):
     def pre_epoch(self, epoch: int) -> None:
         """Hook called by the trainer before every epoch (graph re-sampling etc.)."""
 
+    def extra_state(self) -> dict[str, Any]:
+        """Training state outside :meth:`state_dict` that a resumed run needs to continue exactly.
+
+        E.g. an optimiser the model steps itself, or counters and caches kept across the batches
+        of an epoch. Called by the trainer when it writes a resume state — at an epoch boundary
+        (after the evaluation) or, on an interrupt, after any batch; a mid-epoch resume replays
+        the epoch's :meth:`pre_epoch` (with the epoch's random state) before
+        :meth:`load_extra_state`. Random draws from torch's global generator need nothing here:
+        the trainer saves every global random state. Default: nothing.
+        """
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned (after the weights were loaded)."""
+
     def item_representation(self) -> torch.Tensor:
         """The item embedding used for analyses (modality preservation, similar items)."""
         return self.representations()[1]

@@ -89,6 +89,7 @@ class LATTICE(Recommender):
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
         self.adj = graphs.rw_adj()
         self._item_graph: SparseOperator | None = None  # detached S reused between rebuilds
+        self._item_graph_coo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # its COO triple
         self._rebuild = True
         self.to(graphs.device)
 
@@ -118,7 +119,8 @@ class LATTICE(Recommender):
         h = self.item_emb.weight
         if self._rebuild or self._item_graph is None or not self.training:
             rows, cols, vals = self.item_graph_coo()
-            self._item_graph = SparseOperator.from_coo(rows, cols, vals.detach(), (self.n_items, self.n_items))
+            self._item_graph_coo = (rows, cols, vals.detach())
+            self._item_graph = SparseOperator.from_coo(*self._item_graph_coo, (self.n_items, self.n_items))
             if self.training:
                 self._rebuild = False
             if vals.requires_grad:
@@ -129,6 +131,19 @@ class LATTICE(Recommender):
 
     def pre_epoch(self, epoch: int) -> None:
         self._rebuild = True
+
+    def extra_state(self) -> dict:
+        """Mid-epoch, the S built on the epoch's first batch (from that batch's weights) is still in use."""
+        if self._rebuild or self._item_graph_coo is None:
+            return {}
+        return {"item_graph_coo": tuple(t.cpu() for t in self._item_graph_coo)}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "item_graph_coo" in state:
+            dev = self.item_emb.weight.device
+            self._item_graph_coo = tuple(t.to(dev) for t in state["item_graph_coo"])
+            self._item_graph = SparseOperator.from_coo(*self._item_graph_coo, (self.n_items, self.n_items))
+            self._rebuild = False
 
     # ------------------------------------------------------------------ forward / loss
     def compute_representations(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -299,6 +299,18 @@ class MARIO(Recommender):
         if self.graph_refresh == "epoch" and self.lambda_coeff < 1.0 and self.content:
             self.refresh_graphs()
 
+    def extra_state(self) -> dict:
+        """The cached Ḡ_m when training reuses them (``graph_refresh: epoch`` or λ = 1): built from earlier weights."""
+        reused = self.graph_refresh == "epoch" or self.lambda_coeff == 1.0
+        if not reused or self._graph_cache is None:
+            return {}
+        return {"graphs": [op.state() for op in self._graph_cache]}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "graphs" in state:
+            dev = self.user_emb.weight.device
+            self._graph_cache = [SparseOperator.from_state(g, dev) for g in state["graphs"]]
+
     # ------------------------------------------------------------------ forward (docs/models/mario.md#forward-pass)
     def backbone_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, v^IN) from the CF backbone."""

@@ -84,8 +84,8 @@ class MMSSL(Recommender):
     (the reference's D-then-G order). Its parameters are frozen (requires_grad False) while the
     generator's adversarial term is built, so the trainer's backward does not compute critic
     gradients. :meth:`state_dict`/:meth:`load_state_dict` add/restore the critic's weights under
-    ``critic.*`` and ``.to()`` moves it, so checkpoints round-trip; the critic's Adam state is not
-    checkpointed (it matters only to resume training). The generated modality graphs are buffers
+    ``critic.*`` and ``.to()`` moves it, so checkpoints round-trip; the critic's Adam state travels in the
+    resume state (:meth:`extra_state`), not in ``model.pt``. The generated modality graphs are buffers
     ``gen_users_<m>``/``gen_items_<m>`` (variable length, resized on load).
 
     **[REF-QUIRK]s** (``reference_quirks: true`` = the authors' code; default = the paper):
@@ -247,6 +247,22 @@ class MMSSL(Recommender):
         setattr(self, f"gen_users_{m}", us)
         setattr(self, f"gen_items_{m}", its)
         self._mod_graphs = None
+
+    def extra_state(self) -> dict[str, Any]:
+        """The critic's own Adam state and the epoch's batch counter and collected generated edges."""
+        return {
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "batch": self._batch,
+            "collected": {m: [(u.cpu(), i.cpu()) for u, i in parts] for m, parts in self._collected.items()},
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self._batch = int(state["batch"])
+        dev = self.user_emb.weight.device
+        self._collected = {m: [(u.to(dev), i.to(dev)) for u, i in parts] for m, parts in state["collected"].items()}
 
     def pre_epoch(self, epoch: int) -> None:
         self._batch = 0
