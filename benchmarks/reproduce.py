@@ -6,8 +6,8 @@
     python benchmarks/reproduce.py --quick --out /tmp/r  # tiny synthetic end-to-end check (CI)
 
 Each part is one `modalrec benchmark --plan benchmarks/reproduction/<plan>.yaml` call on
-one dataset folder (found under ``--data-root``, default ``../shared/data`` beside the
-checkout, or ``$MODALREC_DATA``). Every finished run is stored under
+one dataset folder (found under ``--data-root``, else ``$MODALREC_DATA`` or the tests'
+``$MODALREC_TEST_DATA``, else ``../shared/data`` beside the checkout). Every finished run is stored under
 ``<out>/<part>/results`` and is never trained again, so an interrupted reproduction resumes
 where it stopped; a part whose dataset is missing is reported as such, not skipped
 silently. Model selection is on validation only (the benchmark's rule); test metrics are
@@ -119,8 +119,9 @@ PARTS = [
 def data_root(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    if os.environ.get("MODALREC_DATA"):
-        return Path(os.environ["MODALREC_DATA"])
+    for var in ("MODALREC_DATA", "MODALREC_TEST_DATA"):  # the tests' setting names the same folder
+        if os.environ.get(var):
+            return Path(os.environ[var])
     return ROOT.parent / "shared" / "data"
 
 
