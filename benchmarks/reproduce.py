@@ -225,6 +225,15 @@ def _plan_labels(plan: str) -> list[str]:
     return [str(r.get("label") or r["model"]) for r in rows]
 
 
+def _row_seeds(plan: str, label: str) -> list[int] | None:
+    import yaml
+
+    for r in yaml.safe_load((PLANS / plan).read_text())["rows"]:
+        if str(r.get("label") or r["model"]) == label:
+            return r.get("seeds")
+    return None
+
+
 def _rows_table(rows: list[dict], extra_cols: dict[str, dict[str, str]] | None = None) -> list[str]:
     best = {m: max((r["test_mean"].get(m, -1.0) for r in rows), default=-1.0) for m in METRICS}
     extra_cols = extra_cols or {}
@@ -305,7 +314,14 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
         lines.append("")
     lines += _rows_table(rows, extra)
     lines.append("")
-    lines.append(f"Test metrics, mean ± std over seeds {summary['seeds']}; best **bold** (4 decimals).")
+    short = [
+        r["label"] for r in rows if len(r["runs"]) < len(summary["seeds"]) and not _row_seeds(part.plan, r["label"])
+    ]
+    lines.append(
+        f"Test metrics, mean ± std over seeds {summary['seeds']} (a row's own seeds where its plan names them); "
+        "best **bold** (4 decimals)."
+        + (f" Not all seeds finished for: {', '.join(short)} (see the seeds column below)." if short else "")
+    )
     lines.append("")
     by_label = {r["label"]: r for r in rows}
     for target in part.targets:

@@ -319,5 +319,9 @@ def test_benchmark_reuse_only_tabulates_finished_rows_and_trains_nothing(syn_dir
     summary = json.loads((out / "summary.json").read_text())
     assert [r["label"] for r in summary["rows"]] == ["BPR"] and summary["complete"] is False
     assert "LightGCN: left out" in res.output
+    # a row whose first seed finished is shown with the seeds that did
+    res = invoke("benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1,2,3", "--out", out, "--reuse-only")
+    assert res.exit_code == 0 and "BPR seed 3: not finished" in res.output, res.output
+    assert [len(r["runs"]) for r in json.loads((out / "summary.json").read_text())["rows"]] == [2]
     res = invoke("benchmark", "--models", "LightGCN", "--data", syn_dir, "--out", tmp_path / "empty", "--reuse-only")
     assert res.exit_code == 1 and "no row of the benchmark has finished runs" in res.stderr

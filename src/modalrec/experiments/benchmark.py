@@ -334,7 +334,14 @@ class Experiment:
         else:
             self.log(f"{entry.label}: {_short({**self.base, **chosen}) or 'defaults'}")
         seeds = entry.seeds or self.seeds
-        records = [self.run(entry.model, chosen, entry.modalities, seed) for seed in seeds]
+        records = []
+        for seed in seeds:
+            try:
+                records.append(self.run(entry.model, chosen, entry.modalities, seed))
+            except NotFinished:
+                if not self.reuse_only or seed == seeds[0]:  # reuse-only: the seeds that finished, first included
+                    raise
+                self.log(f"  {entry.label} seed {seed}: not finished — left out of the mean")
         return EntryResult(entry, chosen, records, grid_records, metric)
 
 
@@ -663,9 +670,9 @@ def run_benchmark(
 ) -> Report:
     """Run every model under the same protocol and write the table report (see module docstring).
 
-    ``reuse_only`` trains nothing: the table holds the rows whose runs (grid and seeds) have
-    all finished in ``out``; the others are named in the log and the summary is marked
-    incomplete.
+    ``reuse_only`` trains nothing: the table holds the rows whose grid and first seed have
+    finished in ``out`` (averaged over the seeds that finished; the summary gives each row's
+    runs); the others are named in the log, and the summary is marked incomplete.
 
     ``plan`` (from :func:`load_plan`) replaces ``models``/``grid`` with explicit rows: a
     row's own overrides, modalities and search space; ``modalities`` then fills in only
