@@ -103,6 +103,16 @@ def test_report_writer_never_overwrites_a_user_file(tmp_path):
     assert p3.name == "table-3.md" and p2.read_text() == "edited by the user"
 
 
+def test_report_writers_of_two_processes_share_the_folder(tmp_path):
+    """Two benchmarks writing into one report folder take each other's files for generated ones."""
+    a, b = ReportWriter(tmp_path), ReportWriter(tmp_path)
+    assert a.write_text("summary.json", "{1}").name == "summary.json"
+    assert b.write_text("summary.json", "{2}").name == "summary.json"
+    assert a.write_text("summary.json", "{3}").name == "summary.json"
+    (tmp_path / "summary.json").write_text("edited by the user")
+    assert b.write_text("summary.json", "{4}").name == "summary-2.json"
+
+
 # ---------------------------------------------------------------------- benchmark
 def test_benchmark_two_models_writes_tables_and_resumes(syn_dir, tmp_path, monkeypatch):
     out = tmp_path / "bench"

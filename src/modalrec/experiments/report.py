@@ -30,18 +30,24 @@ class ReportWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.written: list[Path] = []
+        self._manifest: dict[str, str] = self._read_manifest()
+
+    def _read_manifest(self) -> dict[str, str]:
         path = self.folder / MANIFEST
         try:
-            self._manifest: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+            return json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
-            self._manifest = {}
+            return {}
 
     def _ours(self, path: Path) -> bool:
+        """Written by modalrec: by this writer, or by another process writing into the same folder
+        (a benchmark continued beside a running one), whose entry is in the manifest on disk."""
         rel = str(path.relative_to(self.folder))
         try:
-            return self._manifest.get(rel) == _sha(path.read_bytes())
+            digest = _sha(path.read_bytes())
         except OSError:
             return False
+        return digest in (self._manifest.get(rel), self._read_manifest().get(rel))
 
     def target(self, name: str) -> Path:
         """Where ``name`` will be written: itself, unless a foreign file sits there."""
@@ -58,7 +64,7 @@ class ReportWriter:
         """Write ``data`` as ``name`` (atomically); returns the path actually written."""
         path = self.target(name)
         atomic_write(path, lambda fh: fh.write(data), mode="wb")
-        self._manifest[str(path.relative_to(self.folder))] = _sha(data)
+        self._manifest = {**self._read_manifest(), **self._manifest, str(path.relative_to(self.folder)): _sha(data)}
         write_json(self.folder / MANIFEST, self._manifest)
         if path not in self.written:  # a report rewritten as rows finish lists each file once
             self.written.append(path)
