@@ -314,6 +314,14 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
         lines.append("")
     lines += _rows_table(rows, extra)
     lines.append("")
+    if part.name.endswith("bpr-peer"):
+        ours = max((r["test_mean"].get("recall@20", math.nan) for r in rows), default=math.nan)
+        for vals in PEER_SCIENTIFIC_BPR.values():
+            verdict = "reached" if ours >= vals["recall@20"] else "**not reached**"
+            lines.append(
+                f"Target (ours ≥ the peer's test Recall@20): {verdict} ({ours:.4f} vs {vals['recall@20']:.4f})."
+            )
+        lines.append("")
     short = [
         r["label"] for r in rows if len(r["runs"]) < len(summary["seeds"]) and not _row_seeds(part.plan, r["label"])
     ]
