@@ -19,6 +19,17 @@ import torch
 # shared with other processes, where two threads per process made training 50x slower.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _one_thread_again():
+    """Tests of ``--threads`` change torch's thread count in this process; set it back after each test,
+    so that later in-process runs (e.g. the reference runs of the resume tests, compared bit for bit
+    with one-thread subprocesses) do not depend on the test order."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 # The shared real data: $MODALREC_TEST_DATA, else ``shared/data`` beside the checkout (the folder
 # that holds the repository also holds ``shared/data``). See the README's Tests section.
 TEST_DATA_VARIABLE = "MODALREC_TEST_DATA"

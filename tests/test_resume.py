@@ -90,6 +90,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def reference_runs(syn_dir, tmp_path_factory):
     """Uninterrupted runs of each model (in process, one thread — as the subprocesses run)."""
     root = tmp_path_factory.mktemp("reference")
+    torch.set_num_threads(1)  # what the subprocesses use; bit-for-bit equality depends on it
     runs = {}
     for name in MODEL_SETS:
         runs[name], _ = train_run(name, syn_dir, overrides=_overrides(name), out=root / name, quiet=True)
