@@ -218,20 +218,12 @@ def _ttest(a: dict, b: dict, metric: str) -> tuple[float, float]:
     return t.mean_diff, t.pvalue
 
 
-def _plan_labels(plan: str) -> list[str]:
+def _plan_rows(plan: str) -> dict[str, dict]:
+    """The rows of a plan by their table label (``label``, else the model name)."""
     import yaml
 
     rows = yaml.safe_load((PLANS / plan).read_text())["rows"]
-    return [str(r.get("label") or r["model"]) for r in rows]
-
-
-def _row_seeds(plan: str, label: str) -> list[int] | None:
-    import yaml
-
-    for r in yaml.safe_load((PLANS / plan).read_text())["rows"]:
-        if str(r.get("label") or r["model"]) == label:
-            return r.get("seeds")
-    return None
+    return {str(r.get("label") or r["model"]): r for r in rows}
 
 
 def _rows_table(rows: list[dict], extra_cols: dict[str, dict[str, str]] | None = None) -> list[str]:
@@ -282,7 +274,7 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
     summary = json.loads(summary_path.read_text())
     rows = summary["rows"]
     if not summary.get("complete", True):
-        plan_rows = _plan_labels(part.plan)
+        plan_rows = list(_plan_rows(part.plan))
         missing = [lb for lb in plan_rows if lb not in {r["label"] for r in rows}]
         lines += [f"**Partial**: still to run (or interrupted): {', '.join(missing)}.", ""]
     extra: dict[str, dict[str, str]] = {}
@@ -323,7 +315,9 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
             )
         lines.append("")
     short = [
-        r["label"] for r in rows if len(r["runs"]) < len(summary["seeds"]) and not _row_seeds(part.plan, r["label"])
+        r["label"]
+        for r in rows
+        if len(r["runs"]) < len(summary["seeds"]) and not _plan_rows(part.plan).get(r["label"], {}).get("seeds")
     ]
     lines.append(
         f"Test metrics, mean ± std over seeds {summary['seeds']} (a row's own seeds where its plan names them); "

@@ -80,6 +80,16 @@ def syn_dataset(syn_dir):
     return load_dataset(syn_dir)
 
 
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A CLI result that failed with exit code 1 and one ``error:`` line holding every fragment."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
 def inter_text(rows: Iterable[Sequence], header: Sequence[str] = HEADER) -> str:
     """Tab-separated .inter file text from a header and rows."""
     lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]

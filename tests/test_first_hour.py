@@ -8,7 +8,7 @@ import socket
 
 import pytest
 import yaml
-from conftest import TEST_DATA_VARIABLE, require_shared, toy_rows
+from conftest import TEST_DATA_VARIABLE, assert_one_line_error, require_shared, toy_rows
 from typer.testing import CliRunner
 
 from modalrec.cli import app
@@ -24,15 +24,6 @@ TINY = {"epochs": 1, "train_batch_size": 256}
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err, err
-    for f in fragments:
-        assert f in err, (f, err)
 
 
 @pytest.fixture(scope="module")

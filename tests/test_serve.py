@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import schemathesis
 import torch
+from conftest import assert_one_line_error
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -312,31 +313,22 @@ def test_openapi_schema_is_complete(mario):
 
 
 # ================================================================ refusing to start
-def _one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err, err
-    for f in fragments:
-        assert f in err, (f, err)
-
-
 def test_serve_refuses_a_missing_or_corrupt_run(tmp_path, runs):
     env = {"COLUMNS": "200", "NO_COLOR": "1"}
     invoke = CliRunner().invoke
-    _one_line_error(invoke(cli_app, ["serve", str(tmp_path / "nope")], env=env), "no such run directory")
+    assert_one_line_error(invoke(cli_app, ["serve", str(tmp_path / "nope")], env=env), "no such run directory")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(invoke(cli_app, ["serve", str(empty)], env=env), "no model.pt")
+    assert_one_line_error(invoke(cli_app, ["serve", str(empty)], env=env), "no model.pt")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.pt").write_bytes(b"not a checkpoint")
-    _one_line_error(invoke(cli_app, ["serve", str(corrupt)], env=env), "cannot read checkpoint")
+    assert_one_line_error(invoke(cli_app, ["serve", str(corrupt)], env=env), "cannot read checkpoint")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.pt").write_bytes((runs["LightGCN"] / "model.pt").read_bytes())
     (broken / "metrics.json").write_text("{truncated")
-    _one_line_error(invoke(cli_app, ["serve", str(broken)], env=env), "cannot load the run")
+    assert_one_line_error(invoke(cli_app, ["serve", str(broken)], env=env), "cannot load the run")
     bad_port = invoke(cli_app, ["serve", str(runs["LightGCN"]), "--port", "70000"], env=env)
     assert bad_port.exit_code == 2
 
