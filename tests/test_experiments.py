@@ -335,3 +335,36 @@ def test_benchmark_reuse_only_tabulates_finished_rows_and_trains_nothing(syn_dir
     assert [len(r["runs"]) for r in json.loads((out / "summary.json").read_text())["rows"]] == [2]
     res = invoke("benchmark", "--models", "LightGCN", "--data", syn_dir, "--out", tmp_path / "empty", "--reuse-only")
     assert res.exit_code == 1 and "no row of the benchmark has finished runs" in res.stderr
+
+
+def test_benchmark_does_not_reuse_a_run_made_under_another_configuration(syn_dir, tmp_path):
+    """The setting id hashes only the overrides: a changed default must not hand back the old model's run."""
+    import yaml
+
+    out, logs = tmp_path / "drift", []
+    report = run_benchmark(["BPR"], syn_dir, [1], out=out, overrides={"epochs": 1}, log=logs.append)
+    assert (report.trained, report.reused) == (1, 0)
+    record_path = next((out / "results").rglob("seed-1.json"))
+    run_dir = Path(json.loads(record_path.read_text())["run_dir"])
+    cfg_path = run_dir / "config.yaml"
+    stored = yaml.safe_load(cfg_path.read_text())
+
+    # a key added after the run was made, at its compat value (overall.yaml `compat:`): still the same run
+    del stored["config"]["optimizer"]
+    cfg_path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    report = run_benchmark(["BPR"], syn_dir, [1], out=out, overrides={"epochs": 1}, log=logs.append)
+    assert (report.trained, report.reused) == (0, 1)
+
+    # the run was made with another reg_weight (as if the default had changed since): trained again
+    stored["config"]["reg_weight"] = 0.5
+    cfg_path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    logs.clear()
+    with pytest.raises(bench_mod.ModalrecError, match="no row of the benchmark has finished runs"):
+        run_benchmark(["BPR"], syn_dir, [1], out=out, overrides={"epochs": 1}, log=logs.append, reuse_only=True)
+    assert any("left out" in line and "reg_weight 0.5 → 0.0001" in line for line in logs), logs  # says why
+    logs.clear()
+    report = run_benchmark(["BPR"], syn_dir, [1], out=out, overrides={"epochs": 1}, log=logs.append)
+    assert (report.trained, report.reused) == (1, 0)
+    assert any("another configuration (reg_weight 0.5 → 0.0001)" in line for line in logs), logs
+    assert (record_path.parent / "seed-1.superseded-1.json").is_file()  # the old record is kept
+    assert run_dir.is_dir() and json.loads(record_path.read_text())["run_dir"] != str(run_dir)

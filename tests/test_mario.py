@@ -385,3 +385,31 @@ def test_content_norm_makes_scores_independent_of_the_projection_scale(ds):
         after = model.full_scores(users)
         same = torch.allclose(before, after, rtol=1e-4, atol=1e-4)
         assert same == (norm == "l2"), norm
+
+
+# ====================================================================== content gate
+def test_content_gate_scales_content_scores_only_and_starts_at_the_backbone(ds):
+    """content_gate: learned multiplies v^m (m ≠ IN) by g_m in the scores; the decoders read ungated v^m."""
+    model = make(ds, content_gate="learned", content_gate_init=0.0, ranking_block_size=16)
+    assert model.content_gate is not None and model.content_gate.shape == (2,)
+    model.eval()
+    users, items = torch.arange(N_USERS), torch.arange(N_ITEMS)
+    with torch.no_grad():
+        reps = model.forward_representations()
+        assert torch.all(reps.items[:2] == 0)  # g = 0: content scores vanish
+        s_in = reps.users @ reps.items[2].T
+        # r̂ = s·e^{s/√d} / (2 + e^{s/√d}) is increasing in s here, so the ranking is the backbone's alone
+        assert torch.equal(model.full_scores(users).argsort(dim=1), s_in.argsort(dim=1))
+        mp_closed = model.preservation_loss(reps, items)
+        model.content_gate.fill_(3.0)
+        reps3 = model.forward_representations()
+        torch.testing.assert_close(reps3.items[:2], 3.0 * torch.stack(reps3.content))
+        torch.testing.assert_close(model.preservation_loss(reps3, items), mp_closed)  # the gate is not decoded
+    randomise(model)
+    uu, ii = users[:10].repeat_interleave(N_ITEMS), items.repeat(10)
+    torch.testing.assert_close(
+        model.full_scores(users[:10]).reshape(-1), model.naive_pair_scores(uu, ii), rtol=1e-4, atol=1e-4
+    )
+    assert make(ds).content_gate is None  # the default has no gate
+    with pytest.raises(ConfigError, match="content_gate must be one of none, learned"):
+        make(ds, content_gate="fixed")

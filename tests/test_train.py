@@ -405,3 +405,39 @@ def test_bpr_item_bias_scores_loss_and_ranking(syn_dataset):
     result = fit(model, syn_dataset, config, log=quiet)
     assert result.test.metrics["recall@20"] > 1.5 * expected_random_recall(syn_dataset)
     assert float(model.item_bias.weight.detach().abs().max()) > 0  # the bias was learned
+
+
+def test_bpr_squared_regulariser_and_small_uniform_start(syn_dataset):
+    """reg_form sq: λ·½Σ‖x‖²/B (biases included); init small_uniform: every entry in [−½d⁻¹, ½d⁻¹]."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    over = {"item_bias": True, "reg_form": "sq", "reg_weight": 0.3, "init": "small_uniform"}
+    model, config, _ = prepare_model("BPR", syn_dataset, over, cache_dir=False)
+    d = int(config.embedding_size)
+    for emb in (model.user_emb.weight.detach(), model.item_emb.weight.detach()):
+        assert float(emb.abs().max()) <= 0.5 / d and float(emb.std()) > 0.1 / d
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    users, pos, neg = torch.arange(20), torch.arange(20) % syn_dataset.n_items, (torch.arange(20) + 7) % 100
+    e_u, e_i, b = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight[:, 0]
+    with torch.no_grad():
+        s_p = (e_u[users] * e_i[pos]).sum(1) + b[pos]
+        s_n = (e_u[users] * e_i[neg]).sum(1) + b[neg]
+        sq = 0.5 * sum(t.pow(2).sum() for t in (e_u[users], e_i[pos], e_i[neg], b[pos], b[neg])) / 20
+        torch.testing.assert_close(model.loss(Batch(users, pos, neg)), -F.logsigmoid(s_p - s_n).mean() + 0.3 * sq)
+    for key, bad in (("reg_form", "l1"), ("init", "zeros")):
+        with pytest.raises(ConfigError, match=f"BPR: {key} must be one of"):
+            prepare_model("BPR", syn_dataset, {key: bad}, cache_dir=False)
+
+
+def test_sgd_optimizer_trains_and_an_unknown_optimizer_is_one_clear_error(syn_dataset):
+    """optimizer: sgd steps on the batch-mean loss (learning rate = per-sample step × batch size)."""
+    model, config, _ = prepare_model(
+        "BPR", syn_dataset, {**FAST, "optimizer": "sgd", "learning_rate": 20.0, "reg_form": "sq"}, cache_dir=False
+    )
+    result = fit(model, syn_dataset, config, log=quiet)
+    assert result.test.metrics["recall@20"] > 1.5 * expected_random_recall(syn_dataset)
+    model, config, _ = prepare_model("BPR", syn_dataset, {**FAST, "optimizer": "rmsprop"}, cache_dir=False)
+    with pytest.raises(ConfigError, match="optimizer must be one of adam, sgd; got 'rmsprop'"):
+        fit(model, syn_dataset, config, log=quiet)

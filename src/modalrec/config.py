@@ -48,7 +48,46 @@ def load_defaults(model_file: str) -> tuple[dict, dict, dict]:
     presets = own.pop("presets", {}) or {}
     search = own.pop("search_space", {}) or {}
     own.pop("description", None)
+    overall.pop("compat", None)
+    own.pop("compat", None)
     return {**overall, **own}, presets, search
+
+
+def compat_defaults(model_file: str) -> dict[str, Any]:
+    """The ``compat:`` sections of overall.yaml and ``<model>.yaml``: for each key added after runs
+    were already made, the value that reproduces what those runs did (they were made without it).
+
+    A stored run whose configuration lacks such a key is taken to have had this value; a key
+    that is missing and has no compat entry makes the run incomparable (see
+    :func:`config_drift`).
+    """
+    overall = _read_yaml(config_file("overall"), "configs/overall.yaml").get("compat") or {}
+    own = _read_yaml(config_file(model_file), f"configs/{model_file}.yaml").get("compat") or {}
+    return {**overall, **own}
+
+
+# Keys that change neither what a run learns nor how it is evaluated (speed and bookkeeping only).
+NEUTRAL_KEYS = frozenset({"checkpoint_every", "eval_batch_size", "ranking_block_size", "knn_block_size", "preset"})
+
+
+def config_drift(model_file: str, stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """How a stored run's resolved configuration differs from the one the same command resolves now.
+
+    Returns ``"key old → new"`` lines (empty: the run is what the command would train today).
+    Keys the stored configuration lacks take their :func:`compat_defaults` value.
+    """
+    compat = compat_defaults(model_file)
+    missing = object()
+    changes = []
+    for key, new in current.items():
+        if key in NEUTRAL_KEYS:
+            continue
+        old = stored.get(key, compat.get(key, missing))
+        if old is missing:
+            changes.append(f"{key} (not set) → {new!r}")
+        elif old != new:
+            changes.append(f"{key} {old!r} → {new!r}")
+    return changes
 
 
 def _type_ok(default: Any, value: Any) -> bool:

@@ -299,6 +299,22 @@ def _test_signal_hook(epoch: int, batch: int | None) -> None:
         os.kill(os.getpid(), getattr(signal, f"SIG{name.upper()}"))
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+    """The trainer's optimizer: ``adam`` (MMRec's, the default) or plain ``sgd`` (Rendle's BPR, Cornac).
+
+    Both take ``learning_rate`` and ``weight_decay``. With ``sgd`` the step is taken on the batch
+    MEAN loss, so per-sample SGD with step η corresponds to ``learning_rate`` = η · batch size.
+    """
+    kind = str(config.get("optimizer", "adam")).lower()
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {config.get('optimizer')!r}")
+    cls = torch.optim.Adam if kind == "adam" else torch.optim.SGD
+    return cls(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
 def checkpoint_interval(config: Config) -> int:
     """Epochs between resume states: ``checkpoint_every``, where 0 means at every evaluation (``eval_step``)."""
     every = int(config.get("checkpoint_every", 0))
@@ -348,7 +364,7 @@ def fit(
     )
     if metric not in {f"{m}@{k}" for m in config.metrics for k in ks}:
         raise ModalrecError(f"valid_metric {config.valid_metric!r} is not among the computed metrics/topk")
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     gamma, period = config.learning_rate_scheduler
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (e / period))
     batch_size = int(config.train_batch_size)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from modalrec.config import describe_preset, load_defaults, resolve_config
+from modalrec.config import config_drift, describe_preset, load_defaults, resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.data.split import COLD_ITEMS, resplit_dataset
 from modalrec.errors import Interrupted, ModalrecError, RunError
@@ -41,7 +41,7 @@ from modalrec.experiments.rankers import RANKERS, FixedRanker, ranker_name
 from modalrec.experiments.report import ReportWriter
 from modalrec.experiments.significance import align_users, paired_ttest
 from modalrec.experiments.tables import DEFAULT_METRICS, ResultTable, metric_label
-from modalrec.io import write_json, write_npz
+from modalrec.io import read_yaml, write_json, write_npz
 from modalrec.models import get_model_class
 from modalrec.models.base import COLD_UNABLE
 from modalrec.runs import RESUME_FILE, new_run_dir, per_user_metrics, resume_run, train_run
@@ -119,6 +119,15 @@ class ResultsStore:
         except ValueError:
             return None  # a damaged record counts as not finished
 
+    def retire(self, model: str, sid: str, seed: int) -> Path:
+        """Move a record aside (``seed-N.superseded-K.json``) so a new run can take its place; returns where."""
+        p = self.path(model, sid, seed)
+        k = 1
+        while (dest := p.with_name(f"{p.stem}.superseded-{k}.json")).exists():
+            k += 1
+        p.rename(dest)
+        return dest
+
     def put(self, record: dict) -> Path:
         """Store a finished run's record (atomically); returns its path."""
         p = self.path(record["model"], record["setting_id"], record["seed"])
@@ -185,10 +194,17 @@ class Experiment:
             setting["preset"] = self.preset
         sid = setting_id(cls.name, setting)
         record = self.store.get(cls.name, sid, seed)
-        if record is not None:
+        drift = self.drift(cls, record, overrides, seed) if record is not None else []
+        if record is not None and not drift:
             self.reused += 1
             self.log(f"  {cls.name} seed {seed} [{sid}] finished earlier — reused")
             return record
+        if drift:
+            what = f"{cls.name} seed {seed} [{sid}] was made with another configuration ({'; '.join(drift)})"
+            if self.reuse_only:
+                raise NotFinished(f"{what}: not reused")
+            kept = self.store.retire(cls.name, sid, seed)
+            self.log(f"  {what} — training it again (the old record is kept as {kept.name})")
         if self.reuse_only:
             raise NotFinished(f"{cls.name} seed {seed} [{sid}] has not finished")
         t0 = time.perf_counter()
@@ -218,6 +234,20 @@ class Experiment:
             f"valid {_brief(result.valid.metrics)}, test {_brief(result.test.metrics)} ({record['seconds']:.1f}s)"
         )
         return record
+
+    def drift(self, cls, record: dict, overrides: dict[str, Any], seed: int) -> list[str]:
+        """Differences between a stored run's configuration and what this command resolves today.
+
+        The setting id hashes only the overrides, so a changed default (or a new option) would
+        otherwise hand back a run of the old model. A run folder whose config.yaml is gone or
+        unreadable cannot be checked and is trusted as it is.
+        """
+        try:
+            stored = read_yaml(Path(record["run_dir"]) / "config.yaml")["config"]
+        except (OSError, KeyError, TypeError, ValueError, ModalrecError):
+            return []
+        current = resolve_config(cls.config_name, self.dataset.name, {**overrides, "seed": seed}, self.preset)
+        return config_drift(cls.config_name, stored, current.to_dict())
 
     def ranker_config(self):
         """The shared evaluation settings (topk, metrics, eval mode…) a reference ranker is evaluated with."""

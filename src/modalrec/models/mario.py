@@ -29,6 +29,7 @@ FUSIONS = ("attention", "mean", "max", "fc")
 DECODE_FROM = ("propagated", "compressed")
 GRAPH_REFRESH = ("forward", "epoch")
 CONTENT_NORMS = ("none", "l2")
+CONTENT_GATES = ("none", "learned")
 
 
 @dataclass
@@ -37,13 +38,15 @@ class MarioRepresentations:
 
     ``items`` stacks the active modality item tables v^m in ``parts`` order, (M, I, d);
     ``fused`` is the user-independent item table of the mean/max/fc fusions (None for
-    attention); ``compressed`` holds C_m = F_m W_m per active content modality.
+    attention); ``compressed`` holds C_m = F_m W_m per active content modality and
+    ``content`` the propagated v^m before the content gate (what the decoders read).
     """
 
     users: torch.Tensor
     items: torch.Tensor
     fused: torch.Tensor | None
     compressed: list[torch.Tensor]
+    content: list[torch.Tensor]
 
 
 @register
@@ -133,6 +136,7 @@ class MARIO(Recommender):
         self.decode_from = config.decode_from
         self.graph_refresh = config.graph_refresh
         self.content_norm = config.content_norm
+        self.content_gate_kind = config.content_gate
         self.ranking_block_size = int(config.ranking_block_size)
         self.knn_block_size = int(config.knn_block_size)
 
@@ -169,6 +173,9 @@ class MARIO(Recommender):
                     f"fixed_vals_{i}", torch.from_numpy(fixed.data.astype(np.float32)), persistent=False
                 )
         self.fc: nn.Linear | None = nn.Linear(len(self.parts) * d, d) if self.fusion == "fc" else None
+        self.content_gate: nn.Parameter | None = None
+        if self.content_gate_kind == "learned" and self.content:
+            self.content_gate = nn.Parameter(torch.full((len(self.content),), float(config.content_gate_init)))
         self._graph_cache: list[SparseOperator] | None = None  # Ḡ_m when reused (epoch refresh, or λ = 1)
         self.to(graphs.device)
         self._reset_parameters()
@@ -182,6 +189,7 @@ class MARIO(Recommender):
             ("decode_from", DECODE_FROM),
             ("graph_refresh", GRAPH_REFRESH),
             ("content_norm", CONTENT_NORMS),
+            ("content_gate", CONTENT_GATES),
         ):
             if config[key] not in allowed:
                 raise ConfigError(f"MARIO: {key} must be one of {', '.join(allowed)}; got {config[key]!r}")
@@ -198,6 +206,8 @@ class MARIO(Recommender):
             raise ConfigError(f"MARIO: lambda_coeff must be in [0, 1]; got {config.lambda_coeff}")
         if not (math.isfinite(float(config.mu)) and float(config.mu) >= 0):
             raise ConfigError(f"MARIO: mu must be a finite number >= 0; got {config.mu}")
+        if not math.isfinite(float(config.content_gate_init)):
+            raise ConfigError(f"MARIO: content_gate_init must be a finite number; got {config.content_gate_init}")
         if not 0.0 <= float(config.ngcf_mess_dropout) < 1.0:
             raise ConfigError(f"MARIO: ngcf_mess_dropout must be in [0, 1); got {config.ngcf_mess_dropout}")
 
@@ -332,9 +342,13 @@ class MARIO(Recommender):
             m: propagate(op, c, self.n_mm_layers, "last")
             for m, op, c in zip(self.content, ops, compressed, strict=True)
         }
+        content = [tables[m] for m in self.content]
+        if self.content_gate is not None:
+            for i, m in enumerate(self.content):
+                tables[m] = self.content_gate[i] * tables[m]
         tables[INTERACTION] = v_in
         items = torch.stack([tables[m] for m in self.parts])
-        return MarioRepresentations(users, items, self._fuse(items), compressed)
+        return MarioRepresentations(users, items, self._fuse(items), compressed, content)
 
     def _fuse(self, items: torch.Tensor) -> torch.Tensor | None:
         """User-independent fused item table for mean/max/fc (docs/models/mario.md#variants), None for attention."""
@@ -405,7 +419,7 @@ class MARIO(Recommender):
         """L_MP = Σ_m mean_{j ∈ items, feature e} |F_m[j, e] − F̂_m[j, e]| (paper Eq. 8)."""
         total = reps.users.new_zeros(())
         for i, m in enumerate(self.content):
-            src = reps.items[self.parts.index(m)] if self.decode_from == "propagated" else reps.compressed[i]
+            src = reps.content[i] if self.decode_from == "propagated" else reps.compressed[i]
             recon = self.decoders[i](src[items])
             total = total + (recon - self._features(i)[items]).abs().mean()
         return total
