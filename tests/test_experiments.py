@@ -368,3 +368,24 @@ def test_benchmark_does_not_reuse_a_run_made_under_another_configuration(syn_dir
     assert any("another configuration (reg_weight 0.5 → 0.0001)" in line for line in logs), logs
     assert (record_path.parent / "seed-1.superseded-1.json").is_file()  # the old record is kept
     assert run_dir.is_dir() and json.loads(record_path.read_text())["run_dir"] != str(run_dir)
+
+
+def test_adopted_train_run_is_reused_and_a_mismatched_one_refused(syn_dir, tmp_path):
+    """benchmarks/adopt_run.py: a `modalrec train` run becomes a benchmark trial only if it is that exact trial."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adopt_run", Path(__file__).parents[1] / "benchmarks/adopt_run.py")
+    adopt_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adopt_run)
+    run = tmp_path / "run"
+    res = invoke("train", "--model", "BPR", "--data", syn_dir, "--epochs", 1, "--seed", 4, "--out", run, "-q")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "bench"
+    common = ["--data", str(syn_dir), "--out", str(out), "--model", "BPR", "--base", "epochs=1"]
+    assert adopt_run.main([*common, "--set", "reg_weight=0.5", str(run)]) == 1  # not the trial: refused
+    assert not (out / "results").exists()
+    assert adopt_run.main([*common, str(run)]) == 0
+    report = run_benchmark(["BPR"], syn_dir, [4], out=out, overrides={"epochs": 1}, log=lambda s: None)
+    assert (report.trained, report.reused) == (0, 1)
+    record = json.loads(next((out / "results").rglob("seed-4.json")).read_text())
+    assert record["adopted"] is True and record["run_dir"] == str(run.resolve())

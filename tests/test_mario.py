@@ -401,7 +401,7 @@ def test_content_gate_scales_content_scores_only_and_starts_at_the_backbone(ds):
         # r̂ = s·e^{s/√d} / (2 + e^{s/√d}) is increasing in s here, so the ranking is the backbone's alone
         assert torch.equal(model.full_scores(users).argsort(dim=1), s_in.argsort(dim=1))
         mp_closed = model.preservation_loss(reps, items)
-        model.content_gate.fill_(3.0)
+        model.content_gate.fill_(3.0 / model.gate_speed)
         reps3 = model.forward_representations()
         torch.testing.assert_close(reps3.items[:2], 3.0 * torch.stack(reps3.content))
         torch.testing.assert_close(model.preservation_loss(reps3, items), mp_closed)  # the gate is not decoded

@@ -441,3 +441,13 @@ def test_sgd_optimizer_trains_and_an_unknown_optimizer_is_one_clear_error(syn_da
     model, config, _ = prepare_model("BPR", syn_dataset, {**FAST, "optimizer": "rmsprop"}, cache_dir=False)
     with pytest.raises(ConfigError, match="optimizer must be one of adam, sgd; got 'rmsprop'"):
         fit(model, syn_dataset, config, log=quiet)
+
+
+def test_min_epochs_holds_early_stopping_back(syn_dataset):
+    """With patience 0 training stops at the first non-improvement, but never before min_epochs."""
+    over = {**FAST, "stopping_step": 0, "learning_rate": 0.5, "epochs": 30}
+    model, config, _ = prepare_model("BPR", syn_dataset, over, cache_dir=False)
+    free = fit(model, syn_dataset, config, log=quiet)
+    model, config, _ = prepare_model("BPR", syn_dataset, {**over, "min_epochs": 12}, cache_dir=False)
+    held = fit(model, syn_dataset, config, log=quiet)
+    assert len(free.history) < 12 <= len(held.history)

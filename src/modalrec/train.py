@@ -338,7 +338,8 @@ def fit(
     """Train ``model`` with early stopping on ``config.valid_metric``; test once on the best weights.
 
     The validation metric must improve strictly to count; after ``stopping_step``
-    evaluations without improvement training stops. A NaN/inf loss stops training and
+    evaluations without improvement training stops, but never before ``min_epochs`` epochs
+    (a model started near zero can sit on a plateau for more than the patience first). A NaN/inf loss stops training and
     keeps the best result so far. The test split is evaluated exactly once, on the
     restored best weights, and is never used for any decision.
 
@@ -498,7 +499,7 @@ def fit(
                     f"{max_epochs - epoch - 1} of {max_epochs} epochs at {format_duration(clock.timed[0])} per "
                     "epoch — an upper bound: early stopping usually ends sooner",
                 )
-            if st["bad_evals"] > int(config.stopping_step):
+            if st["bad_evals"] > int(config.stopping_step) and epoch + 1 >= int(config.get("min_epochs", 0)):
                 stop_reason = f"no improvement of valid {metric} for {st['bad_evals']} evaluations"
                 break
             if st["epoch"] >= max_epochs:

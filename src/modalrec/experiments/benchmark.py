@@ -189,9 +189,7 @@ class Experiment:
         cls = get_model_class(model)
         dataset = self.dataset.select_modalities(modalities)
         overrides = {**self.base, **overrides}
-        setting = {"overrides": overrides, "modalities": modalities, "data": dataset.fingerprint}
-        if self.preset is not None:  # only then: the ids of runs made before --preset existed stay valid
-            setting["preset"] = self.preset
+        setting = self._setting(overrides, modalities, dataset)
         sid = setting_id(cls.name, setting)
         record = self.store.get(cls.name, sid, seed)
         drift = self.drift(cls, record, overrides, seed) if record is not None else []
@@ -233,6 +231,58 @@ class Experiment:
             f"  {cls.name} seed {seed} [{sid}] {_short(overrides) or 'defaults'}: best epoch {result.best_epoch}, "
             f"valid {_brief(result.valid.metrics)}, test {_brief(result.test.metrics)} ({record['seconds']:.1f}s)"
         )
+        return record
+
+    def _setting(self, overrides: dict[str, Any], modalities: list[str] | None, dataset: Dataset) -> dict:
+        setting = {"overrides": overrides, "modalities": modalities, "data": dataset.fingerprint}
+        if self.preset is not None:  # only then: the ids of runs made before --preset existed stay valid
+            setting["preset"] = self.preset
+        return setting
+
+    def adopt(
+        self, model: str, overrides: dict[str, Any], modalities: list[str] | None, seed: int, run_dir: str | Path
+    ) -> dict:
+        """Record a finished ``modalrec train`` run as this experiment's (model, overrides, seed) trial.
+
+        Refused (one line) unless the run is exactly what :meth:`run` would train: same model,
+        same data (content hash and modalities), and a resolved configuration without
+        :func:`config_drift`. The record says ``"adopted": true``; the run folder stays where it is.
+        """
+        cls = get_model_class(model)
+        run_dir = Path(run_dir).resolve()
+        dataset = self.dataset.select_modalities(modalities)
+        overrides = {**self.base, **overrides}
+        try:
+            stored = read_yaml(run_dir / "config.yaml")
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModalrecError(f"{run_dir}: not a finished run ({exc.__class__.__name__}: {exc})") from None
+        if stored.get("model") != cls.name:
+            raise ModalrecError(f"{run_dir}: a {stored.get('model')} run, not {cls.name}")
+        data = stored.get("data") or {}
+        if data.get("fingerprint") != dataset.fingerprint or list(data.get("modalities") or []) != dataset.modalities:
+            raise ModalrecError(f"{run_dir}: trained on other data or modalities than {self.data_dir}")
+        current = resolve_config(cls.config_name, self.dataset.name, {**overrides, "seed": seed}, self.preset)
+        drift = config_drift(cls.config_name, stored["config"], current.to_dict())
+        if drift:
+            raise ModalrecError(f"{run_dir}: its configuration differs ({'; '.join(drift)})")
+        sid = setting_id(cls.name, self._setting(overrides, modalities, dataset))
+        record = {
+            "model": cls.name,
+            "seed": seed,
+            "setting_id": sid,
+            "setting": self._setting(overrides, modalities, dataset),
+            "run_dir": str(run_dir),
+            "best_epoch": metrics["best_epoch"],
+            "valid": metrics["valid"],
+            "test": metrics["test"],
+            "seconds": round(float(metrics["timings"]["total_train_seconds"]), 3),
+            "finished": time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.localtime(run_dir.joinpath("metrics.json").stat().st_mtime)
+            ),
+            "adopted": True,
+        }
+        self.store.put(record)
         return record
 
     def drift(self, cls, record: dict, overrides: dict[str, Any], seed: int) -> list[str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modalrec.errors import ConfigError
 from modalrec.models import register
 from modalrec.models.base import Batch, Recommender, xavier_embedding
-from modalrec.errors import ConfigError
 from modalrec.nn.losses import bpr_loss, emb_loss, sq_reg
 from modalrec.nn.scoring import pair_scores
 

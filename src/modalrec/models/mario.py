@@ -175,7 +175,11 @@ class MARIO(Recommender):
         self.fc: nn.Linear | None = nn.Linear(len(self.parts) * d, d) if self.fusion == "fc" else None
         self.content_gate: nn.Parameter | None = None
         if self.content_gate_kind == "learned" and self.content:
-            self.content_gate = nn.Parameter(torch.full((len(self.content),), float(config.content_gate_init)))
+            # g_m = speed · θ_m: Adam moves θ by about the learning rate per step, whatever the gradient's
+            # size, so without the factor g could move only ~lr per step from its start.
+            self.gate_speed = float(config.content_gate_speed)
+            theta = float(config.content_gate_init) / self.gate_speed
+            self.content_gate = nn.Parameter(torch.full((len(self.content),), theta))
         self._graph_cache: list[SparseOperator] | None = None  # Ḡ_m when reused (epoch refresh, or λ = 1)
         self.to(graphs.device)
         self._reset_parameters()
@@ -206,6 +210,8 @@ class MARIO(Recommender):
             raise ConfigError(f"MARIO: lambda_coeff must be in [0, 1]; got {config.lambda_coeff}")
         if not (math.isfinite(float(config.mu)) and float(config.mu) >= 0):
             raise ConfigError(f"MARIO: mu must be a finite number >= 0; got {config.mu}")
+        if not (math.isfinite(float(config.content_gate_speed)) and float(config.content_gate_speed) > 0):
+            raise ConfigError(f"MARIO: content_gate_speed must be a number > 0; got {config.content_gate_speed}")
         if not math.isfinite(float(config.content_gate_init)):
             raise ConfigError(f"MARIO: content_gate_init must be a finite number; got {config.content_gate_init}")
         if not 0.0 <= float(config.ngcf_mess_dropout) < 1.0:
@@ -240,6 +246,10 @@ class MARIO(Recommender):
         if len(set(wanted)) != len(wanted):
             raise ConfigError(f"MARIO: modalities lists a modality twice: {list(wanted)}")
         return [m for m in available if m in wanted]
+
+    def gate_values(self) -> torch.Tensor:
+        """The content gates g_m = speed · θ_m (``content_gate: learned``)."""
+        return self.gate_speed * self.content_gate
 
     def used_modalities(self) -> list[str]:
         return list(self.content)
@@ -344,8 +354,9 @@ class MARIO(Recommender):
         }
         content = [tables[m] for m in self.content]
         if self.content_gate is not None:
+            gates = self.gate_values()
             for i, m in enumerate(self.content):
-                tables[m] = self.content_gate[i] * tables[m]
+                tables[m] = gates[i] * tables[m]
         tables[INTERACTION] = v_in
         items = torch.stack([tables[m] for m in self.parts])
         return MarioRepresentations(users, items, self._fuse(items), compressed, content)
@@ -418,7 +429,7 @@ class MARIO(Recommender):
     def preservation_loss(self, reps: MarioRepresentations, items: torch.Tensor) -> torch.Tensor:
         """L_MP = Σ_m mean_{j ∈ items, feature e} |F_m[j, e] − F̂_m[j, e]| (paper Eq. 8)."""
         total = reps.users.new_zeros(())
-        for i, m in enumerate(self.content):
+        for i in range(len(self.content)):
             src = reps.content[i] if self.decode_from == "propagated" else reps.compressed[i]
             recon = self.decoders[i](src[items])
             total = total + (recon - self._features(i)[items]).abs().mean()
