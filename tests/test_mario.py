@@ -56,6 +56,8 @@ def randomise(model: MARIO, scale: float = 3.0) -> None:
             p.mul_(scale)
             if p.dim() == 1:  # biases start at zero
                 p.normal_(0.0, 0.1)
+        if model.content_gate is not None:  # the default gate starts at 0; open it so content counts
+            model.content_gate.uniform_(0.8, 1.2).div_(model.gate_speed)
 
 
 def fixed_batch(dataset: Dataset, n: int = 256, seed: int = 0) -> Batch:
@@ -187,7 +189,7 @@ def test_loss_matches_the_written_formula(ds):
             items = torch.unique(torch.cat([batch.pos, batch.neg]))
             mp = 0.0
             for i, m in enumerate(["image", "text"]):
-                src = reps.items[i] if decode_from == "propagated" else reps.compressed[i]
+                src = reps.content[i] if decode_from == "propagated" else reps.compressed[i]
                 feats = torch.from_numpy(ds.features[m])[items]
                 mp += (src[items] @ model.decoders[i].weight.T - feats).abs().sum() / feats.numel()
             eu, ei = model.user_emb.weight, model.item_emb.weight
@@ -410,6 +412,8 @@ def test_content_gate_scales_content_scores_only_and_starts_at_the_backbone(ds):
     torch.testing.assert_close(
         model.full_scores(users[:10]).reshape(-1), model.naive_pair_scores(uu, ii), rtol=1e-4, atol=1e-4
     )
-    assert make(ds).content_gate is None  # the default has no gate
+    assert make(ds, content_gate="none").content_gate is None
+    default = make(ds)  # the default: a learned gate that starts closed
+    assert default.content_gate is not None and torch.all(default.gate_values() == 0)
     with pytest.raises(ConfigError, match="content_gate must be one of none, learned"):
         make(ds, content_gate="fixed")

@@ -48,8 +48,9 @@ def load_defaults(model_file: str) -> tuple[dict, dict, dict]:
     presets = own.pop("presets", {}) or {}
     search = own.pop("search_space", {}) or {}
     own.pop("description", None)
-    overall.pop("compat", None)
-    own.pop("compat", None)
+    for section in ("compat", "only_with"):
+        overall.pop(section, None)
+        own.pop(section, None)
     return {**overall, **own}, presets, search
 
 
@@ -61,8 +62,12 @@ def compat_defaults(model_file: str) -> dict[str, Any]:
     that is missing and has no compat entry makes the run incomparable (see
     :func:`config_drift`).
     """
-    overall = _read_yaml(config_file("overall"), "configs/overall.yaml").get("compat") or {}
-    own = _read_yaml(config_file(model_file), f"configs/{model_file}.yaml").get("compat") or {}
+    return _section(model_file, "compat")
+
+
+def _section(model_file: str, name: str) -> dict[str, Any]:
+    overall = _read_yaml(config_file("overall"), "configs/overall.yaml").get(name) or {}
+    own = _read_yaml(config_file(model_file), f"configs/{model_file}.yaml").get(name) or {}
     return {**overall, **own}
 
 
@@ -74,14 +79,20 @@ def config_drift(model_file: str, stored: Mapping[str, Any], current: Mapping[st
     """How a stored run's resolved configuration differs from the one the same command resolves now.
 
     Returns ``"key old → new"`` lines (empty: the run is what the command would train today).
-    Keys the stored configuration lacks take their :func:`compat_defaults` value.
+    Keys the stored configuration lacks take their :func:`compat_defaults` value; a key listed
+    in a YAML's ``only_with:`` section is compared only when the keys it depends on have the
+    values named there in the current configuration.
     """
     compat = compat_defaults(model_file)
+    only_with = _section(model_file, "only_with")  # key → {other key: value it needs to matter}
     missing = object()
     changes = []
     for key, new in current.items():
         if key in NEUTRAL_KEYS:
             continue
+        needs = only_with.get(key) or {}
+        if any(current.get(k) != v for k, v in needs.items()):
+            continue  # the key has no effect in this configuration (e.g. a gate's start with no gate)
         old = stored.get(key, compat.get(key, missing))
         if old is missing:
             changes.append(f"{key} (not set) → {new!r}")

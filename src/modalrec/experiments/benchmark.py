@@ -282,6 +282,8 @@ class Experiment:
             ),
             "adopted": True,
         }
+        if self.store.get(cls.name, sid, seed) is not None:  # never overwrite a record: keep it aside
+            self.store.retire(cls.name, sid, seed)
         self.store.put(record)
         return record
 
