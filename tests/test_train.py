@@ -381,22 +381,30 @@ def test_allocator_tuning_can_be_switched_off(monkeypatch):
     assert train_mod.keep_freed_memory_in_process() is applied  # idempotent
 
 
+def _biased_bpr_parts(model, n_items: int):
+    """A fixed batch and its literal pieces: the batch, e_u, e_i, b, and the scores s_p, s_n (with biases)."""
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    users, pos, neg = torch.arange(20), torch.arange(20) % n_items, (torch.arange(20) + 7) % 100
+    e_u, e_i, b = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight[:, 0]
+    with torch.no_grad():
+        s_p = (e_u[users] * e_i[pos]).sum(1) + b[pos]
+        s_n = (e_u[users] * e_i[neg]).sum(1) + b[neg]
+    return Batch(users, pos, neg), e_u, e_i, b, s_p, s_n
+
+
 def test_bpr_item_bias_scores_loss_and_ranking(syn_dataset):
     """item_bias: s = e_u·e_j + b_j in the loss and in full ranking; EmbLoss covers b_p, b_n; it trains."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)
     model, config, _ = prepare_model("BPR", syn_dataset, {"item_bias": True, "reg_weight": 0.5}, cache_dir=False)
+    batch, e_u, e_i, b, s_p, s_n = _biased_bpr_parts(model, syn_dataset.n_items)
+    users, pos, neg = batch.users, batch.pos, batch.neg
     with torch.no_grad():
-        model.item_bias.weight.normal_()
-    users, pos, neg = torch.arange(20), torch.arange(20) % syn_dataset.n_items, (torch.arange(20) + 7) % 100
-    e_u, e_i, b = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight[:, 0]
-    with torch.no_grad():
-        s_p = (e_u[users] * e_i[pos]).sum(1) + b[pos]
-        s_n = (e_u[users] * e_i[neg]).sum(1) + b[neg]
         reg = sum(torch.linalg.norm(t) for t in (e_u[users], e_i[pos], e_i[neg], b[pos], b[neg])) / 20
         want = -F.logsigmoid(s_p - s_n).mean() + 0.5 * reg
-        torch.testing.assert_close(model.loss(Batch(users, pos, neg)), want)
+        torch.testing.assert_close(model.loss(batch), want)
     model.eval()
     torch.testing.assert_close(model.full_scores(users), e_u[users] @ e_i.T + b[None, :])
     plain, _, _ = prepare_model("BPR", syn_dataset, {}, cache_dir=False)
@@ -417,15 +425,11 @@ def test_bpr_squared_regulariser_and_small_uniform_start(syn_dataset):
     d = int(config.embedding_size)
     for emb in (model.user_emb.weight.detach(), model.item_emb.weight.detach()):
         assert float(emb.abs().max()) <= 0.5 / d and float(emb.std()) > 0.1 / d
+    batch, e_u, e_i, b, s_p, s_n = _biased_bpr_parts(model, syn_dataset.n_items)
+    users, pos, neg = batch.users, batch.pos, batch.neg
     with torch.no_grad():
-        model.item_bias.weight.normal_()
-    users, pos, neg = torch.arange(20), torch.arange(20) % syn_dataset.n_items, (torch.arange(20) + 7) % 100
-    e_u, e_i, b = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight[:, 0]
-    with torch.no_grad():
-        s_p = (e_u[users] * e_i[pos]).sum(1) + b[pos]
-        s_n = (e_u[users] * e_i[neg]).sum(1) + b[neg]
         sq = 0.5 * sum(t.pow(2).sum() for t in (e_u[users], e_i[pos], e_i[neg], b[pos], b[neg])) / 20
-        torch.testing.assert_close(model.loss(Batch(users, pos, neg)), -F.logsigmoid(s_p - s_n).mean() + 0.3 * sq)
+        torch.testing.assert_close(model.loss(batch), -F.logsigmoid(s_p - s_n).mean() + 0.3 * sq)
     for key, bad in (("reg_form", "l1"), ("init", "zeros")):
         with pytest.raises(ConfigError, match=f"BPR: {key} must be one of"):
             prepare_model("BPR", syn_dataset, {key: bad}, cache_dir=False)

@@ -93,11 +93,15 @@ class MARIO(Recommender):
 
     Content scale control **[choice; the paper is silent]**: ``content_norm: l2`` (the
     default) scales every row of C_m to unit L2 norm before the learned graph and the
-    propagation; ``none`` is the paper's literal model (``--preset paper``). Without it the
-    unregularised W_m grows under Adam until the content scores dominate the attention
-    logits and the ranking collapses to a content-only one, below the backbone alone
-    (docs/models/mario.md#content-scale-control has the measurements; the default was
-    chosen on validation Recall@20 on every dataset in docs/reproduction.md).
+    propagation; ``content_gate: learned`` (the default) multiplies each content v^m by a
+    learned scalar g_m = ``content_gate_speed``·θ_m in the scores only (the decoders read the
+    ungated v^m), starting at ``content_gate_init`` = 0, so the model starts as its backbone.
+    ``--preset paper`` (``content_norm: none, content_gate: none``) is the literal model.
+    Without the norm the unregularised W_m grows under Adam until the content scores dominate
+    the attention and the ranking collapses to a content-only one; with the norm but no gate
+    the near-uniform attention dilutes the backbone with weak content (below LightGCN on
+    amazon_scientific_mm). docs/models/mario.md#content-scale-control has the measurements
+    and the rule the default was chosen by (validation Recall@20, never below the backbone).
 
     Initialisation: Xavier-uniform for every embedding and every Linear weight (NGCF
     layers and the fc fusion included), zero biases **[choice]**.
