@@ -171,7 +171,9 @@ def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool, reuse
             print(f"part {part.name}: nothing finished yet", flush=True)
         return cmd
     print("$ " + shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:  # the benchmark printed its one-line reason; stop here, keep what finished
+        sys.exit(f"part {part.name}: `modalrec benchmark` exited with status {code} (its message is above)")
     return cmd
 
 
