@@ -730,6 +730,7 @@ class Report:
     files: list[Path]
     trained: int
     reused: int
+    failed: int = 0
 
 
 def write_table_report(
@@ -835,7 +836,7 @@ def write_table_report(
             "significance": sig,
         },
     )
-    return Report(writer.folder, table, results, sig, target, list(writer.written), exp.trained, exp.reused)
+    return Report(writer.folder, table, results, sig, target, list(writer.written), exp.trained, exp.reused, exp.failed)
 
 
 def _cold_start_kind(model: str) -> str:

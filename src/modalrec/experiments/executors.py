@@ -119,7 +119,13 @@ class LocalExecutor(Executor):
         spec = self._queue.popleft()
         try:
             return TrialOutcome(spec, record=self._fn()(spec))
-        except (Interrupted, KeyboardInterrupt):
+        except Interrupted as exc:  # Ctrl-C reached the trainer: the campaign stops, the trial resumes next time
+            where = str(exc).split(" — ")[0]
+            raise Interrupted(
+                f"{spec['model']} seed {spec['seed']} [{spec['sid']}]: {where} — run the same command again to resume",
+                exc.exit_code,
+            ) from None
+        except KeyboardInterrupt:
             raise
         except MemoryError:
             return TrialOutcome(spec, error="out of memory (MemoryError)")

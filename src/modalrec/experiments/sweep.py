@@ -77,6 +77,7 @@ class SweepReport:
     figures: list[Path]
     trained: int
     reused: int
+    failed: int = 0
 
 
 def run_sweep(
@@ -205,4 +206,5 @@ def run_sweep(
         [fig_path],
         exp.trained,
         exp.reused,
+        exp.failed,
     )
