@@ -549,27 +549,27 @@ class Experiment:
                         outcome = executor.next_done(poll=lambda: flag() is not None)
                     except _Stop:
                         outcome = None
+                    if outcome is not None:  # stored first: a trial that finished is never lost to an interrupt
+                        key = trial_key(outcome.spec)
+                        known[key] = self._store_outcome(outcome)
+                        progress.update(
+                            done=0 if outcome.failed else 1,
+                            failed=1 if outcome.failed else 0,
+                            running=min(executor.in_flight(), executor.capacity),
+                        )
+                        self._log_outcome(outcome, progress)
+                        for i in waiting.pop(key, []):
+                            states[i].pending.discard(key)
+                            if not states[i].pending and states[i].stage != "done":
+                                advance(i)
                     if flag() is not None:
                         stopped = executor.cancel()
-                        signum = flag() or signal.SIGINT
                         raise Interrupted(
                             f"stopped {stopped} running trial{'s' if stopped != 1 else ''} (their runs keep their "
-                            f"resume state); {self.trained} finished trial{'s' if self.trained != 1 else ''} are "
-                            f"stored in {self.out} — run the same command again to resume",
-                            SIGNAL_EXIT_CODES.get(signum, 130),
+                            f"last resume state); {self.trained} trial{'s' if self.trained != 1 else ''} trained "
+                            f"and stored in {self.out} — run the same command again to resume",
+                            SIGNAL_EXIT_CODES.get(flag() or signal.SIGINT, 130),
                         )
-                    key = trial_key(outcome.spec)
-                    known[key] = self._store_outcome(outcome)
-                    progress.update(
-                        done=0 if outcome.failed else 1,
-                        failed=1 if outcome.failed else 0,
-                        running=max(0, min(executor.in_flight(), executor.capacity)),
-                    )
-                    self._log_outcome(outcome, progress)
-                    for i in waiting.pop(key, []):
-                        states[i].pending.discard(key)
-                        if not states[i].pending and states[i].stage != "done":
-                            advance(i)
         finally:
             if executor.in_flight():
                 executor.cancel()

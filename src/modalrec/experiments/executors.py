@@ -135,6 +135,10 @@ class LocalExecutor(Executor):
     def in_flight(self) -> int:
         return len(self._queue)
 
+    def cancel(self) -> int:
+        self._queue.clear()  # queued, not started: nothing was running
+        return 0
+
 
 def _ray_trial(trial_fn: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
     """The body of a Ray task: torch gets as many threads as CPUs the task holds, then the shared trial runs."""
