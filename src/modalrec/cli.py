@@ -713,6 +713,64 @@ def sweep_cmd(
     _list_files(report.files)
 
 
+@app.command("tune")
+@handle_errors
+def tune_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    trials: Annotated[int, typer.Option(help="Finished (complete or pruned) trials the study should have in all.")],
+    sampler: Annotated[str, typer.Option(help="tpe | random | grid (the finite search_space).")] = "tpe",
+    pruner: Annotated[str, typer.Option(help="median | hyperband | none (on the per-epoch valid metric).")] = "median",
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default sqlite:///<out>/study.db; postgresql://… to share a study)."),
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name (default <model>-<dataset>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default reports/tune-<dataset>-<model>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler (the training seed is the config's seed).")] = 0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed override (not searched), key=value.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs of every trial.")] = None,
+    modalities: Annotated[str | None, typer.Option(help="Comma-separated content modalities (default: all).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset of the model's YAML (none: no preset).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    threads: ThreadsOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    gpus_per_trial: GpusPerTrialOption = 0,
+) -> None:
+    """Optuna search of a model's search space, selected on validation; best config YAML, trials table, figures.
+
+    Running it again (or on another machine with the same --storage) continues the study until it has
+    --trials finished trials. Test is evaluated once, for the best trial.
+    """
+    configure_threads(threads)
+    from modalrec.experiments.tune import run_tune
+
+    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
+        report = run_tune(
+            model,
+            data,
+            trials,
+            out,
+            storage,
+            study_name,
+            sampler,
+            pruner,
+            seed,
+            _experiment_overrides(set_, epochs),
+            _split_list(modalities),
+            preset,
+            device,
+            executor=ex,
+            log=_echo,
+            progress=sys.stdout.isatty(),
+        )
+    print((report.folder / "trials.md").read_text())
+    print(f"{report.ran_here} trials run here; the study has {report.finished} finished trials ({report.storage})")
+    _list_files(report.files)
+
+
 @analyze_app.command("preservation")
 @handle_errors
 def analyze_preservation_cmd(
