@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 import warnings
@@ -109,7 +110,10 @@ def run_tune_trial(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("code") is not None and spec["code"] != code_version():
         raise RunError(f"this worker runs modalrec {code_version()}, the driver {spec['code']}")
     dataset = _trial_dataset(spec)
-    study = optuna.load_study(study_name=spec["study"], storage=spec["storage"])
+    # the pruner is not kept in the storage: the worker builds the driver's own from the spec
+    study = optuna.load_study(
+        study_name=spec["study"], storage=storage_url(spec["storage"]), pruner=_pruner(optuna, *spec["pruner"])
+    )
     trial = optuna.trial.Trial(study, spec["trial_id"])
     epochs: list[int] = []
 
@@ -171,9 +175,43 @@ class TuneReport:
     files: list[Path]
 
 
+def storage_url(url: str) -> str:
+    """``postgresql://…`` with the driver that is installed named explicitly (psycopg 3, else psycopg2).
+
+    SQLAlchemy's default driver for a bare ``postgresql://`` differs between its versions; naming it
+    makes the URL work with whichever of the two the environment has.
+    """
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util
+
+    rest = url.split("://", 1)[1]
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    raise ModalrecError(
+        f"--storage {_safe_url(url)}: no PostgreSQL driver (psycopg) is installed; it is in the 'scale' extra: "
+        "pip install -e '.[scale]'"
+    )
+
+
 def _storage(optuna: Any, url: str) -> Any:
+    """The study storage; a few tries, as processes started together race to create Optuna's tables."""
+    for attempt in range(5):
+        try:
+            return _open_storage(optuna, url)
+        except ModalrecError:
+            if attempt == 4 or "duplicate key" not in str(sys.exc_info()[1]).lower():
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _open_storage(optuna: Any, url: str) -> Any:
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+        return optuna.storages.RDBStorage(
+            storage_url(url), heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+        )
     except ImportError as exc:  # the database driver (psycopg2) is missing
         raise ModalrecError(
             f"--storage {_safe_url(url)}: {exc}; the PostgreSQL driver is in the 'scale' extra: "
@@ -189,7 +227,7 @@ def _safe_url(url: str) -> str:
     if "://" in url and "@" in url.split("://", 1)[1]:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
     return url
 
 
@@ -275,6 +313,7 @@ def run_tune(
     """
     optuna = require_extra("optuna", "modalrec tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: used on purpose
     # the driver keeps the heartbeats itself (see _Heartbeat), which Optuna only expects of Study.optimize
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     if trials < 1:
@@ -312,14 +351,21 @@ def run_tune(
     # again would draw the same first points again.
     existing = next((s for s in optuna.get_all_study_summaries(store) if s.study_name == name), None)
     offset = existing.n_trials if existing is not None else 0
-    study = optuna.create_study(
-        study_name=name,
-        storage=store,
-        sampler=_sampler(optuna, sampler, seed + offset, space),
-        pruner=_pruner(optuna, pruner, int(config.epochs), pruner_startup, pruner_warmup),
-        direction="maximize",
-        load_if_exists=True,
-    )
+    for attempt in range(5):  # two processes creating the same study at once: the loser loads it
+        try:
+            study = optuna.create_study(
+                study_name=name,
+                storage=store,
+                sampler=_sampler(optuna, sampler, seed + offset, space),
+                pruner=_pruner(optuna, pruner, int(config.epochs), pruner_startup, pruner_warmup),
+                direction="maximize",
+                load_if_exists=True,
+            )
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
     made_for = study.user_attrs.get("modalrec")
     if made_for is None:
         study.set_user_attr("modalrec", identity)
@@ -381,6 +427,7 @@ def run_tune(
             "study": name,
             "storage": url,
             "prune": pruner != "none",
+            "pruner": [pruner, int(config.epochs), pruner_startup, pruner_warmup],
             "metric": metric,
             "overrides": {**fixed, **params},
             "modalities": modalities,
@@ -640,7 +687,7 @@ def _importance_figure(optuna: Any, study: Any, n_complete: int, log: Callable[[
     else:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:blue")
-        ax.set_xlabel("importance (fANOVA, share of the variance of the validation metric)")
+        ax.set_xlabel("importance (Optuna's default evaluator; normalised to sum to 1)")
     ax.set_title("Parameter importances")
     fig.tight_layout()
     return fig
