@@ -139,3 +139,19 @@ def test_missing_scale_extra_is_one_line_naming_it(monkeypatch, syn_dir, tmp_pat
     )
     assert_one_line_error(res, "'scale' extra", "pip install -e '.[scale]'")
     assert not (tmp_path / "x").exists()
+
+
+def test_tune_trials_run_as_ray_tasks(ray_cluster, syn_dir, tmp_path):
+    """``tune --executor ray``: the trials train in Ray workers, which report their epochs to the (SQLite) study."""
+    optuna = pytest.importorskip("optuna", reason="optuna (the 'scale' extra) is needed for tune")
+    from modalrec.experiments.tune import run_tune
+
+    out = tmp_path / "t"
+    report = run_tune(
+        "BPR", syn_dir, 3, out=out, overrides={"epochs": 2}, pruner="none", log=lambda s: None, executor=RayExecutor()
+    )
+    assert report.finished == 3 and report.ran_here == 3
+    study = optuna.load_study(study_name=report.study_name, storage=f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and all(len(t.intermediate_values) == 2 for t in done)  # reported from the workers
+    assert json.loads((out / "best.json").read_text())["test"]["recall@20"] >= 0

@@ -231,9 +231,11 @@ def _safe_url(url: str) -> str:
     return url
 
 
-def _sampler(optuna: Any, kind: str, seed: int, space: dict[str, dict[str, Any]]) -> Any:
+def _sampler(optuna: Any, kind: str, seed: int, space: dict[str, dict[str, Any]], budget: int) -> Any:
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        # Optuna's default of 10 random start-up trials would make a small budget a random search
+        startup = min(10, max(3, budget // 4))
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
@@ -356,7 +358,7 @@ def run_tune(
             study = optuna.create_study(
                 study_name=name,
                 storage=store,
-                sampler=_sampler(optuna, sampler, seed + offset, space),
+                sampler=_sampler(optuna, sampler, seed + offset, space, trials),
                 pruner=_pruner(optuna, pruner, int(config.epochs), pruner_startup, pruner_warmup),
                 direction="maximize",
                 load_if_exists=True,
