@@ -155,3 +155,25 @@ def test_tune_trials_run_as_ray_tasks(ray_cluster, syn_dir, tmp_path):
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3 and all(len(t.intermediate_values) == 2 for t in done)  # reported from the workers
     assert json.loads((out / "best.json").read_text())["test"]["recall@20"] >= 0
+
+
+def test_executor_options_are_checked_and_the_progress_counts(syn_dir, tmp_path):
+    from conftest import assert_one_line_error
+    from typer.testing import CliRunner
+
+    from modalrec.cli import app
+    from modalrec.experiments.executors import TrialProgress
+
+    args = ["benchmark", "--models", "BPR", "--data", str(syn_dir), "--out", str(tmp_path / "x")]
+    runner = CliRunner()
+    assert_one_line_error(runner.invoke(app, [*args, "--executor", "dask"]), "--executor 'dask'")
+    assert_one_line_error(runner.invoke(app, [*args, "--cpus-per-trial", "2"]), "apply to --executor ray")
+    assert_one_line_error(runner.invoke(app, [*args, "--ray-address", "auto"]), "--ray-address only applies")
+    assert not (tmp_path / "x").exists()
+    lines: list[str] = []
+    for bar in (False, True):  # plain counts in the log lines; a Rich bar on a terminal
+        p = TrialProgress(4, lines.append, bar=bar)
+        p.update(done=1, running=2)
+        p.update(failed=1, running=1)
+        assert p.counts() == "2/4 done, 1 running, 1 failed"
+        p.close()
