@@ -547,7 +547,7 @@ def _executor(kind: str, address: str | None, cpus: float, gpus: float, threads:
         raise ModalrecError(
             "--threads applies to --executor local; with ray, --cpus-per-trial sets each trial's threads"
         )
-    executor = make_executor(kind, address, cpus, gpus, log=_echo)
+    executor = make_executor(kind, address, cpus, gpus)
     if kind != "local":
         _echo(f"executor: {executor.describe()}")
     try:

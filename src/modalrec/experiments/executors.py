@@ -171,7 +171,6 @@ class RayExecutor(Executor):
         gpus_per_trial: float = 0,
         num_cpus: int | None = None,
         trial_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        log: Callable[[str], None] = print,
     ) -> None:
         super().__init__(trial_fn)
         if cpus_per_trial <= 0 or gpus_per_trial < 0:
@@ -283,7 +282,6 @@ def make_executor(
     ray_address: str | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
-    log: Callable[[str], None] = print,
 ) -> Executor:
     """The executor a command's ``--executor`` names (see the module docstring)."""
     if kind == "local":
@@ -291,7 +289,7 @@ def make_executor(
             raise ConfigError("--ray-address only applies to --executor ray")
         return LocalExecutor()
     if kind == "ray":
-        return RayExecutor(ray_address, cpus_per_trial, gpus_per_trial, log=log)
+        return RayExecutor(ray_address, cpus_per_trial, gpus_per_trial)
     raise ConfigError(f"--executor {kind!r}: choose from {', '.join(EXECUTORS)}")
 
 

@@ -677,7 +677,9 @@ def _importance_figure(optuna: Any, study: Any, n_complete: int, log: Callable[[
         message = f"parameter importance needs at least 2 completed trials ({n_complete} so far)"
     else:
         try:
-            importances = optuna.importance.get_param_importances(study)
+            with warnings.catch_warnings():  # e.g. "importances will be equal" on a handful of trials: shown as is
+                warnings.simplefilter("ignore", UserWarning)
+                importances = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError) as exc:  # e.g. every completed trial had the same parameters
             message = f"parameter importance not available: {str(exc).splitlines()[0]}"
         if not importances and message is None:
