@@ -174,9 +174,13 @@ def test_benchmark_modalities_option(syn_dir, tmp_path, monkeypatch):
         raise RuntimeError("stop after the first run")
 
     monkeypatch.setattr(bench_mod, "train_run", fake)
-    with pytest.raises(RuntimeError):
-        run_benchmark(["MARIO"], syn_dir, [1], out=tmp_path / "m2", modalities=["image"], log=lambda s: None)
+    # a trial that raises is recorded as failed with its reason; the report still gets written and marks the row
+    report = run_benchmark(["MARIO"], syn_dir, [1], out=tmp_path / "m2", modalities=["image"], log=lambda s: None)
     assert seen == [["image"]]
+    (row,) = report.results
+    assert not row.records and row.failures[0]["failed"] == "RuntimeError: stop after the first run"
+    assert "| MARIO (failed: 1 trial: seed 1 [" in (tmp_path / "m2" / "table.md").read_text()
+    assert len(list((tmp_path / "m2" / "results").rglob("seed-1.failed.json"))) == 1
 
 
 # ---------------------------------------------------------------------- ablations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -503,6 +504,12 @@ def _seeds(value: str) -> list[int]:
         raise ModalrecError(f"--seeds {value!r}: give integers like 1,2,3") from None
 
 
+def _trained_line(report) -> str:
+    failed = getattr(report, "failed", 0)
+    tail = f", {failed} failed (marked in the table; run again to retry them)" if failed else ""
+    return f"{report.trained} runs trained, {report.reused} reused from {report.folder}{tail}"
+
+
 def _list_files(files: list[Path]) -> None:
     figures = [f for f in files if f.suffix == ".png"]
     others = [f for f in files if f.suffix != ".png"]
@@ -514,6 +521,39 @@ def _list_files(files: list[Path]) -> None:
 
 def _echo(line: str) -> None:
     print(line, flush=True)
+
+
+ExecutorOption = Annotated[
+    str, typer.Option("--executor", help="Where trials run: local (one after another, here) | ray (Ray tasks).")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="--executor ray: join this cluster (host:port, ray://host:10001, auto); default: a local Ray."),
+]
+CpusPerTrialOption = Annotated[
+    float, typer.Option(help="--executor ray: CPUs each trial holds (torch gets as many threads).")
+]
+GpusPerTrialOption = Annotated[float, typer.Option(help="--executor ray: GPUs each trial holds (0: CPU only).")]
+
+
+@contextlib.contextmanager
+def _executor(kind: str, address: str | None, cpus: float, gpus: float, threads: int | None):
+    """The --executor of a campaign command, released at the end (a local Ray it started is shut down)."""
+    from modalrec.experiments.executors import make_executor
+
+    if kind == "local" and (cpus != 1 or gpus != 0):
+        raise ModalrecError("--cpus-per-trial and --gpus-per-trial apply to --executor ray")
+    if kind == "ray" and threads is not None:
+        raise ModalrecError(
+            "--threads applies to --executor local; with ray, --cpus-per-trial sets each trial's threads"
+        )
+    executor = make_executor(kind, address, cpus, gpus)
+    if kind != "local":
+        _echo(f"executor: {executor.describe()}")
+    try:
+        yield executor
+    finally:
+        executor.close()
 
 
 @app.command("benchmark")
@@ -555,6 +595,10 @@ def benchmark_cmd(
         typer.Option("--eval", help="warm | cold | all (default: cold on a cold-items split, else warm)."),
     ] = None,
     threads: ThreadsOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    gpus_per_trial: GpusPerTrialOption = 0,
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests.
 
@@ -565,26 +609,30 @@ def benchmark_cmd(
 
     if (models is None) == (plan is None):
         raise ModalrecError("give either --models or --plan")
-    report = run_benchmark(
-        _split_list(models) or [],
-        data,
-        _seeds(seeds),
-        grid,
-        out,
-        _experiment_overrides(set_, epochs),
-        target,
-        device=device,
-        log=_echo,
-        modalities=_split_list(modalities),
-        plan=load_plan(plan) if plan is not None else None,
-        preset=preset,
-        reuse_only=reuse_only,
-        protocol=protocol,
-        cold_ratio=cold_ratio,
-        eval_mode=eval_,
-    )
+    rows = load_plan(plan) if plan is not None else None
+    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
+        report = run_benchmark(
+            _split_list(models) or [],
+            data,
+            _seeds(seeds),
+            grid,
+            out,
+            _experiment_overrides(set_, epochs),
+            target,
+            device=device,
+            log=_echo,
+            modalities=_split_list(modalities),
+            plan=rows,
+            preset=preset,
+            reuse_only=reuse_only,
+            protocol=protocol,
+            cold_ratio=cold_ratio,
+            eval_mode=eval_,
+            executor=ex,
+            progress=sys.stdout.isatty(),
+        )
     print(report.table.to_markdown())
-    print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
+    print(_trained_line(report))
     _list_files(report.files)
 
 
@@ -599,16 +647,29 @@ def ablate_cmd(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     threads: ThreadsOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    gpus_per_trial: GpusPerTrialOption = 0,
 ) -> None:
     """The paper's ablations of MARIO or MeAIM in one table."""
     configure_threads(threads)
     from modalrec.experiments.ablate import run_ablation
 
-    report = run_ablation(
-        model, data, _seeds(seeds), out, _experiment_overrides(set_, epochs), device=device, log=_echo
-    )
+    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
+        report = run_ablation(
+            model,
+            data,
+            _seeds(seeds),
+            out,
+            _experiment_overrides(set_, epochs),
+            device=device,
+            log=_echo,
+            executor=ex,
+            progress=sys.stdout.isatty(),
+        )
     print(report.table.to_markdown())
-    print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
+    print(_trained_line(report))
     _list_files(report.files)
 
 
@@ -625,23 +686,88 @@ def sweep_cmd(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     threads: ThreadsOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    gpus_per_trial: GpusPerTrialOption = 0,
 ) -> None:
     """One- or two-parameter sensitivity of Recall/NDCG@10/@20 (line plots or heat maps)."""
     configure_threads(threads)
     from modalrec.experiments.sweep import run_sweep
 
-    report = run_sweep(
-        model,
-        data,
-        [param] + ([param2] if param2 else []),
-        _seeds(seeds),
-        out,
-        _experiment_overrides(set_, epochs),
-        device=device,
-        log=_echo,
-    )
+    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
+        report = run_sweep(
+            model,
+            data,
+            [param] + ([param2] if param2 else []),
+            _seeds(seeds),
+            out,
+            _experiment_overrides(set_, epochs),
+            device=device,
+            log=_echo,
+            executor=ex,
+            progress=sys.stdout.isatty(),
+        )
     print((report.folder / "sweep.md").read_text())
-    print(f"{report.trained} runs trained, {report.reused} reused from {report.folder}")
+    print(_trained_line(report))
+    _list_files(report.files)
+
+
+@app.command("tune")
+@handle_errors
+def tune_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    trials: Annotated[int, typer.Option(help="Finished (complete or pruned) trials the study should have in all.")],
+    sampler: Annotated[str, typer.Option(help="tpe | random | grid (the finite search_space).")] = "tpe",
+    pruner: Annotated[str, typer.Option(help="median | hyperband | none (on the per-epoch valid metric).")] = "median",
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default sqlite:///<out>/study.db; postgresql://… to share a study)."),
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name (default <model>-<dataset>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default reports/tune-<dataset>-<model>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler (the training seed is the config's seed).")] = 0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed override (not searched), key=value.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs of every trial.")] = None,
+    modalities: Annotated[str | None, typer.Option(help="Comma-separated content modalities (default: all).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset of the model's YAML (none: no preset).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    threads: ThreadsOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    gpus_per_trial: GpusPerTrialOption = 0,
+) -> None:
+    """Optuna search of a model's search space, selected on validation; best config YAML, trials table, figures.
+
+    Running it again (or on another machine with the same --storage) continues the study until it has
+    --trials finished trials. Test is evaluated once, for the best trial.
+    """
+    configure_threads(threads)
+    from modalrec.experiments.tune import run_tune
+
+    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
+        report = run_tune(
+            model,
+            data,
+            trials,
+            out,
+            storage,
+            study_name,
+            sampler,
+            pruner,
+            seed,
+            _experiment_overrides(set_, epochs),
+            _split_list(modalities),
+            preset,
+            device,
+            executor=ex,
+            log=_echo,
+            progress=sys.stdout.isatty(),
+        )
+    print((report.folder / "trials.md").read_text())
+    print(f"{report.ran_here} trials run here; the study has {report.finished} finished trials ({report.storage})")
     _list_files(report.files)
 
 

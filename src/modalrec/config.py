@@ -20,7 +20,7 @@ import yaml
 
 from modalrec.errors import ConfigError
 
-RESERVED_SECTIONS = ("presets", "search_space", "description")
+RESERVED_SECTIONS = ("presets", "search_space", "search_ranges", "description")
 NO_PRESET = "none"  # --preset none: no preset, not even the one matching the dataset's name
 
 
@@ -47,6 +47,7 @@ def load_defaults(model_file: str) -> tuple[dict, dict, dict]:
     own = _read_yaml(path, f"configs/{model_file}.yaml")
     presets = own.pop("presets", {}) or {}
     search = own.pop("search_space", {}) or {}
+    own.pop("search_ranges", None)  # read by load_search_ranges (tune); the grid sees only search_space
     own.pop("description", None)
     for section in ("compat", "only_with"):
         overall.pop(section, None)
@@ -99,6 +100,44 @@ def config_drift(model_file: str, stored: Mapping[str, Any], current: Mapping[st
         elif old != new:
             changes.append(f"{key} {old!r} → {new!r}")
     return changes
+
+
+def load_search_ranges(model_file: str) -> dict[str, dict[str, Any]]:
+    """A model's ``search_ranges``: continuous or integer ranges that ``modalrec tune`` samples from.
+
+    Each entry is ``key: {low: L, high: H}`` with optional ``log: true`` (log-uniform, for learning
+    rates and regularisers; needs L > 0). Integer ``low`` and ``high`` without ``log`` make an
+    integer range (layers). The grid (``benchmark --grid``) never reads this section: it searches the
+    finite lists of ``search_space``. Returns ``{key: {"low", "high", "log", "int"}}``, validated.
+    """
+    path = config_file(model_file)
+    own = _read_yaml(path, f"configs/{model_file}.yaml") if path.is_file() else {}
+    raw = own.get("search_ranges") or {}
+    where = f"configs/{model_file}.yaml search_ranges"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of key: {{low, high, log}}")
+    defaults = load_defaults(model_file)[0]
+    out: dict[str, dict[str, Any]] = {}
+    for key, spec in raw.items():
+        out[key] = parse_range(key, spec, f"{where}: {key}")
+        _validated(defaults, {key: out[key]["low"]}, where)
+        _validated(defaults, {key: out[key]["high"]}, where)
+    return out
+
+
+def parse_range(key: str, spec: Any, where: str) -> dict[str, Any]:
+    """``{low, high, log?}`` → ``{"low", "high", "log", "int"}`` (see :func:`load_search_ranges`)."""
+    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log"}:
+        raise ConfigError(f"{where}: give {{low: L, high: H}} and optionally log: true")
+    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        raise ConfigError(f"{where}: low and high must be numbers")
+    if not low < high:
+        raise ConfigError(f"{where}: low {low!r} must be below high {high!r}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0 (got {low!r})")
+    is_int = isinstance(low, int) and isinstance(high, int) and not log
+    return {"low": low, "high": high, "log": log, "int": is_int}
 
 
 def _type_ok(default: Any, value: Any) -> bool:

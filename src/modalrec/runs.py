@@ -18,6 +18,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,13 @@ def train_run(
     progress: bool = False,
     cache_dir: str | Path | bool | None = None,
     dataset: Dataset | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    evaluate_test: bool = True,
 ) -> tuple[Path, TrainResult]:
     """Train one model on one dataset into a new run directory; returns (run dir, result).
+
+    ``on_epoch`` and ``evaluate_test`` go to :func:`modalrec.train.fit` (a tuning trial's pruning
+    hook; no test pass, so ``metrics.json`` has ``test: null`` and there is no ``test_per_user.npz``).
 
     The whole configuration is checked and the model built (its constructor checks its
     settings against the data) before the directory is claimed; should anything still fail
@@ -174,7 +180,19 @@ def train_run(
             f"modalities {', '.join(used) if used else 'none (ID only)'}, {n_params} parameters, device {device}"
         )
         _write_run_config(run_dir, cls.name, dataset, config)
-        return _train_into(run_dir, model, dataset, config, graphs, runlog, device, progress and not quiet, None)
+        return _train_into(
+            run_dir,
+            model,
+            dataset,
+            config,
+            graphs,
+            runlog,
+            device,
+            progress and not quiet,
+            None,
+            on_epoch=on_epoch,
+            evaluate_test=evaluate_test,
+        )
     except ModalrecError:
         # A directory that holds no checkpoint and no resume state was claimed by this call and holds only
         # our log and config: remove it so the same ``out`` can be used again.
@@ -249,6 +267,8 @@ def _train_into(
     device: str,
     progress: bool,
     resume: dict[str, Any] | None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    evaluate_test: bool = True,
 ) -> tuple[Path, TrainResult]:
     """Train (or continue training) into ``run_dir``, writing ``resume.pt`` as it goes; the finished run's files.
 
@@ -291,6 +311,8 @@ def _train_into(
                 checkpoint=checkpoint,
                 resume=resume,
                 interrupt=flag,
+                on_epoch=on_epoch,
+                evaluate_test=evaluate_test,
             )
     except OSError as exc:  # e.g. train.log on a full disk; the resume state has its own message above
         kept = f"the last resume state ({saved['where']}) is intact — {hint}" if saved["where"] else "nothing to resume"
@@ -301,7 +323,8 @@ def _train_into(
             f"training stopped {stop.where}; state saved — {hint}", SIGNAL_EXIT_CODES.get(stop.signum, 130)
         ) from None
     save_checkpoint(run_dir / "model.pt", model, config, dataset)
-    write_npz(run_dir / "test_per_user.npz", users=result.test.users, **result.test.per_user)
+    if result.test is not None:
+        write_npz(run_dir / "test_per_user.npz", users=result.test.users, **result.test.per_user)
     write_npz(run_dir / "valid_per_user.npz", users=result.valid.users, **result.valid.per_user)
     write_json(
         run_dir / "metrics.json",
@@ -310,10 +333,10 @@ def _train_into(
             "dataset": dataset.name,
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
-            "eval_mode": result.test.mode,
+            "eval_mode": result.valid.mode,
             "cold_start": cold_start_info(model, dataset),
             "valid": result.valid.metrics,
-            "test": result.test.metrics,
+            "test": result.test.metrics if result.test is not None else None,
             "timings": result.timings,
             "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds},
             "history": result.history,

@@ -137,7 +137,7 @@ class NegativeSampler:
 class TrainResult:
     best_epoch: int
     valid: EvalResult
-    test: EvalResult
+    test: EvalResult | None  # None when fit(..., evaluate_test=False): a tuning trial never sees test
     history: list[dict] = field(default_factory=list)
     stop_reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
@@ -334,6 +334,8 @@ def fit(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
     interrupt: Callable[[], int | None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    evaluate_test: bool = True,
 ) -> TrainResult:
     """Train ``model`` with early stopping on ``config.valid_metric``; test once on the best weights.
 
@@ -350,6 +352,12 @@ def fit(
     ``interrupt()`` is polled after every batch and every epoch; when it returns a signal number
     the state at that point (mid-epoch if need be) goes to ``checkpoint`` and
     :class:`TrainingStopped` is raised.
+
+    ``on_epoch(epoch, score)`` is called after every validation evaluation with the epoch and its
+    ``valid_metric``; an exception it raises ends training there and propagates (a tuner's pruning:
+    ``modalrec tune`` reports the score to Optuna and stops a trial the pruner gives up on).
+    ``evaluate_test=False`` skips the test pass (the result's ``test`` is None): a tuning trial is
+    selected on validation and never evaluates test.
     """
     device = torch.device(device)
     keep_freed_memory_in_process()
@@ -488,6 +496,8 @@ def fit(
                     line += "  *"
                 else:
                     st["bad_evals"] += 1
+                if on_epoch is not None:
+                    on_epoch(epoch, score)
             history.append(record)
             first_timed = not clock.timed
             clock.add(time.perf_counter() - t_wall)
@@ -520,24 +530,30 @@ def fit(
     else:
         model.load_state_dict(best_state)
     model.eval()
-    test = Evaluator(
-        dataset,
-        "test",
-        ks,
-        tuple(config.metrics),
-        mask_valid=config.mask_valid_at_test,
-        block_size=config.eval_batch_size,
-        device=device,
-        mode=eval_mode,
-    ).evaluate(model)
+    test = None
+    if evaluate_test:
+        test = Evaluator(
+            dataset,
+            "test",
+            ks,
+            tuple(config.metrics),
+            mask_valid=config.mask_valid_at_test,
+            block_size=config.eval_batch_size,
+            device=device,
+            mode=eval_mode,
+        ).evaluate(model)
     log(
         f"best epoch {best_epoch}: valid {metric} {best_valid.metrics[metric]:.4f}; "
-        f"test " + "  ".join(f"{k} {v:.4f}" for k, v in test.metrics.items() if k.startswith(("recall", "ndcg")))
+        + (
+            "test " + "  ".join(f"{k} {v:.4f}" for k, v in test.metrics.items() if k.startswith(("recall", "ndcg")))
+            if test is not None
+            else "test not evaluated (selection run)"
+        )
     )
     timings = {
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
         "ranking_seconds": float(np.mean(eval_seconds)) if eval_seconds else best_valid.seconds,
-        "test_ranking_seconds": test.seconds,
+        "test_ranking_seconds": test.seconds if test is not None else 0.0,
         "total_train_seconds": float(np.sum(epoch_seconds)),
         "epochs_run": len(epoch_seconds),
         "peak_memory_mb": peak_memory_mb(device),

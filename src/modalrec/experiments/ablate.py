@@ -19,6 +19,7 @@ from modalrec.config import resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.errors import ModalrecError
 from modalrec.experiments.benchmark import Entry, Experiment, Report, default_report_dir, write_table_report
+from modalrec.experiments.executors import Executor
 from modalrec.experiments.report import ReportWriter
 from modalrec.experiments.tables import DEFAULT_METRICS
 from modalrec.models import get_model_class
@@ -83,6 +84,8 @@ def run_ablation(
     device: str = "cpu",
     cache_dir: str | Path | bool | None = None,
     log: Callable[[str], None] = print,
+    executor: Executor | None = None,
+    progress: bool = False,
 ) -> Report:
     """Train every ablation variant of ``model`` (resumable) and write one table report."""
     name = get_model_class(model).name
@@ -92,11 +95,11 @@ def run_ablation(
     base = dict(overrides or {})
     variants = ABLATIONS[name](dataset, base)
     out = Path(out) if out is not None else default_report_dir("ablate", dataset.name, name)
-    exp = Experiment(data_dir, out, seeds or [999], base, device, cache_dir, log, dataset)
+    exp = Experiment(data_dir, out, seeds or [999], base, device, cache_dir, log, dataset, None, executor, progress)
     entries = [Entry(label, name, ov) for label, ov in variants]
     for e in entries:
         exp.check(e)
     log(f"ablation of {name} on {dataset.name}: {len(entries)} variants, seeds {exp.seeds} → {out}")
-    results = [exp.run_entry(e) for e in entries]
+    results = [r for r in exp.run_entries(entries) if r is not None]
     title = f"{name} ablation on {dataset.name}: test metrics"
     return write_table_report(exp, results, FULL, metrics, title, ReportWriter(out), "ablation")

@@ -24,7 +24,9 @@ import hashlib
 import itertools
 import json
 import math
+import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,16 +37,18 @@ import numpy as np
 from modalrec.config import config_drift, describe_preset, load_defaults, resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.data.split import COLD_ITEMS, resplit_dataset
-from modalrec.errors import Interrupted, ModalrecError, RunError
+from modalrec.errors import DataError, Interrupted, ModalrecError, RunError
 from modalrec.evaluate import Evaluator
+from modalrec.experiments.executors import Executor, LocalExecutor, TrialOutcome, TrialProgress, _Stop
 from modalrec.experiments.rankers import RANKERS, FixedRanker, ranker_name
 from modalrec.experiments.report import ReportWriter
 from modalrec.experiments.significance import align_users, paired_ttest
 from modalrec.experiments.tables import DEFAULT_METRICS, ResultTable, metric_label
+from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.io import read_yaml, write_json, write_npz
 from modalrec.models import get_model_class
 from modalrec.models.base import COLD_UNABLE
-from modalrec.runs import RESUME_FILE, new_run_dir, per_user_metrics, resume_run, train_run
+from modalrec.runs import RESUME_FILE, code_version, new_run_dir, per_user_metrics, resume_run, train_run
 from modalrec.train import TrainResult
 
 BENCHMARK_PROTOCOLS = ("default", COLD_ITEMS)
@@ -78,10 +82,25 @@ class EntryResult:
     records: list[dict]
     grid_records: list[dict] = field(default_factory=list)
     select_metric: str = "recall@20"
+    failures: list[dict] = field(default_factory=list)  # failure records of this entry's trials (grid and seeds)
+
+    def failure_note(self) -> str | None:
+        """``seed 2: RuntimeError: …`` — why trials of this row failed (None when none did)."""
+        if not self.failures:
+            return None
+        first = self.failures[0]
+        more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        n = len(self.failures)
+        return f"{n} trial{'s' if n > 1 else ''}: seed {first['seed']} [{first['setting_id']}]: {first['failed']}{more}"
 
     def test_values(self, metric: str) -> np.ndarray:
         """The test ``metric`` of each seed's run."""
         return np.array([r["test"].get(metric, math.nan) for r in self.records], dtype=float)
+
+    def test_mean(self, metric: str) -> float:
+        """Mean test ``metric`` over the seeds (NaN when every trial of the row failed)."""
+        v = self.test_values(metric)
+        return float(np.nanmean(v)) if v.size and not np.isnan(v).all() else math.nan
 
 
 def _canonical(obj: Any) -> str:
@@ -129,14 +148,153 @@ class ResultsStore:
         return dest
 
     def put(self, record: dict) -> Path:
-        """Store a finished run's record (atomically); returns its path."""
+        """Store a finished run's record (atomically); returns its path. An earlier failure record goes."""
         p = self.path(record["model"], record["setting_id"], record["seed"])
         write_json(p, record)
+        self.failure_path(record["model"], record["setting_id"], record["seed"]).unlink(missing_ok=True)
         return p
+
+    def failure_path(self, model: str, sid: str, seed: int) -> Path:
+        """Where the failure record of (model, setting id, seed) lives (beside the record it did not get)."""
+        return self.folder / "results" / model / sid / f"seed-{seed}.failed.json"
+
+    def put_failure(self, spec: dict, reason: str) -> dict:
+        """Record that a trial failed and why (a failed trial is not finished: it runs again on resume)."""
+        record = {
+            "model": spec["model"],
+            "seed": spec["seed"],
+            "setting_id": spec["sid"],
+            "setting": spec["setting"],
+            "failed": reason,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(self.failure_path(spec["model"], spec["sid"], spec["seed"]), record)
+        return record
+
+
+_DATASETS: dict[tuple[str, str], Dataset] = {}  # this process's loaded datasets, by (path, fingerprint)
+
+
+def _trial_dataset(spec: dict[str, Any]) -> Dataset:
+    """The trial's dataset view: the one this process already holds, else loaded from ``data_dir`` and checked."""
+    key = (spec["data_dir"], spec["fingerprint"])
+    dataset = _DATASETS.get(key)
+    if dataset is None:
+        dataset = load_dataset(spec["data_dir"])
+        if dataset.fingerprint != spec["fingerprint"]:
+            raise DataError(
+                spec["data_dir"],
+                "is not the dataset the campaign started with (content hash differs); every worker must see the same "
+                "data at the same path",
+            )
+        _remember_dataset(key, dataset)
+    return dataset.select_modalities(spec["modalities"])
+
+
+def _remember_dataset(key: tuple[str, str], dataset: Dataset) -> None:
+    _DATASETS.pop(key, None)
+    _DATASETS[key] = dataset
+    while len(_DATASETS) > 4:  # a long-lived worker keeps only the latest few
+        _DATASETS.pop(next(iter(_DATASETS)))
+
+
+def trial_key(spec_or_record: dict[str, Any]) -> tuple[str, str, int]:
+    """(model, setting id, seed): what identifies a trial in the results store."""
+    sid = spec_or_record.get("sid", spec_or_record.get("setting_id"))
+    return spec_or_record["model"], str(sid), int(spec_or_record["seed"])
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one trial, or continue its interrupted run, and return its record; writes no results store.
+
+    ``spec`` is a plain dict (picklable, so a Ray task can take it): ``model``, ``sid``, ``seed``,
+    ``setting``, ``overrides`` (seed included), ``modalities``, ``data_dir`` and ``fingerprint`` of
+    the dataset, ``out`` (the report folder; the run goes to ``<out>/runs/<model>-<sid>-seed<seed>``),
+    ``preset``, ``device``, ``cache_dir`` and ``code`` (the driver's :func:`code_version`: a worker
+    running other code refuses). The local and the Ray executor both call this function.
+    """
+    if spec.get("code") is not None and spec["code"] != code_version():
+        raise RunError(
+            f"this worker runs modalrec {code_version()}, the driver {spec['code']}; "
+            "install the same version everywhere"
+        )
+    dataset = _trial_dataset(spec)
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    run_dir, result = _resume_or_train(spec, dataset, notes)
+    return {
+        "model": spec["model"],
+        "seed": spec["seed"],
+        "setting_id": spec["sid"],
+        "setting": spec["setting"],
+        "run_dir": str(Path(run_dir).resolve()),
+        "best_epoch": result.best_epoch,
+        "valid": result.valid.metrics,
+        "test": result.test.metrics,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "notes": notes,
+    }
+
+
+def _resume_or_train(spec: dict[str, Any], dataset: Dataset, notes: list[str]) -> tuple[Path, TrainResult]:
+    """Continue the trial's interrupted run from its resume state, else train it into a fresh folder.
+
+    A leftover folder whose state cannot be resumed (code or data changed, damaged file, none
+    written) is kept as it is; the trial then starts again in ``…-try<n>``.
+    """
+    model, sid, overrides = spec["model"], spec["sid"], dict(spec["overrides"])
+    base = Path(spec["out"]) / "runs" / f"{model}-{sid}-seed{overrides['seed']}"
+    tries = [base] + [base.with_name(f"{base.name}-try{n}") for n in range(2, 1000)]
+    existing = [p for p in tries if p.exists()]
+    if existing and (existing[-1] / RESUME_FILE).is_file():
+        try:
+            run_dir, result = resume_run(
+                existing[-1], overrides, spec["device"], quiet=True, cache_dir=spec["cache_dir"], dataset=dataset
+            )
+            notes.append(f"resumed from {existing[-1].name}")
+            return run_dir, result
+        except RunError as exc:
+            notes.append(f"warning: cannot resume {existing[-1]} ({exc}); training the trial again")
+    run_out = next(p for p in tries if not p.exists())  # a leftover folder is kept, never overwritten
+    return train_run(
+        model,
+        spec["data_dir"],
+        spec["modalities"],
+        overrides,
+        preset=spec["preset"],
+        out=run_out,
+        device=spec["device"],
+        quiet=True,
+        cache_dir=spec["cache_dir"],
+        dataset=dataset,
+    )
+
+
+@dataclass
+class _EntryState:
+    """Where one entry of a campaign stands: its grid on the first seed, then its seeds."""
+
+    entry: Entry
+    stage: str  # "grid" | "seeds" | "done"
+    metric: str
+    specs: list[dict[str, Any]]  # this stage's trials
+    settings: list[dict[str, Any]] = field(default_factory=list)  # grid stage: the setting of each spec
+    pending: set = field(default_factory=set)
+    chosen: dict[str, Any] = field(default_factory=dict)
+    grid_records: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
 
 
 class Experiment:
-    """Trains (model, setting, seed) runs into a report folder, reusing finished ones."""
+    """Runs (model, setting, seed) trials of a report folder through an executor, reusing finished ones.
+
+    The trials go to ``executor`` (default: :class:`~modalrec.experiments.executors.LocalExecutor`,
+    one after another in this process); this process (the driver) writes every record into the
+    results store as trials come back, and records a failed trial (``seed-<seed>.failed.json``,
+    with its reason) without stopping the others. A failed trial is tried again when the same
+    command runs again.
+    """
 
     def __init__(
         self,
@@ -149,6 +307,8 @@ class Experiment:
         log: Callable[[str], None] = print,
         dataset: Dataset | None = None,
         preset: str | None = None,
+        executor: Executor | None = None,
+        progress: bool = False,
     ) -> None:
         if not seeds:
             raise ModalrecError("give at least one seed")
@@ -161,8 +321,11 @@ class Experiment:
         self.preset = preset  # None: the preset named like the dataset, if any; "none": no preset
         self.reuse_only = False  # True: never train; rows with a missing run are left out of the table
         self.store = ResultsStore(self.out)
+        self.executor = executor if executor is not None else LocalExecutor()
+        self.progress_bar = progress
         self.trained = 0
         self.reused = 0
+        self.failed = 0
 
     def check(self, entry: Entry) -> None:
         """Fail early (before any training) on an unknown model, key or value type."""
@@ -184,54 +347,30 @@ class Experiment:
         cls = get_model_class(model)
         return str(resolve_config(cls.config_name, self.dataset.name, self.base, self.preset).valid_metric).lower()
 
-    def run(self, model: str, overrides: dict[str, Any], modalities: list[str] | None, seed: int) -> dict:
-        """Train one run, or return the stored record when it already finished."""
+    def trial(self, model: str, overrides: dict[str, Any], modalities: list[str] | None, seed: int) -> dict[str, Any]:
+        """The trial spec of (model, overrides, modalities, seed): what :func:`run_trial` takes."""
         cls = get_model_class(model)
         dataset = self.dataset.select_modalities(modalities)
         overrides = {**self.base, **overrides}
         setting = self._setting(overrides, modalities, dataset)
-        sid = setting_id(cls.name, setting)
-        record = self.store.get(cls.name, sid, seed)
-        drift = self.drift(cls, record, overrides, seed) if record is not None else []
-        if record is not None and not drift:
-            self.reused += 1
-            self.log(f"  {cls.name} seed {seed} [{sid}] finished earlier — reused")
-            return record
-        if drift:
-            what = f"{cls.name} seed {seed} [{sid}] was made with another configuration ({'; '.join(drift)})"
-            if self.reuse_only:
-                raise NotFinished(f"{what}: not reused")
-            kept = self.store.retire(cls.name, sid, seed)
-            self.log(f"  {what} — training it again (the old record is kept as {kept.name})")
-        if self.reuse_only:
-            raise NotFinished(f"{cls.name} seed {seed} [{sid}] has not finished")
-        t0 = time.perf_counter()
-        try:
-            run_dir, result = self._resume_or_train(cls.name, sid, dataset, modalities, {**overrides, "seed": seed})
-        except Interrupted as exc:
-            where = str(exc).split(" — ")[0]
-            raise Interrupted(
-                f"{cls.name} seed {seed} [{sid}]: {where} — run the same command again to resume", exc.exit_code
-            ) from None
-        record = {
+        data_dir = str(self.data_dir.resolve())
+        _remember_dataset((data_dir, self.dataset.fingerprint), self.dataset)  # local trials reuse it
+        cache = str(self.cache_dir) if isinstance(self.cache_dir, Path) else self.cache_dir
+        return {
             "model": cls.name,
-            "seed": seed,
-            "setting_id": sid,
+            "sid": setting_id(cls.name, setting),
+            "seed": int(seed),
             "setting": setting,
-            "run_dir": str(Path(run_dir).resolve()),
-            "best_epoch": result.best_epoch,
-            "valid": result.valid.metrics,
-            "test": result.test.metrics,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "overrides": {**overrides, "seed": int(seed)},
+            "modalities": modalities,
+            "data_dir": data_dir,
+            "fingerprint": self.dataset.fingerprint,
+            "out": str(self.out.resolve()),
+            "preset": self.preset,
+            "device": self.device,
+            "cache_dir": cache,
+            "code": code_version(),
         }
-        self.store.put(record)
-        self.trained += 1
-        self.log(
-            f"  {cls.name} seed {seed} [{sid}] {_short(overrides) or 'defaults'}: best epoch {result.best_epoch}, "
-            f"valid {_brief(result.valid.metrics)}, test {_brief(result.test.metrics)} ({record['seconds']:.1f}s)"
-        )
-        return record
 
     def _setting(self, overrides: dict[str, Any], modalities: list[str] | None, dataset: Dataset) -> dict:
         setting = {"overrides": overrides, "modalities": modalities, "data": dataset.fingerprint}
@@ -244,7 +383,7 @@ class Experiment:
     ) -> dict:
         """Record a finished ``modalrec train`` run as this experiment's (model, overrides, seed) trial.
 
-        Refused (one line) unless the run is exactly what :meth:`run` would train: same model,
+        Refused (one line) unless the run is exactly the trial :meth:`trial` describes: same model,
         same data (content hash and modalities), and a resolved configuration without
         :func:`config_drift`. The record says ``"adopted": true``; the run folder stays where it is.
         """
@@ -262,24 +401,24 @@ class Experiment:
         data = stored.get("data") or {}
         if data.get("fingerprint") != dataset.fingerprint or list(data.get("modalities") or []) != dataset.modalities:
             raise ModalrecError(f"{run_dir}: trained on other data or modalities than {self.data_dir}")
-        current = resolve_config(cls.config_name, self.dataset.name, {**overrides, "seed": seed}, self.preset)
-        drift = config_drift(cls.config_name, stored["config"], current.to_dict())
+        if metrics.get("test") is None:
+            raise ModalrecError(f"{run_dir}: has no test metrics (a tune trial); train it with `modalrec train`")
+        drift = self._drift(cls.name, stored["config"], {**overrides, "seed": seed}, metrics)
         if drift:
             raise ModalrecError(f"{run_dir}: its configuration differs ({'; '.join(drift)})")
-        sid = setting_id(cls.name, self._setting(overrides, modalities, dataset))
+        setting = self._setting(overrides, modalities, dataset)
+        sid = setting_id(cls.name, setting)
         record = {
             "model": cls.name,
             "seed": seed,
             "setting_id": sid,
-            "setting": self._setting(overrides, modalities, dataset),
+            "setting": setting,
             "run_dir": str(run_dir),
             "best_epoch": metrics["best_epoch"],
             "valid": metrics["valid"],
             "test": metrics["test"],
             "seconds": round(float(metrics["timings"]["total_train_seconds"]), 3),
-            "finished": time.strftime(
-                "%Y-%m-%dT%H:%M:%S", time.localtime(run_dir.joinpath("metrics.json").stat().st_mtime)
-            ),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime((run_dir / "metrics.json").stat().st_mtime)),
             "adopted": True,
         }
         if self.store.get(cls.name, sid, seed) is not None:  # never overwrite a record: keep it aside
@@ -287,19 +426,33 @@ class Experiment:
         self.store.put(record)
         return record
 
-    def drift(self, cls, record: dict, overrides: dict[str, Any], seed: int) -> list[str]:
-        """Differences between a stored run's configuration and what this command resolves today.
+    def record_drift(self, spec: dict[str, Any], record: dict) -> list[str]:
+        """Differences between a stored run's configuration and what the trial ``spec`` resolves today.
 
         The setting id hashes only the overrides, so a changed default (or a new option) would
-        otherwise hand back a run of the old model. A run folder whose config.yaml is gone or
-        unreadable cannot be checked and is trusted as it is.
+        otherwise hand back a run of the old model. A run folder whose config.yaml or
+        metrics.json is gone or unreadable cannot be checked and is trusted as it is.
         """
         try:
-            stored = read_yaml(Path(record["run_dir"]) / "config.yaml")["config"]
+            run_dir = Path(record["run_dir"])
+            stored = read_yaml(run_dir / "config.yaml")["config"]
+            metrics = json.loads((run_dir / "metrics.json").read_text())
         except (OSError, KeyError, TypeError, ValueError, ModalrecError):
             return []
-        current = resolve_config(cls.config_name, self.dataset.name, {**overrides, "seed": seed}, self.preset)
-        return config_drift(cls.config_name, stored, current.to_dict())
+        return self._drift(spec["model"], stored, spec["overrides"], metrics)
+
+    def _drift(self, model: str, stored: dict, overrides: dict[str, Any], metrics: dict) -> list[str]:
+        cls = get_model_class(model)
+        current = resolve_config(cls.config_name, self.dataset.name, overrides, self.preset).to_dict()
+        changes = config_drift(cls.config_name, stored, current)
+        # min_epochs only holds early stopping back: a run that stopped at or after the new value
+        # (and started with a smaller one) is exactly the run the new value gives.
+        ran = int((metrics.get("timings") or {}).get("epochs_run", -1))
+        old_min = int(stored.get("min_epochs", 0) or 0)
+        new_min = int(current.get("min_epochs", 0) or 0)
+        if old_min <= new_min <= ran:
+            changes = [c for c in changes if not c.startswith("min_epochs ")]
+        return changes
 
     def ranker_config(self):
         """The shared evaluation settings (topk, metrics, eval mode…) a reference ranker is evaluated with."""
@@ -355,76 +508,207 @@ class Experiment:
         self.log(f"  {kind} seed {seed}: test {_brief(record['test'])} (untrained reference ranker)")
         return record
 
-    def _resume_or_train(
-        self, model: str, sid: str, dataset: Dataset, modalities: list[str] | None, overrides: dict[str, Any]
-    ) -> tuple[Path, TrainResult]:
-        """Continue the trial's interrupted run from its resume state, else train it into a fresh folder.
+    def run_entry(self, entry: Entry) -> EntryResult:
+        """Run one entry (see :meth:`run_entries`)."""
+        (result,) = self.run_entries([entry])
+        if result is None:
+            raise NotFinished(f"{entry.label}: has not finished")
+        return result
 
-        A leftover folder whose state cannot be resumed (code or data changed, damaged file, none
-        written) is kept as it is; the trial then starts again in ``…-try<n>``.
+    def run_entries(
+        self, entries: list[Entry], on_entry: Callable[[int, EntryResult | None], None] | None = None
+    ) -> list[EntryResult | None]:
+        """Run entries: each one's grid on its first seed (selected on validation), then every seed.
+
+        All entries' trials go to the executor together (a grid's seeds after its grid), so a Ray
+        executor runs trials of different rows at once; with the local executor they run one
+        after another in entry order. ``on_entry(index, result)`` is called as each entry
+        completes. ``None`` in the result list: under ``reuse_only``, an entry whose grid or
+        first seed has not finished (left out).
         """
-        base = self.out / "runs" / f"{model}-{sid}-seed{overrides['seed']}"
-        tries = [base] + [base.with_name(f"{base.name}-try{n}") for n in range(2, 1000)]
-        existing = [p for p in tries if p.exists()]
-        if existing and (existing[-1] / RESUME_FILE).is_file():
-            try:
-                run_dir, result = resume_run(
-                    existing[-1], overrides, self.device, quiet=True, cache_dir=self.cache_dir, dataset=dataset
-                )
-                self.log(f"  {model} seed {overrides['seed']} [{sid}] resumed from {existing[-1].name}")
-                return run_dir, result
-            except RunError as exc:
-                self.log(f"  warning: cannot resume {existing[-1]} ({exc}); training the trial again")
-        run_out = next(p for p in tries if not p.exists())  # a leftover folder is kept, never overwritten
-        return train_run(
-            model,
-            self.data_dir,
-            modalities,
-            overrides,
-            preset=self.preset,
-            out=run_out,
-            device=self.device,
-            quiet=True,
-            cache_dir=self.cache_dir,
-            dataset=dataset,
+        results: list[EntryResult | None] = [None] * len(entries)
+        states: dict[int, _EntryState] = {}
+        known: dict[tuple, dict] = {}  # finished, failed or (reuse-only) missing trials of this campaign
+        waiting: dict[tuple, list[int]] = {}
+        queue: deque[dict[str, Any]] = deque()
+        progress = TrialProgress(0, self.log, bar=self.progress_bar)
+
+        def need(i: int, specs: list[dict[str, Any]]) -> None:
+            st = states[i]
+            st.specs, st.pending = specs, set()
+            for spec in specs:
+                key = trial_key(spec)
+                if key not in known:
+                    record = self.store.get(*key)
+                    drift = self.record_drift(spec, record) if record is not None else []
+                    if drift:
+                        what = f"{key[0]} seed {key[2]} [{key[1]}] was made with another configuration"
+                        what += f" ({'; '.join(drift)})"
+                        if self.reuse_only:
+                            self.log(f"  {what}: left out, not reused")
+                        else:
+                            kept = self.store.retire(*key)
+                            self.log(f"  {what} — training it again (the old record is kept as {kept.name})")
+                        record = None
+                    if record is not None:
+                        known[key] = record
+                        self.reused += 1
+                        progress.update(done=1)
+                        self.log(f"  {key[0]} seed {key[2]} [{key[1]}] finished earlier — reused")
+                    elif self.reuse_only:
+                        known[key] = {"missing": True, **_key_dict(key)}
+                    else:
+                        st.pending.add(key)
+                        if key not in waiting:
+                            waiting[key] = []
+                            queue.append(spec)
+                        waiting[key].append(i)
+            if not st.pending:
+                advance(i)
+
+        def finish(i: int, result: EntryResult | None) -> None:
+            states[i].stage = "done"
+            results[i] = result
+            if on_entry is not None:
+                on_entry(i, result)
+
+        def advance(i: int) -> None:
+            st = states[i]
+            entry, seeds = st.entry, st.entry.seeds or self.seeds
+            if st.stage == "grid":
+                best_score = -math.inf
+                chosen = None
+                for s, spec in zip(st.settings, st.specs, strict=True):
+                    rec = known[trial_key(spec)]
+                    if rec.get("missing"):
+                        self.log(f"{entry.label}: left out ({_describe_key(trial_key(spec))} has not finished)")
+                        return finish(i, None)
+                    if rec.get("failed"):
+                        st.failures.append(rec)
+                        continue
+                    st.grid_records.append({**rec, "grid_setting": s})
+                    score = rec["valid"].get(st.metric, -math.inf)
+                    if chosen is None or score > best_score:  # strict: ties keep the earlier setting
+                        best_score, chosen = score, {**entry.overrides, **s}
+                if chosen is None:
+                    self.log(f"{entry.label}: every grid setting failed — the row has no result")
+                    return finish(i, EntryResult(entry, dict(entry.overrides), [], [], st.metric, st.failures))
+                self.log(f"{entry.label}: chose {_short(chosen)} (valid {st.metric} {best_score:.4f})")
+                st.chosen, st.stage = chosen, "seeds"
+                return need(i, [self.trial(entry.model, chosen, entry.modalities, seed) for seed in seeds])
+            records = []
+            for seed, spec in zip(seeds, st.specs, strict=True):
+                rec = known[trial_key(spec)]
+                if rec.get("missing"):
+                    if seed == seeds[0]:  # reuse-only: the seeds that finished, the first included
+                        self.log(f"{entry.label}: left out ({_describe_key(trial_key(spec))} has not finished)")
+                        return finish(i, None)
+                    self.log(f"  {entry.label} seed {seed}: not finished — left out of the mean")
+                elif rec.get("failed"):
+                    st.failures.append(rec)
+                else:
+                    records.append(rec)
+            finish(i, EntryResult(entry, st.chosen, records, st.grid_records, st.metric, st.failures))
+
+        for i, entry in enumerate(entries):
+            seeds = entry.seeds or self.seeds
+            if entry.model in RANKERS:
+                records = [self.run_ranker(entry.model, seed) for seed in seeds]
+                states[i] = _EntryState(entry, "done", "recall@20", [])
+                finish(i, EntryResult(entry, {}, records, [], "recall@20"))
+                continue
+            metric = self.select_metric(entry.model)
+            cls = get_model_class(entry.model)
+            config = resolve_config(cls.config_name, self.dataset.name, {**self.base, **entry.overrides}, self.preset)
+            self.log(f"{entry.label}: {describe_preset(config)}")
+            grid = self._grid(entry)
+            if grid:
+                settings = grid_settings(grid)
+                self.log(f"{entry.label}: grid of {len(settings)} settings, selecting on valid {metric}")
+                states[i] = _EntryState(entry, "grid", metric, [], settings=settings)
+                progress.add_total(len(settings) + len(seeds) - 1)
+                specs = [
+                    self.trial(entry.model, {**entry.overrides, **s}, entry.modalities, seeds[0]) for s in settings
+                ]
+            else:
+                self.log(f"{entry.label}: {_short({**self.base, **entry.overrides}) or 'defaults'}")
+                states[i] = _EntryState(entry, "seeds", metric, [], chosen=dict(entry.overrides))
+                progress.add_total(len(seeds))
+                specs = [self.trial(entry.model, entry.overrides, entry.modalities, seed) for seed in seeds]
+            need(i, specs)
+
+        executor = self.executor
+        try:
+            with graceful_interrupts() as flag:
+                while queue or executor.in_flight():
+                    while queue and executor.in_flight() < executor.capacity:
+                        executor.submit(queue.popleft())
+                    progress.update(running=min(executor.in_flight(), executor.capacity))
+                    try:
+                        outcome = executor.next_done(poll=lambda: flag() is not None)
+                    except _Stop:
+                        outcome = None
+                    if outcome is not None:  # stored first: a trial that finished is never lost to an interrupt
+                        key = trial_key(outcome.spec)
+                        known[key] = self._store_outcome(outcome)
+                        progress.update(
+                            done=0 if outcome.failed else 1,
+                            failed=1 if outcome.failed else 0,
+                            running=min(executor.in_flight(), executor.capacity),
+                        )
+                        self._log_outcome(outcome, progress)
+                        for i in waiting.pop(key, []):
+                            states[i].pending.discard(key)
+                            if not states[i].pending and states[i].stage != "done":
+                                advance(i)
+                    if flag() is not None:
+                        stopped = executor.cancel()
+                        raise Interrupted(
+                            f"stopped {stopped} running trial{'s' if stopped != 1 else ''} (their runs keep their "
+                            f"last resume state); {self.trained} trial{'s' if self.trained != 1 else ''} trained "
+                            f"and stored in {self.out} — run the same command again to resume",
+                            SIGNAL_EXIT_CODES.get(flag() or signal.SIGINT, 130),
+                        )
+        finally:
+            if executor.in_flight():
+                executor.cancel()
+            progress.close()
+        return results
+
+    def _store_outcome(self, outcome: TrialOutcome) -> dict[str, Any]:
+        """The driver's part: store the record (or the failure, with its reason); returns what the entry sees."""
+        spec = outcome.spec
+        if outcome.failed:
+            self.failed += 1
+            return self.store.put_failure(spec, outcome.error or "unknown error")
+        record = dict(outcome.record)
+        notes = record.pop("notes", [])
+        for note in notes:
+            self.log(f"  {spec['model']} seed {spec['seed']} [{spec['sid']}] {note}")
+        self.store.put(record)
+        self.trained += 1
+        return record
+
+    def _log_outcome(self, outcome: TrialOutcome, progress: TrialProgress) -> None:
+        spec = outcome.spec
+        what = _short(spec["setting"]["overrides"]) or "defaults"
+        head = f"  {spec['model']} seed {spec['seed']} [{spec['sid']}] {what}"
+        if outcome.failed:
+            self.log(f"{head}: FAILED — {outcome.error} [{progress.counts()}]")
+            return
+        rec = outcome.record
+        self.log(
+            f"{head}: best epoch {rec['best_epoch']}, valid {_brief(rec['valid'])}, test {_brief(rec['test'])} "
+            f"({rec['seconds']:.1f}s) [{progress.counts()}]"
         )
 
-    def run_entry(self, entry: Entry) -> EntryResult:
-        """Run an entry: grid search on the first seed (selected on validation), then every seed."""
-        if entry.model in RANKERS:
-            records = [self.run_ranker(entry.model, seed) for seed in entry.seeds or self.seeds]
-            return EntryResult(entry, {}, records, [], "recall@20")
-        metric = self.select_metric(entry.model)
-        cls = get_model_class(entry.model)
-        config = resolve_config(cls.config_name, self.dataset.name, {**self.base, **entry.overrides}, self.preset)
-        self.log(f"{entry.label}: {describe_preset(config)}")
-        grid = self._grid(entry)
-        chosen = dict(entry.overrides)
-        grid_records: list[dict] = []
-        if grid:
-            settings = grid_settings(grid)
-            self.log(f"{entry.label}: grid of {len(settings)} settings, selecting on valid {metric}")
-            best_score = -math.inf
-            for s in settings:
-                rec = self.run(entry.model, {**entry.overrides, **s}, entry.modalities, (entry.seeds or self.seeds)[0])
-                rec = {**rec, "grid_setting": s}
-                grid_records.append(rec)
-                score = rec["valid"].get(metric, -math.inf)
-                if score > best_score:  # strict: ties keep the earlier setting
-                    best_score, chosen = score, {**entry.overrides, **s}
-            self.log(f"{entry.label}: chose {_short(chosen)} (valid {metric} {best_score:.4f})")
-        else:
-            self.log(f"{entry.label}: {_short({**self.base, **chosen}) or 'defaults'}")
-        seeds = entry.seeds or self.seeds
-        records = []
-        for seed in seeds:
-            try:
-                records.append(self.run(entry.model, chosen, entry.modalities, seed))
-            except NotFinished:
-                if not self.reuse_only or seed == seeds[0]:  # reuse-only: the seeds that finished, first included
-                    raise
-                self.log(f"  {entry.label} seed {seed}: not finished — left out of the mean")
-        return EntryResult(entry, chosen, records, grid_records, metric)
+
+def _key_dict(key: tuple) -> dict[str, Any]:
+    return {"model": key[0], "setting_id": key[1], "seed": key[2]}
+
+
+def _describe_key(key: tuple) -> str:
+    return f"{key[0]} seed {key[2]} [{key[1]}]"
 
 
 def _brief(metrics: dict[str, float]) -> str:
@@ -455,13 +739,17 @@ def summary_table(
     results: list[EntryResult], metrics: tuple[str, ...] = DEFAULT_METRICS, target: str | None = None, title: str = ""
 ) -> ResultTable:
     """Mean ± std over seeds per row and metric."""
-    mean, std, n = {}, {}, {}
+    mean, std, n, failed = {}, {}, {}, {}
     for r in results:
         label = r.entry.label
-        mean[label] = {m: float(np.nanmean(r.test_values(m))) for m in metrics}
+        mean[label] = {m: r.test_mean(m) for m in metrics}
         std[label] = {m: float(np.std(r.test_values(m), ddof=1)) if len(r.records) > 1 else 0.0 for m in metrics}
         n[label] = len(r.records)
-    return ResultTable([r.entry.label for r in results], list(metrics), mean, std, n, target=target, title=title)
+        if r.failures:
+            failed[label] = r.failure_note()
+    return ResultTable(
+        [r.entry.label for r in results], list(metrics), mean, std, n, target=target, title=title, failed=failed
+    )
 
 
 def significance(
@@ -525,7 +813,8 @@ def significance_csv(sig: dict[str, dict[str, dict]], target: str) -> str:
 
 def choose_target(results: list[EntryResult], metric: str = "recall@20") -> str:
     """The row with the highest mean test ``metric`` (reporting only; nothing is tuned on it)."""
-    return max(results, key=lambda r: float(np.nanmean(r.test_values(metric)))).entry.label
+    scored = [r for r in results if r.records] or results
+    return max(scored, key=lambda r: r.test_mean(metric) if r.records else -math.inf).entry.label
 
 
 @dataclass
@@ -540,6 +829,7 @@ class Report:
     files: list[Path]
     trained: int
     reused: int
+    failed: int = 0
 
 
 def write_table_report(
@@ -559,12 +849,11 @@ def write_table_report(
     """
     table = summary_table(results, metrics, target, title)
     sig: dict = {}
-    if target is not None and len(results) > 1:
-        sig = significance(results, target, metrics)
+    tested = [r for r in results if r.records]  # a row whose every trial failed has nothing to test
+    if target is not None and len(tested) > 1 and any(r.entry.label == target for r in tested):
+        sig = significance(tested, target, metrics)
         for m in metrics:  # mark the target's cell when it beats the best competitor significantly
-            best_other = max(
-                (r for r in results if r.entry.label != target), key=lambda r: float(np.nanmean(r.test_values(m)))
-            ).entry.label
+            best_other = max((r for r in tested if r.entry.label != target), key=lambda r: r.test_mean(m)).entry.label
             s = sig[best_other][m]
             if s["significant"] and s["mean_diff"] > 0:
                 table.markers.setdefault(target, {})[m] = MARK
@@ -636,13 +925,17 @@ def write_table_report(
                     ],
                     "test_mean": table.mean[r.entry.label],
                     "test_std": table.std[r.entry.label],
+                    "failed": [
+                        {k: f[k] for k in ("seed", "setting_id", "failed")} | {"overrides": f["setting"]["overrides"]}
+                        for f in r.failures
+                    ],
                 }
                 for r in results
             ],
             "significance": sig,
         },
     )
-    return Report(writer.folder, table, results, sig, target, list(writer.written), exp.trained, exp.reused)
+    return Report(writer.folder, table, results, sig, target, list(writer.written), exp.trained, exp.reused, exp.failed)
 
 
 def _cold_start_kind(model: str) -> str:
@@ -749,6 +1042,8 @@ def run_benchmark(
     protocol: str = "default",
     cold_ratio: float = 0.2,
     eval_mode: str | None = None,
+    executor: Executor | None = None,
+    progress: bool = False,
 ) -> Report:
     """Run every model under the same protocol and write the table report (see module docstring).
 
@@ -772,6 +1067,10 @@ def run_benchmark(
     the dataset already declares cold items, and adds the Popularity and Random rows.
     ``eval_mode`` (warm | cold | all; None = the dataset's default) applies to every row.
     ``Popularity``/``Random`` may also be named in ``models`` under any protocol.
+
+    ``executor`` runs the trials (default: one after another in this process; see
+    :mod:`modalrec.experiments.executors`); ``progress`` shows a bar of trials done / running /
+    failed. A failed trial is recorded and marked in the table; the others go on.
     """
     if protocol not in BENCHMARK_PROTOCOLS:
         raise ModalrecError(f"--protocol {protocol!r}: choose from {', '.join(BENCHMARK_PROTOCOLS)}")
@@ -807,7 +1106,9 @@ def run_benchmark(
             data_dir = split_dir
             dataset = load_dataset(split_dir)
     names = [e.label for e in entries]
-    exp = Experiment(data_dir, out, seeds or [999], overrides, device, cache_dir, log, dataset, preset)
+    exp = Experiment(
+        data_dir, out, seeds or [999], overrides, device, cache_dir, log, dataset, preset, executor, progress
+    )
     for e in entries:
         exp.check(e)
     if target is not None:
@@ -817,20 +1118,20 @@ def run_benchmark(
     title = f"{dataset.name}: test metrics" + (" (grid search on validation)" if searched else "")
     exp.reuse_only = reuse_only
     writer = ReportWriter(out)
-    results: list[EntryResult] = []
-    missing: list[str] = []
-    for e in entries:
-        try:
-            results.append(exp.run_entry(e))
-        except NotFinished as exc:
-            log(f"{e.label}: left out ({exc})")
-            missing.append(e.label)
-            continue
-        if len(results) + len(missing) < len(entries):  # the rows so far: a long benchmark shows what finished
-            partial_target = target if target in {r.entry.label for r in results} else None
+    done: dict[int, EntryResult | None] = {}
+
+    def on_entry(i: int, result: EntryResult | None) -> None:
+        done[i] = result
+        finished = [done[j] for j in sorted(done) if done[j] is not None]
+        if finished and len(done) < len(entries):  # the rows so far: a long benchmark shows what finished
+            partial_target = target if target in {r.entry.label for r in finished} else None
             write_table_report(
-                exp, results, partial_target, metrics, title + " (partial)", writer, "benchmark", complete=False
+                exp, finished, partial_target, metrics, title + " (partial)", writer, "benchmark", complete=False
             )
+
+    outcomes = exp.run_entries(entries, on_entry)
+    results = [r for r in outcomes if r is not None]
+    missing = [e.label for e, r in zip(entries, outcomes, strict=True) if r is None]
     if not results:
         raise ModalrecError(f"no row of the benchmark has finished runs in {out} (--reuse-only trains nothing)")
     if target is not None and target in missing:

@@ -21,6 +21,7 @@ import yaml
 from modalrec.data.dataset import load_dataset
 from modalrec.errors import ModalrecError
 from modalrec.experiments.benchmark import Entry, EntryResult, Experiment, default_report_dir
+from modalrec.experiments.executors import Executor
 from modalrec.experiments.report import ReportWriter
 from modalrec.experiments.tables import metric_label
 from modalrec.models import get_model_class
@@ -76,6 +77,7 @@ class SweepReport:
     figures: list[Path]
     trained: int
     reused: int
+    failed: int = 0
 
 
 def run_sweep(
@@ -88,6 +90,8 @@ def run_sweep(
     device: str = "cpu",
     cache_dir: str | Path | bool | None = None,
     log: Callable[[str], None] = print,
+    executor: Executor | None = None,
+    progress: bool = False,
 ) -> SweepReport:
     """Train ``model`` at every point of one or two parameters' values and write table + figure."""
     if not 1 <= len(params) <= 2:
@@ -103,7 +107,7 @@ def run_sweep(
     dataset = load_dataset(data_dir)
     tag = "_".join(p for p, _ in parsed)
     out = Path(out) if out is not None else default_report_dir("sweep", dataset.name, f"{name}-{tag}")
-    exp = Experiment(data_dir, out, seeds or [999], base, device, cache_dir, log, dataset)
+    exp = Experiment(data_dir, out, seeds or [999], base, device, cache_dir, log, dataset, None, executor, progress)
     if len(parsed) == 1:
         points = [{parsed[0][0]: v} for v in parsed[0][1]]
     else:
@@ -112,14 +116,21 @@ def run_sweep(
     for e in entries:
         exp.check(e)
     log(f"sweep of {name} over {tag} on {dataset.name}: {len(points)} points × {len(exp.seeds)} seeds → {out}")
-    results = [exp.run_entry(e) for e in entries]
+    results = [r for r in exp.run_entries(entries) if r is not None]
     select = results[0].select_metric
-    valid_means = [float(np.mean([r["valid"][select] for r in res.records])) for res in results]
+    # a point whose every trial failed has no mean and cannot be selected
+    valid_means = [
+        float(np.mean([r["valid"][select] for r in res.records])) if res.records else -math.inf for res in results
+    ]
+    if all(v == -math.inf for v in valid_means):
+        raise ModalrecError(f"every trial of the sweep failed (first: {results[0].failure_note()}); see {out}/results")
     best = int(np.argmax(valid_means))
     writer = ReportWriter(out)
 
     def mean_std(res: EntryResult, split: str, m: str) -> tuple[float, float]:
         v = np.array([r[split].get(m, math.nan) for r in res.records], dtype=float)
+        if not v.size:
+            return math.nan, math.nan
         return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
     keys = [p for p, _ in parsed]
@@ -144,6 +155,8 @@ def run_sweep(
             csvrow += [f"{tm:.6f}", f"{ts:.6f}"]
         if i == best:
             row[0] = "▶ " + row[0]
+        if res.failures:
+            row[-1] += f" (failed: {res.failure_note()})"
         md.append("| " + " | ".join(row + cells) + " |")
         csv.append(",".join(csvrow))
     writer.write_text("sweep.md", "\n".join(md) + "\n")
@@ -193,4 +206,5 @@ def run_sweep(
         [fig_path],
         exp.trained,
         exp.reused,
+        exp.failed,
     )

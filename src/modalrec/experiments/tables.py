@@ -38,6 +38,7 @@ class ResultTable:
     target: str | None = None  # the row of the "Improv. %" line; None = no such line
     title: str = ""
     digits: int = 4
+    failed: dict[str, str] = field(default_factory=dict)  # row -> why some of its trials failed (marked)
 
     # ------------------------------------------------------------ ranking
     def ranks(self, metric: str) -> tuple[set[str], set[str]]:
@@ -79,6 +80,10 @@ class ResultTable:
             out.append("–" if math.isnan(v) else f"{v:+.2f}%")
         return out
 
+    def label(self, row: str) -> str:
+        """The row's name, marked ``(failed: …)`` when some of its trials failed."""
+        return f"{row} (failed: {self.failed[row]})" if row in self.failed else row
+
     # ------------------------------------------------------------ formats
     def to_markdown(self) -> str:
         """GitHub Markdown: best **bold**, second <u>underlined</u>."""
@@ -95,7 +100,7 @@ class ResultTable:
                 elif r in ranks[m][1]:
                     c = f"<u>{c}</u>"
                 cells.append(c)
-            lines.append("| " + " | ".join([_md_escape(r), *cells]) + " |")
+            lines.append("| " + " | ".join([_md_escape(self.label(r)), *cells]) + " |")
         if self.target is not None:
             lines.append("| Improv. % | " + " | ".join(self._improv_cells()) + " |")
         return "\n".join(lines) + "\n"
@@ -104,15 +109,17 @@ class ResultTable:
         """CSV: ``model``, then ``<metric>`` (mean) and ``<metric>_std`` per metric; an ``Improv. %`` row."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["model", *[c for m in self.metrics for c in (m, f"{m}_std")], "seeds"])
+        extra = ["failed"] if self.failed else []  # the column exists only when a trial failed
+        w.writerow(["model", *[c for m in self.metrics for c in (m, f"{m}_std")], "seeds", *extra])
         for r in self.rows:
             vals = []
             for m in self.metrics:
                 vals.append(_num(self.mean[r].get(m, math.nan), self.digits + 2))
                 vals.append(_num(self.std.get(r, {}).get(m, math.nan), self.digits + 2))
-            w.writerow([r, *vals, self.n_seeds.get(r, 1)])
+            w.writerow([r, *vals, self.n_seeds.get(r, 1), *([self.failed.get(r, "")] if extra else [])])
         if self.target is not None:
-            w.writerow(["Improv. %", *[c for m in self.metrics for c in (_num(self.improvement(m), 2), "")], ""])
+            improv = [c for m in self.metrics for c in (_num(self.improvement(m), 2), "")]
+            w.writerow(["Improv. %", *improv, "", *([""] if extra else [])])
         return buf.getvalue()
 
     def to_latex(self) -> str:
@@ -135,7 +142,7 @@ class ResultTable:
                 elif r in ranks[m][1]:
                     c = f"\\underline{{{c}}}"
                 cells.append(c)
-            lines.append(" & ".join([_tex_escape(r), *cells]) + " \\\\")
+            lines.append(" & ".join([_tex_escape(r + (" (failed)" if r in self.failed else "")), *cells]) + " \\\\")
         if self.target is not None:
             lines.append("\\midrule")
             lines.append(" & ".join(["Improv.\\ \\%", *(_tex_escape(c) for c in self._improv_cells())]) + " \\\\")
