@@ -53,7 +53,7 @@ def postgres(optuna):
 
     initdb refuses to run as root: as root the server runs as the ``postgres`` user (or ``nobody``).
     """
-    pytest.importorskip("psycopg2", reason="psycopg2 (the 'scale' extra) is needed for a postgresql:// storage")
+    pytest.importorskip("psycopg", reason="psycopg (the 'scale' extra) is needed for a postgresql:// storage")
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         pytest.skip("PostgreSQL's initdb/pg_ctl not found (apt-get install postgresql; .ci/run does)")
@@ -82,12 +82,10 @@ def postgres(optuna):
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"PostgreSQL could not be started here: {exc}")
     try:
-        import psycopg2
+        import psycopg  # the driver the 'scale' extra installs (psycopg 3)
 
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE optuna")
-        conn.close()
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE optuna")
         yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)

@@ -212,7 +212,7 @@ def _open_storage(optuna: Any, url: str) -> Any:
         return optuna.storages.RDBStorage(
             storage_url(url), heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
         )
-    except ImportError as exc:  # the database driver (psycopg2) is missing
+    except ImportError as exc:  # the database driver (psycopg) is missing
         raise ModalrecError(
             f"--storage {_safe_url(url)}: {exc}; the PostgreSQL driver is in the 'scale' extra: "
             "pip install -e '.[scale]'"
