@@ -257,17 +257,25 @@ def _resume_or_train(spec: dict[str, Any], dataset: Dataset, notes: list[str]) -
         except RunError as exc:
             notes.append(f"warning: cannot resume {existing[-1]} ({exc}); training the trial again")
     run_out = next(p for p in tries if not p.exists())  # a leftover folder is kept, never overwritten
+    return train_spec(spec, run_out, dataset, overrides)
+
+
+def train_spec(
+    spec: dict[str, Any], out: Path, dataset: Dataset, overrides: dict[str, Any] | None = None, **fit_options: Any
+) -> tuple[Path, TrainResult]:
+    """Train a trial spec into ``out`` (quietly, on the spec's device and cache); ``fit_options`` go to train_run."""
     return train_run(
-        model,
+        spec["model"],
         spec["data_dir"],
         spec["modalities"],
-        overrides,
+        spec["overrides"] if overrides is None else overrides,
         preset=spec["preset"],
-        out=run_out,
+        out=out,
         device=spec["device"],
         quiet=True,
         cache_dir=spec["cache_dir"],
         dataset=dataset,
+        **fit_options,
     )
 
 

@@ -126,20 +126,7 @@ def run_tune_trial(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_dir = Path(spec["run_dir"])
     try:
-        run_dir, result = bench.train_run(
-            spec["model"],
-            spec["data_dir"],
-            spec["modalities"],
-            spec["overrides"],
-            preset=spec["preset"],
-            out=run_dir,
-            device=spec["device"],
-            quiet=True,
-            cache_dir=spec["cache_dir"],
-            dataset=dataset,
-            on_epoch=on_epoch,
-            evaluate_test=False,
-        )
+        run_dir, result = bench.train_spec(spec, run_dir, dataset, on_epoch=on_epoch, evaluate_test=False)
     except _Pruned as p:
         return {
             "state": "pruned",
