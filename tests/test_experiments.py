@@ -393,3 +393,16 @@ def test_adopted_train_run_is_reused_and_a_mismatched_one_refused(syn_dir, tmp_p
     assert (report.trained, report.reused) == (0, 1)
     record = json.loads(next((out / "results").rglob("seed-4.json")).read_text())
     assert record["adopted"] is True and record["run_dir"] == str(run.resolve())
+
+
+def test_config_drift_counts_min_epochs_only_when_the_run_stopped_before_it():
+    """min_epochs only holds early stopping back: a run that went past the new value is the same run."""
+    from modalrec.config import config_drift, resolve_config
+
+    current = resolve_config("mario", overrides={"min_epochs": 100}).to_dict()
+    stored = {**current, "min_epochs": 0}
+    assert config_drift("mario", stored, current, epochs_run=150) == []
+    assert config_drift("mario", stored, current, epochs_run=40) == ["min_epochs 0 → 100"]
+    assert config_drift("mario", stored, current) == ["min_epochs 0 → 100"]  # unknown length: a change
+    older = {k: v for k, v in stored.items() if k not in ("content_gate", "content_gate_init", "content_gate_speed")}
+    assert config_drift("mario", older, {**current, "content_gate": "none"}, epochs_run=150) == []  # compat + only_with

@@ -76,13 +76,17 @@ def _section(model_file: str, name: str) -> dict[str, Any]:
 NEUTRAL_KEYS = frozenset({"checkpoint_every", "eval_batch_size", "ranking_block_size", "knn_block_size", "preset"})
 
 
-def config_drift(model_file: str, stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def config_drift(
+    model_file: str, stored: Mapping[str, Any], current: Mapping[str, Any], epochs_run: int | None = None
+) -> list[str]:
     """How a stored run's resolved configuration differs from the one the same command resolves now.
 
     Returns ``"key old → new"`` lines (empty: the run is what the command would train today).
     Keys the stored configuration lacks take their :func:`compat_defaults` value; a key listed
     in a YAML's ``only_with:`` section is compared only when the keys it depends on have the
-    values named there in the current configuration.
+    values named there in the current configuration. ``min_epochs`` only holds early stopping
+    back: given the stored run's ``epochs_run``, a run that started with a smaller value and
+    stopped at or after the current one is exactly the run the current value gives.
     """
     compat = compat_defaults(model_file)
     only_with = _section(model_file, "only_with")  # key → {other key: value it needs to matter}
@@ -95,6 +99,8 @@ def config_drift(model_file: str, stored: Mapping[str, Any], current: Mapping[st
         if any(current.get(k) != v for k, v in needs.items()):
             continue  # the key has no effect in this configuration (e.g. a gate's start with no gate)
         old = stored.get(key, compat.get(key, missing))
+        if key == "min_epochs" and old is not missing and epochs_run is not None and old <= new <= epochs_run:
+            continue
         if old is missing:
             changes.append(f"{key} (not set) → {new!r}")
         elif old != new:

@@ -452,15 +452,8 @@ class Experiment:
     def _drift(self, model: str, stored: dict, overrides: dict[str, Any], metrics: dict) -> list[str]:
         cls = get_model_class(model)
         current = resolve_config(cls.config_name, self.dataset.name, overrides, self.preset).to_dict()
-        changes = config_drift(cls.config_name, stored, current)
-        # min_epochs only holds early stopping back: a run that stopped at or after the new value
-        # (and started with a smaller one) is exactly the run the new value gives.
-        ran = int((metrics.get("timings") or {}).get("epochs_run", -1))
-        old_min = int(stored.get("min_epochs", 0) or 0)
-        new_min = int(current.get("min_epochs", 0) or 0)
-        if old_min <= new_min <= ran:
-            changes = [c for c in changes if not c.startswith("min_epochs ")]
-        return changes
+        epochs_run = (metrics.get("timings") or {}).get("epochs_run")
+        return config_drift(cls.config_name, stored, current, None if epochs_run is None else int(epochs_run))
 
     def ranker_config(self):
         """The shared evaluation settings (topk, metrics, eval mode…) a reference ranker is evaluated with."""
