@@ -473,6 +473,9 @@ def render(out: Path, root: Path, report: Path, quick: bool, intro: str) -> None
     for part in PARTS:
         present = quick or part.dataset == "synthetic" or (root / part.dataset).is_dir()
         lines += render_part(part, present, out, commands)
+        if not quick and (NOTES / f"{part.name}.md").exists():
+            # findings written by hand about a part (investigations behind a verdict), kept beside its plan
+            lines += [(NOTES / f"{part.name}.md").read_text().strip(), ""]
     report.parent.mkdir(parents=True, exist_ok=True)
     tmp = report.with_suffix(".tmp")
     tmp.write_text("\n".join(lines).rstrip() + "\n")
@@ -481,6 +484,7 @@ def render(out: Path, root: Path, report: Path, quick: bool, intro: str) -> None
 
 
 INTRO_FILE = PLANS / "intro.md"
+NOTES = PLANS / "notes"
 
 
 def main(argv: list[str] | None = None) -> None:
