@@ -335,6 +335,15 @@ def peer_verdicts(rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def _verdict(row: dict, published: tuple[float, float], k: int) -> str:
+    """Verdict "reached" when the row's test Recall@k and NDCG@k are both within TOLERANCE of the published pair."""
+    recall, ndcg = published
+    ok = row["test_mean"][f"recall@{k}"] >= recall * (1 - TOLERANCE) and row["test_mean"][f"ndcg@{k}"] >= ndcg * (
+        1 - TOLERANCE
+    )
+    return "reached" if ok else "**below**"
+
+
 def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, str]) -> list[str]:
     lines = [f"## {part.title}", ""]
     summary_path = out / part.name / "summary.json"
@@ -365,17 +374,10 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
         verdict = {}
         for r in rows:
             if r["model"] in PUBLISHED_BABY_AT10:
-                a, b = PUBLISHED_BABY_AT10[r["model"]]
-                ok = r["test_mean"]["recall@10"] >= a * (1 - TOLERANCE) and r["test_mean"]["ndcg@10"] >= b * (
-                    1 - TOLERANCE
-                )
-                verdict[r["label"]] = "reached" if ok else "**below**"
+                verdict[r["label"]] = _verdict(r, PUBLISHED_BABY_AT10[r["model"]], 10)
             elif r["model"] in PUBLISHED_BABY_AT20:  # NGCF: not in Table I; judged on the logged runs' @20
                 a, b = next(iter(PUBLISHED_BABY_AT20[r["model"]].values()))
-                ok = r["test_mean"]["recall@20"] >= a * (1 - TOLERANCE) and r["test_mean"]["ndcg@20"] >= b * (
-                    1 - TOLERANCE
-                )
-                verdict[r["label"]] = f"{'reached' if ok else '**below**'} (@20 against {a:.4f} / {b:.4f})"
+                verdict[r["label"]] = f"{_verdict(r, (a, b), 20)} (@20 against {a:.4f} / {b:.4f})"
         extra["target"] = verdict
     if part.name.endswith("bpr-peer"):
         for peer, vals in PEER_SCIENTIFIC_BPR.items():
