@@ -310,12 +310,14 @@ def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (tmp_path / "r" / "reproduction.md").read_text()
-    for title in ("Amazon Baby", "all 17 models", "best peer toolbox", "content scale control"):
+    for title in ("Amazon Baby", "all 17 models", "best peer toolbox", "content scale control", "Cold-start items"):
         assert title in report
     assert "Not run" not in report
     for label in ("| BPR |", "| LightGCN |", "| MARIO |", "| MeAIM |", "| MMSSL |", "| MARIO (paper) |"):
         assert label in report, label
     assert "Paired t-test of **MARIO**" in report and "Cornac" in report
+    # cold-items parts: ID-only rows marked unable, content rows judged against the two rankers
+    assert "| unable (random) |" in report and "| from content |" in report and "| Popularity |" in report
     assert "benchmark --plan" in report and "fingerprint" in report
 
 
