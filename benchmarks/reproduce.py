@@ -426,6 +426,9 @@ def render_part(part: Part, data_present: bool, out: Path, commands: dict[str, s
             elif r["model"] in PUBLISHED_BABY_AT20:  # NGCF: not in Table I; judged on the logged runs' @20
                 a, b = next(iter(PUBLISHED_BABY_AT20[r["model"]].values()))
                 verdict[r["label"]] = f"{_verdict(r, (a, b), 20)} (@20 against {a:.4f} / {b:.4f})"
+        for r in rows:  # the target is a mean over every seed: say when a row has fewer
+            if r["label"] in verdict and len(r["runs"]) < len(summary["seeds"]):
+                verdict[r["label"]] += f" on {len(r['runs'])} of {len(summary['seeds'])} seeds"
         extra["target"] = verdict
     if part.cold:
         rows = sorted(rows, key=lambda r: -r["test_mean"].get("recall@20", -1.0))  # the table ranks them
