@@ -113,6 +113,19 @@ def test_report_writers_of_two_processes_share_the_folder(tmp_path):
     assert b.write_text("summary.json", "{4}").name == "summary-2.json"
 
 
+def test_a_stale_writer_does_not_make_another_writers_file_look_foreign(tmp_path):
+    """Writer a's memory of table.md predates b's rewrite; a's next write of another file must not
+    record that stale entry, or a third write of table.md would be diverted to table-2.md."""
+    a, b = ReportWriter(tmp_path), ReportWriter(tmp_path)
+    a.write_text("table.md", "a1")
+    a.write_text("summary.json", "a1")
+    b.write_text("table.md", "b1")  # b rewrites a generated file: allowed
+    a.write_text("summary.json", "a2")  # a records its manifest again
+    assert a.write_text("table.md", "a3").name == "table.md"
+    assert (tmp_path / "table.md").read_text() == "a3"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["summary.json", "table.md"]
+
+
 # ---------------------------------------------------------------------- benchmark
 def test_benchmark_two_models_writes_tables_and_resumes(syn_dir, tmp_path, monkeypatch):
     out = tmp_path / "bench"

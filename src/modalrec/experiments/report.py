@@ -4,19 +4,32 @@ Every file a command writes into a report folder is recorded, with its SHA-256, 
 ``.modalrec-report.json``. A later command may replace a file only when its current
 content still matches that record (i.e. the file is ours and nobody edited it); any other
 existing file is left alone and the new content goes to ``name-2.ext``, ``name-3.ext`` …
+
+Several processes may write into one folder at once (a benchmark resumed or re-tabulated
+beside a running one): each write re-reads the manifest under an advisory lock and keeps
+the other writers' latest entries, so no process's stale view makes another's file look
+foreign.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX advisory locks; elsewhere writes go unlocked (a single writer per folder is then assumed)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from modalrec.io import atomic_write, write_json
 
 MANIFEST = ".modalrec-report.json"
+LOCK = ".modalrec-report.lock"
 
 
 def _sha(data: bytes) -> str:
@@ -60,12 +73,28 @@ class ReportWriter:
                 return alt
         raise RuntimeError(f"{path}: no free file name")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the folder's lock: one writer at a time decides a target, writes it and records it."""
+        if fcntl is None:  # pragma: no cover - Windows
+            yield
+            return
+        with open(self.folder / LOCK, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write ``data`` as ``name`` (atomically); returns the path actually written."""
-        path = self.target(name)
-        atomic_write(path, lambda fh: fh.write(data), mode="wb")
-        self._manifest = {**self._read_manifest(), **self._manifest, str(path.relative_to(self.folder)): _sha(data)}
-        write_json(self.folder / MANIFEST, self._manifest)
+        with self._locked():
+            path = self.target(name)
+            atomic_write(path, lambda fh: fh.write(data), mode="wb")
+            # the manifest on disk is the latest record of every writer: its entries win over this
+            # writer's memory (which may predate another process's rewrite of the same file)
+            self._manifest = {**self._manifest, **self._read_manifest(), str(path.relative_to(self.folder)): _sha(data)}
+            write_json(self.folder / MANIFEST, self._manifest)
         if path not in self.written:  # a report rewritten as rows finish lists each file once
             self.written.append(path)
         return path
