@@ -385,7 +385,8 @@ def cold_verdicts(rows: list[dict], metric: str = "recall@20") -> dict[str, str]
         if worst is None:
             continue
         if len(beaten) == len(tests):
-            out[r["label"]] = f"beats both (p ≤ {worst[2]:.2g})"
+            # a t-test over thousands of users can underflow to p = 0.0
+            out[r["label"]] = "beats both (" + (f"p ≤ {worst[2]:.2g}" if worst[2] > 0 else "p < 1e-300") + ")"
         else:
             lost = ", ".join(f"{n} Δ {d:+.4f} p {p:.2g}" for n, d, p in tests if n not in beaten)
             out[r["label"]] = f"**not above**: {lost}"
