@@ -380,13 +380,12 @@ def cold_verdicts(rows: list[dict], metric: str = "recall@20") -> dict[str, str]
                 tests.append((ref["label"], *_ttest(r, ref, metric)))
             except (OSError, KeyError):
                 continue
-        beaten = [name for name, diff, p in tests if diff > 0 and p < 0.05]
-        worst = max(tests, key=lambda t: t[2] if t[1] > 0 else 2.0, default=None)
-        if worst is None:
+        if not tests:
             continue
+        beaten = [name for name, diff, p in tests if diff > 0 and p < 0.05]
         if len(beaten) == len(tests):
-            # a t-test over thousands of users can underflow to p = 0.0
-            out[r["label"]] = "beats both (" + (f"p ≤ {worst[2]:.2g}" if worst[2] > 0 else "p < 1e-300") + ")"
+            p_max = max(p for _, _, p in tests)  # a t-test over thousands of users can underflow to 0.0
+            out[r["label"]] = "beats both (" + (f"p ≤ {p_max:.2g}" if p_max > 0 else "p < 1e-300") + ")"
         else:
             lost = ", ".join(f"{n} Δ {d:+.4f} p {p:.2g}" for n, d, p in tests if n not in beaten)
             out[r["label"]] = f"**not above**: {lost}"
