@@ -231,6 +231,20 @@ def _trained(name: str, dataset: Dataset):
     return model, config
 
 
+def test_cold_evaluation_scores_only_the_candidates_and_agrees_with_the_full_ranking(cold_ds, monkeypatch):
+    model, _ = _trained("MAML", cold_ds)
+    calls: list[int] = []
+    full = type(model).full_scores
+    monkeypatch.setattr(type(model), "full_scores", lambda self, u: calls.append(1) or full(self, u))
+    fast = Evaluator(cold_ds, "test", [5, 20], mode="cold").evaluate(model)
+    assert not calls, "a cold evaluation of MAML scored every item"
+    monkeypatch.setattr(model, "candidate_scores", None)  # the generic path: slice the full ranking
+    slow = Evaluator(cold_ds, "test", [5, 20], mode="cold").evaluate(model)
+    assert calls
+    assert fast.metrics == pytest.approx(slow.metrics, abs=1e-9)
+    np.testing.assert_array_equal(fast.users, slow.users)
+
+
 @pytest.mark.parametrize("name", CONTENT_MODELS)
 def test_cold_scores_come_from_features_not_from_the_items_own_parameters(cold_ds, name):
     model, config = _trained(name, cold_ds)
@@ -238,6 +252,8 @@ def test_cold_scores_come_from_features_not_from_the_items_own_parameters(cold_d
     cold = torch.from_numpy(cold_ds.cold_items)
     before = model.ranking_scores(users)[:, cold].clone()
     assert torch.isfinite(before).all()
+    # what a cold evaluation ranks by: the same columns, whether sliced or scored on their own (MAML)
+    torch.testing.assert_close(model.candidate_scores(users, cold), before, rtol=1e-5, atol=1e-6)
 
     # (1) nothing stored for a cold item matters: perturb every per-item row of the cold items
     perturbed = []

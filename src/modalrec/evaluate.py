@@ -147,13 +147,13 @@ class Evaluator:
         label = SPLIT_NAMES[split]
         self.mode = resolve_eval_mode(dataset, mode)
         target = dataset.split_matrix(label)
-        self._blocked: torch.Tensor | None = None
+        self._candidates: torch.Tensor | None = None
         if self.mode == "cold":
             candidates = np.zeros(dataset.n_items, dtype=bool)
             candidates[dataset.cold_items_of(label)] = True
             target = (target @ sp.diags(candidates.astype(np.float32))).tocsr()
             target.eliminate_zeros()
-            self._blocked = torch.from_numpy(np.flatnonzero(~candidates)).to(self.device)
+            self._candidates = torch.from_numpy(np.flatnonzero(candidates)).to(self.device)
         mask = dataset.split_matrix(TRAIN)
         if mask_valid and label == TEST:
             mask = mask + dataset.split_matrix(VALID)
@@ -169,6 +169,20 @@ class Evaluator:
         self._target = _csr_rows(target, self.device)
         self._mask = _csr_rows(mask, self.device)
 
+    def _block_scores(self, model: Recommender, users: torch.Tensor) -> torch.Tensor:
+        """(block, n_items) scores; in ``cold`` mode only the candidate columns are scored
+        (``candidate_scores``, which a per-pair model makes cheap) and every other item is −inf."""
+        if self._candidates is None:
+            return model.ranking_scores(users).float()
+        score_candidates = getattr(model, "candidate_scores", None)  # the reference rankers have none
+        if score_candidates is not None:
+            cand = score_candidates(users, self._candidates).float()
+        else:
+            cand = model.ranking_scores(users).float()[:, self._candidates]
+        scores = torch.full((len(users), self.n_items), -torch.inf, device=cand.device)
+        scores[:, self._candidates] = cand
+        return scores
+
     @torch.no_grad()
     def evaluate(self, model: Recommender) -> EvalResult:
         start = time.perf_counter()
@@ -179,11 +193,9 @@ class Evaluator:
         n = len(self.users)
         for lo in range(0, n, self.block_size):
             hi = min(n, lo + self.block_size)
-            scores = model.ranking_scores(self._users_t[lo:hi]).float()
+            scores = self._block_scores(model, self._users_t[lo:hi])
             rows, cols = block_coo(*self._mask, lo, hi)
             scores[rows, cols] = -torch.inf
-            if self._blocked is not None:
-                scores[:, self._blocked] = -torch.inf
             top = torch.topk(scores, min(k_max, self.n_items), dim=1).indices
             if top.shape[1] < k_max:  # fewer items than K: pad with a never-relevant id
                 top = torch.cat([top, torch.full((hi - lo, k_max - top.shape[1]), -1, device=top.device)], dim=1)

@@ -218,6 +218,16 @@ class Recommender(nn.Module):
         scores[:, cold] = torch.gather(warm_sorted, 1, pick.to(scores.device))
         return scores
 
+    def candidate_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """:meth:`ranking_scores` on the ``items`` columns only, (len(users), len(items)).
+
+        What a cold-item evaluation ranks by. The default slices the full ranking (so an ID-only
+        model's random cold scores are the same draws); a model that pays per scored pair
+        (MAML) overrides it to score only these columns.
+        """
+        scores = self.ranking_scores(users)
+        return scores[:, items.to(scores.device)]
+
     # ----------------------------------------------------------- caching
     def representations(self) -> Any:
         """Cached :meth:`compute_representations`; recomputed after any training step.

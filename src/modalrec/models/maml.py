@@ -199,8 +199,22 @@ class MAML(Recommender):
 
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         """−D(u, j) for the given users on all items, ``ranking_pair_block`` pairs per block."""
+        return self._distance_scores(users, None)
+
+    def candidate_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """−D(u, j) on the ``items`` columns only: a per-pair model pays per scored pair, so a
+        cold-item evaluation (a tenth of the items per split) costs a tenth of a full ranking.
+        MAML scores cold items from content, so these are exactly :meth:`ranking_scores`' columns."""
+        return self._distance_scores(users, items)
+
+    def _distance_scores(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
         r = self.representations()
-        n_i = self.n_items
+        if items is None:
+            q, q_proj, q_sq = r.items, r.item_proj, r.item_sq
+        else:
+            items = items.to(r.items.device)
+            q, q_proj, q_sq = r.items[items], r.item_proj[items], r.item_sq[items]
+        n_i = q.shape[0]
         out = torch.empty(users.shape[0], n_i, dtype=r.users.dtype, device=r.users.device)
         step = max(1, self.pair_block // max(1, n_i))
         b1, w2, b2 = self.att1.bias, self.att2.weight, self.att2.bias
@@ -208,14 +222,14 @@ class MAML(Recommender):
             for lo in range(0, users.shape[0], step):
                 ub = users[lo : lo + step]
                 pu = r.users[ub]  # (b, d)
-                inv = (r.user_sq[ub, None] + r.item_sq[None, :]).sqrt_().clamp_min_(NORM_EPS).reciprocal_()
+                inv = (r.user_sq[ub, None] + q_sq[None, :]).sqrt_().clamp_min_(NORM_EPS).reciprocal_()
                 # A₁ c + b₁ with c = [P_u ‖ Q_j ‖ φ_j] / ‖·‖, from the per-part projections; in place, (b, I, 5d)
-                e = torch.add(r.user_proj[ub, None, :], r.item_proj[None, :, :]).mul_(inv[..., None]).add_(b1).tanh_()
+                e = torch.add(r.user_proj[ub, None, :], q_proj[None, :, :]).mul_(inv[..., None]).add_(b1).tanh_()
                 inv_e = torch.linalg.vector_norm(e, dim=-1, keepdim=True).clamp_min_(NORM_EPS).reciprocal_()
                 g = torch.matmul(e, w2.T).mul_(inv_e).add_(b2).relu_()  # A₂ norm(e) = (A₂ e)/‖e‖
                 del e
                 a = torch.softmax(g, dim=-1).mul_(self.dim)  # (b, I, d)
-                a.mul_(torch.sub(pu[:, None, :], r.items[None, :, :]))
+                a.mul_(torch.sub(pu[:, None, :], q[None, :, :]))
                 out[lo : lo + step] = a.square_().sum(dim=-1).neg_()
         return out
 
