@@ -331,6 +331,42 @@ def test_interrupted_benchmark_resumes_its_trial(syn_dir, tmp_path, monkeypatch)
     assert_same_run(Path(rb["run_dir"]), Path(ra["run_dir"]))
 
 
+def test_benchmark_says_at_once_whether_an_interrupted_trial_resumes(syn_dir, tmp_path, monkeypatch):
+    """The log says, when the trial is submitted (before its training, not only in the record written
+    when it ends), that it continues its interrupted run — or, after a code change, that it starts over."""
+    import modalrec.runs as runs_mod
+
+    def interrupted(out: Path) -> tuple[list, Path]:
+        args = ["benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1", "--epochs", 2, "--threads", 1]
+        args += ["--set", "train_batch_size=256", "--out", out]
+        with monkeypatch.context() as m:
+            m.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
+            assert invoke(*args).exit_code == 130
+        (leftover,) = (out / "runs").iterdir()
+        return args, leftover
+
+    def said_before_the_result(output: str, text: str) -> bool:
+        lines = output.splitlines()
+        said = next(i for i, ln in enumerate(lines) if text in ln)
+        return said < next(i for i, ln in enumerate(lines) if "best epoch" in ln)
+
+    args, leftover = interrupted(tmp_path / "a")
+    assert runs_mod.resume_refusal(leftover) is None
+    resumed = invoke(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert said_before_the_result(resumed.output, f"continues its interrupted run {leftover.name}"), resumed.output
+
+    args, leftover = interrupted(tmp_path / "b")
+    real = runs_mod.code_version()
+    monkeypatch.setattr(runs_mod, "code_version", lambda: real + "-changed")
+    assert "the code changed" in runs_mod.resume_refusal(leftover)
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert said_before_the_result(again.output, f"cannot resume {leftover.name}"), again.output
+    assert (leftover / RESUME_FILE).is_file(), "the old folder must be kept"
+    assert (leftover.parent / f"{leftover.name}-try2" / "metrics.json").is_file()
+
+
 # ================================================================ progress: elapsed time and an upper-bound ETA
 def test_format_duration_and_epoch_clock():
     from modalrec.train import EpochClock, format_duration

@@ -368,8 +368,10 @@ def code_version() -> str:
     return f"{__version__}+{h.hexdigest()[:12]}"
 
 
-def read_resume_state(run_dir: str | Path) -> dict[str, Any]:
-    """The resume state of an unfinished run, loaded onto the CPU; one-line errors for every bad case."""
+def read_resume_state(run_dir: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The resume state of an unfinished run, loaded onto the CPU; one-line errors for every bad case.
+
+    ``mmap``: map the tensors instead of reading them (a cheap look at the metadata)."""
     run_dir = Path(run_dir)
     path = run_dir / RESUME_FILE
     if not run_dir.is_dir():
@@ -382,7 +384,7 @@ def read_resume_state(run_dir: str | Path) -> dict[str, Any]:
             "(or this is not a run directory); start it again"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:  # a truncated zip, a pickle error, …: all mean the file is damaged
         raise RunError(f"{path}: corrupt or truncated resume state ({exc.__class__.__name__}); cannot resume") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
@@ -393,6 +395,27 @@ def read_resume_state(run_dir: str | Path) -> dict[str, Any]:
     if missing:
         raise RunError(f"{path}: corrupt resume state (no {missing[0]!r})")
     return state
+
+
+def _check_resume_code(state: dict[str, Any], path: Path) -> None:
+    if state["code"] != code_version():
+        raise RunError(
+            f"{path}: written by modalrec {state['code']}, this is {code_version()}; the code changed, so the "
+            "run cannot continue exactly — start a new run"
+        )
+
+
+def resume_refusal(run_dir: str | Path) -> str | None:
+    """Why :func:`resume_run` would refuse ``run_dir`` for its state alone (damaged, other code), else None.
+
+    A cheap look (the tensors are memory-mapped), so a driver can say at once that a trial starts
+    over; the dataset and configuration checks are left to :func:`resume_run`.
+    """
+    try:
+        _check_resume_code(read_resume_state(run_dir, mmap=True), Path(run_dir) / RESUME_FILE)
+    except RunError as exc:
+        return str(exc)
+    return None
 
 
 def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -423,11 +446,7 @@ def resume_run(
     check_device(device)
     state = read_resume_state(run_dir)
     path = run_dir / RESUME_FILE
-    if state["code"] != code_version():
-        raise RunError(
-            f"{path}: written by modalrec {state['code']}, this is {code_version()}; the code changed, so the "
-            "run cannot continue exactly — start a new run"
-        )
+    _check_resume_code(state, path)
     info = state["dataset"]
     if dataset is None:
         source = data_dir or info["path"]

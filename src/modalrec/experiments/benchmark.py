@@ -48,7 +48,15 @@ from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.io import read_yaml, write_json, write_npz
 from modalrec.models import get_model_class
 from modalrec.models.base import COLD_UNABLE
-from modalrec.runs import RESUME_FILE, code_version, new_run_dir, per_user_metrics, resume_run, train_run
+from modalrec.runs import (
+    RESUME_FILE,
+    code_version,
+    new_run_dir,
+    per_user_metrics,
+    resume_refusal,
+    resume_run,
+    train_run,
+)
 from modalrec.train import TrainResult
 
 BENCHMARK_PROTOCOLS = ("default", COLD_ITEMS)
@@ -243,21 +251,48 @@ def _resume_or_train(spec: dict[str, Any], dataset: Dataset, notes: list[str]) -
     A leftover folder whose state cannot be resumed (code or data changed, damaged file, none
     written) is kept as it is; the trial then starts again in ``…-try<n>``.
     """
-    model, sid, overrides = spec["model"], spec["sid"], dict(spec["overrides"])
-    base = Path(spec["out"]) / "runs" / f"{model}-{sid}-seed{overrides['seed']}"
-    tries = [base] + [base.with_name(f"{base.name}-try{n}") for n in range(2, 1000)]
-    existing = [p for p in tries if p.exists()]
-    if existing and (existing[-1] / RESUME_FILE).is_file():
+    overrides = dict(spec["overrides"])
+    tries = _trial_folders(spec)
+    leftover = _leftover_run(tries)
+    if leftover is not None:
         try:
             run_dir, result = resume_run(
-                existing[-1], overrides, spec["device"], quiet=True, cache_dir=spec["cache_dir"], dataset=dataset
+                leftover, overrides, spec["device"], quiet=True, cache_dir=spec["cache_dir"], dataset=dataset
             )
-            notes.append(f"resumed from {existing[-1].name}")
+            notes.append(f"resumed from {leftover.name}")
             return run_dir, result
         except RunError as exc:
-            notes.append(f"warning: cannot resume {existing[-1]} ({exc}); training the trial again")
+            notes.append(f"warning: cannot resume {leftover} ({exc}); training the trial again")
     run_out = next(p for p in tries if not p.exists())  # a leftover folder is kept, never overwritten
     return train_spec(spec, run_out, dataset, overrides)
+
+
+def _trial_folders(spec: dict[str, Any]) -> list[Path]:
+    """The run folders a trial may use, in order: ``<model>-<sid>-seed<seed>``, then ``…-try2``, ``…-try3`` …"""
+    base = Path(spec["out"]) / "runs" / f"{spec['model']}-{spec['sid']}-seed{spec['overrides']['seed']}"
+    return [base] + [base.with_name(f"{base.name}-try{n}") for n in range(2, 1000)]
+
+
+def _leftover_run(tries: list[Path]) -> Path | None:
+    """The trial's latest existing folder when it holds a resume state (an interrupted run), else None."""
+    existing = [p for p in tries if p.exists()]
+    return existing[-1] if existing and (existing[-1] / RESUME_FILE).is_file() else None
+
+
+def announce_resume(spec: dict[str, Any]) -> str | None:
+    """A line for the driver's log, before the trial is submitted: it continues an interrupted run,
+    or that run cannot be continued (the code changed, the state is damaged) and the trial starts over.
+
+    The trial itself decides (:func:`_resume_or_train`); this only says it at once instead of when
+    the trial ends, hours later. None when the trial has no interrupted run.
+    """
+    leftover = _leftover_run(_trial_folders(spec))
+    if leftover is None:
+        return None
+    why = resume_refusal(leftover)
+    if why is None:
+        return f"continues its interrupted run {leftover.name}"
+    return f"cannot resume {leftover.name} ({why}); training the trial again, the old folder is kept"
 
 
 def train_spec(
@@ -643,7 +678,11 @@ class Experiment:
             with graceful_interrupts() as flag:
                 while queue or executor.in_flight():
                     while queue and executor.in_flight() < executor.capacity:
-                        executor.submit(queue.popleft())
+                        next_spec = queue.popleft()
+                        line = announce_resume(next_spec)
+                        if line:
+                            self.log(f"  {_describe_key(trial_key(next_spec))} {line}")
+                        executor.submit(next_spec)
                     progress.update(running=min(executor.in_flight(), executor.capacity))
                     try:
                         outcome = executor.next_done(poll=lambda: flag() is not None)
