@@ -174,11 +174,7 @@ class Evaluator:
         (``candidate_scores``, which a per-pair model makes cheap) and every other item is −inf."""
         if self._candidates is None:
             return model.ranking_scores(users).float()
-        score_candidates = getattr(model, "candidate_scores", None)  # the reference rankers have none
-        if score_candidates is not None:
-            cand = score_candidates(users, self._candidates).float()
-        else:
-            cand = model.ranking_scores(users).float()[:, self._candidates]
+        cand = model.candidate_scores(users, self._candidates).float()
         scores = torch.full((len(users), self.n_items), -torch.inf, device=cand.device)
         scores[:, self._candidates] = cand
         return scores

@@ -1,7 +1,7 @@
 """Non-personalised reference rankers for benchmark tables: popularity and random.
 
 They are not trained and have no parameters; they offer the small part of the model interface
-the evaluator uses (``training``, ``eval``/``train``, ``ranking_scores``). Their ties and
+the evaluator uses (``training``, ``eval``/``train``, ``ranking_scores``, ``candidate_scores``). Their ties and
 draws come from a torch generator seeded by (seed, first user of the block), so a ranking
 is the same whatever the block order.
 """
@@ -59,3 +59,7 @@ class FixedRanker:
         if self.name == RANDOM:
             return noise.to(users.device)
         return (self.degree.unsqueeze(0) + 0.5 * noise).to(users.device)
+
+    def candidate_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """:meth:`ranking_scores` on the ``items`` columns (the same draws as a full ranking)."""
+        return self.ranking_scores(users)[:, items.to(users.device)]
