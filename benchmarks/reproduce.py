@@ -10,8 +10,13 @@ one dataset folder (found under ``--data-root``, else ``$MODALREC_DATA`` or the 
 ``$MODALREC_TEST_DATA``, else ``../shared/data`` beside the checkout). Every finished run is stored under
 ``<out>/<part>/results`` and is never trained again, so an interrupted reproduction resumes
 where it stopped; a part whose dataset is missing is reported as such, not skipped
-silently. Model selection is on validation only (the benchmark's rule); test metrics are
-read once, for the report. These are long CPU runs (hours): a generated artefact, not CI.
+silently. Finished runs are also kept, compactly, in the committed record
+``benchmarks/reproduction/record/<part>/`` (each run's result, config, metrics and per-user
+vectors; no weights), and restored into a fresh report folder first: a run finished on one
+checkout is never trained again on another, and the report re-renders from the record alone.
+A part with neither runs nor a record keeps its section of the existing report, said so.
+Model selection is on validation only (the benchmark's rule); test metrics are read once,
+for the report. These are long CPU runs (hours): a generated artefact, not CI.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -194,6 +200,88 @@ def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool, reuse
     if code != 0:  # the benchmark printed its one-line reason; stop here, keep what finished
         sys.exit(f"part {part.name}: `modalrec benchmark` exited with status {code} (its message is above)")
     return cmd
+
+
+# ---------------------------------------------------------------------- record
+RECORD = PLANS / "record"
+RECORD_RUN_FILES = ("config.yaml", "metrics.json")  # copied as they are
+RECORD_NPZ_FILES = ("test_per_user.npz", "valid_per_user.npz")  # re-saved compressed
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _compressed_npz(path: Path) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with np.load(path) as z:
+        np.savez_compressed(buf, **{k: z[k] for k in z.files})
+    return buf.getvalue()
+
+
+def _finished_results(folder: Path) -> list[Path]:
+    """``results/<model>/<setting>/seed-N.json`` under folder (not failure or superseded records)."""
+    return sorted(p for p in (folder / "results").rglob("seed-*.json") if re.fullmatch(r"seed-\d+\.json", p.name))
+
+
+def archive_part(part_out: Path, record: Path) -> int:
+    """Copy the part's finished runs into the record (results, configs, metrics, per-user vectors).
+
+    A run already in the record is left as it is, unless the report folder holds a newer run
+    of the same (model, setting, seed) — one trained again after a configuration change; nothing
+    is removed. The record's ``run_dir`` is relative (``runs/<name>``) so it restores under any
+    report folder. Returns the number of runs added or replaced.
+    """
+    added = 0
+    for result in _finished_results(part_out):
+        rel = result.relative_to(part_out)
+        rec = json.loads(result.read_text())
+        if (record / rel).exists():
+            kept = json.loads((record / rel).read_text())
+            if kept.get("finished") == rec.get("finished"):
+                continue
+        run_dir = Path(rec["run_dir"])
+        if not (run_dir / "metrics.json").is_file():  # only finished runs reach results/; be safe anyway
+            continue
+        for name in RECORD_RUN_FILES:
+            if (run_dir / name).is_file():
+                _atomic_write(record / "runs" / run_dir.name / name, (run_dir / name).read_bytes())
+        for name in RECORD_NPZ_FILES:
+            if (run_dir / name).is_file():
+                _atomic_write(record / "runs" / run_dir.name / name, _compressed_npz(run_dir / name))
+        # the result last: its presence says the run's files are complete
+        _atomic_write(record / rel, json.dumps({**rec, "run_dir": f"runs/{run_dir.name}"}, indent=2).encode())
+        added += 1
+    return added
+
+
+def restore_part(record: Path, part_out: Path) -> int:
+    """Put the record's runs that the report folder lacks back into it (the benchmark then reuses them).
+
+    Never overwrites a result or run folder that is already there. Returns the number restored.
+    """
+    restored = 0
+    if not (record / "results").is_dir():
+        return 0
+    for result in _finished_results(record):
+        rel = result.relative_to(record)
+        if (part_out / rel).exists():
+            continue
+        rec = json.loads(result.read_text())
+        src = record / rec["run_dir"]
+        dst = part_out / "runs" / src.name
+        if dst.exists():  # an unfinished (or foreign) run folder of that name: leave it, retrain as usual
+            continue
+        for f in sorted(src.iterdir()):
+            _atomic_write(dst / f.name, f.read_bytes())
+        _atomic_write(part_out / rel, json.dumps({**rec, "run_dir": str(dst.resolve())}, indent=2).encode())
+        restored += 1
+    return restored
 
 
 # ---------------------------------------------------------------------- report
@@ -526,7 +614,47 @@ def versions() -> str:
     )
 
 
+KEPT_MARK = "*Kept from an earlier report:"
+
+
+def existing_sections(report: Path) -> dict[str, list[str]]:
+    """The report's ``## <title>`` sections (heading to the next heading), by title; empty when absent."""
+    if not report.is_file():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in report.read_text().splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:].strip(), [])
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def kept_section(part: Part, old: list[str], when: str) -> list[str]:
+    """A part's section from the earlier report, marked as such (once, however often it is kept)."""
+    body = [line for line in old[1:] if not line.startswith(KEPT_MARK)]
+    while body and not body[0].strip():
+        body.pop(0)
+    mark = (
+        f"{KEPT_MARK} this report folder has neither the part's runs nor their record "
+        f"(`benchmarks/reproduction/record/{part.name}`), so its section is the one generated {when}.*"
+    )
+    return [old[0], "", mark, "", *body]
+
+
+def _generated_when(report: Path) -> str:
+    """When the existing report says it was generated (its first 'Generated …' line), else 'earlier'."""
+    if report.is_file():
+        m = re.search(r"Generated (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", report.read_text())
+        if m:
+            return f"on {m.group(1)}"
+    return "earlier"
+
+
 def render(out: Path, root: Path, report: Path, quick: bool, intro: str) -> None:
+    old_sections = existing_sections(report)
+    old_when = _generated_when(report)
     commands_path = out / "commands.json"
     commands = json.loads(commands_path.read_text()) if commands_path.exists() else {}
     lines = [
@@ -540,6 +668,11 @@ def render(out: Path, root: Path, report: Path, quick: bool, intro: str) -> None
     ]
     for part in PARTS:
         present = quick or part.dataset == "synthetic" or (root / part.dataset).is_dir()
+        if not (out / part.name / "summary.json").exists() and part.title in old_sections:
+            # nothing to render it from here: keep what the last report said rather than lose it
+            print(f"part {part.name}: no runs in {out} — its section is kept from {report.name}", flush=True)
+            lines += kept_section(part, old_sections[part.title], old_when)
+            continue
         lines += render_part(part, present, out, commands)
         if not quick and (NOTES / f"{part.name}.md").exists():
             # findings written by hand about a part (investigations behind a verdict), kept beside its plan
@@ -566,8 +699,15 @@ def main(argv: list[str] | None = None) -> None:
         "--render-only", action="store_true", help="train nothing: tables from the finished runs, then the report"
     )
     ap.add_argument("--quick", action="store_true", help="every part on a tiny synthetic dataset, 1 epoch, 1 seed")
+    ap.add_argument(
+        "--record",
+        default=None,
+        help="folder of the committed record of finished runs (default benchmarks/reproduction/record; "
+        "with --quick: <out>/record)",
+    )
     args = ap.parse_args(argv)
     out, root = Path(args.out), data_root(args.data_root)
+    record = Path(args.record) if args.record else (out / "record" if args.quick else RECORD)
     report = (
         Path(args.report)
         if args.report
@@ -587,7 +727,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"part {part.name}: dataset {root / part.dataset} not found — not run", flush=True)
             continue
         part_seeds = seeds if args.quick else part.seeds or seeds
-        cmd = run_part(part, folder, out, part_seeds, args.quick, reuse_only=args.render_only)
+        restored = restore_part(record / part.name, out / part.name)
+        if restored:
+            print(f"part {part.name}: {restored} finished run(s) restored from {record / part.name}", flush=True)
+        try:
+            cmd = run_part(part, folder, out, part_seeds, args.quick, reuse_only=args.render_only)
+        finally:  # an interrupted or failed part still records the runs that finished
+            added = archive_part(out / part.name, record / part.name)
+            if added:
+                print(f"part {part.name}: {added} finished run(s) added to {record / part.name}", flush=True)
         commands = json.loads(commands_path.read_text()) if commands_path.exists() else {}
         commands[part.name] = shlex.join(["modalrec", *cmd[3:]])
         commands_path.write_text(json.dumps(commands, indent=1))

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +333,31 @@ def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
     # cold-items parts: ID-only rows marked unable, content rows judged against the two rankers
     assert "| unable (random) |" in report and "| from content |" in report and "| Popularity |" in report
     assert "benchmark --plan" in report and "fingerprint" in report
+
+    # A fresh report folder (another checkout): the committed record restores every finished run,
+    # the benchmark reuses them (trains nothing) and the tables come back identical.
+    out = tmp_path / "r"
+    for part in out.iterdir():
+        if part.name not in ("record", "data", "reproduction.md"):
+            shutil.rmtree(part) if part.is_dir() else part.unlink()
+    shutil.rmtree(out / "record" / "baby" / "results")  # one part without a record: its section is kept
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--render-only", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "restored from" in proc.stdout and "section is kept" in proc.stdout
+    again = (out / "reproduction.md").read_text()
+
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    assert tables(again) == tables(report)
+    assert again.count("*Kept from an earlier report:") == 1
+    assert "Not run" not in again
 
 
 def test_benchmark_reuse_only_tabulates_finished_rows_and_trains_nothing(syn_dir, tmp_path, monkeypatch):
