@@ -637,10 +637,19 @@ def kept_section(part: Part, old: list[str], when: str) -> list[str]:
     while body and not body[0].strip():
         body.pop(0)
     mark = (
-        f"{KEPT_MARK} this report folder has neither the part's runs nor their record "
+        f"{KEPT_MARK} this report folder has neither the part's trained runs nor their record "
         f"(`benchmarks/reproduction/record/{part.name}`), so its section is the one generated {when}.*"
     )
     return [old[0], "", mark, "", *body]
+
+
+def _has_trained_rows(summary_path: Path) -> bool:
+    """Whether a part's summary holds a trained model's row (the untrained rankers alone do not count)."""
+    try:
+        rows = json.loads(summary_path.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(r.get("cold_start") != "reference" and r["label"] not in COLD_REFERENCES for r in rows)
 
 
 def _generated_when(report: Path) -> str:
@@ -668,9 +677,9 @@ def render(out: Path, root: Path, report: Path, quick: bool, intro: str) -> None
     ]
     for part in PARTS:
         present = quick or part.dataset == "synthetic" or (root / part.dataset).is_dir()
-        if not (out / part.name / "summary.json").exists() and part.title in old_sections:
+        if not _has_trained_rows(out / part.name / "summary.json") and part.title in old_sections:
             # nothing to render it from here: keep what the last report said rather than lose it
-            print(f"part {part.name}: no runs in {out} — its section is kept from {report.name}", flush=True)
+            print(f"part {part.name}: no trained runs in {out} — its section is kept from {report.name}", flush=True)
             lines += kept_section(part, old_sections[part.title], old_when)
             continue
         lines += render_part(part, present, out, commands)
