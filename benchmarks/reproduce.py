@@ -204,6 +204,7 @@ def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool, reuse
 
 # ---------------------------------------------------------------------- record
 RECORD = PLANS / "record"
+RECORD_RUN_DIRS = "files"  # not "runs": .gitignore ignores every runs/ folder
 RECORD_RUN_FILES = ("config.yaml", "metrics.json")  # copied as they are
 RECORD_NPZ_FILES = ("test_per_user.npz", "valid_per_user.npz")  # re-saved compressed
 
@@ -234,7 +235,7 @@ def archive_part(part_out: Path, record: Path) -> int:
 
     A run already in the record is left as it is, unless the report folder holds a newer run
     of the same (model, setting, seed) — one trained again after a configuration change; nothing
-    is removed. The record's ``run_dir`` is relative (``runs/<name>``) so it restores under any
+    is removed. The record's ``run_dir`` is relative (``files/<name>``) so it restores under any
     report folder. Returns the number of runs added or replaced.
     """
     added = 0
@@ -250,12 +251,14 @@ def archive_part(part_out: Path, record: Path) -> int:
             continue
         for name in RECORD_RUN_FILES:
             if (run_dir / name).is_file():
-                _atomic_write(record / "runs" / run_dir.name / name, (run_dir / name).read_bytes())
+                _atomic_write(record / RECORD_RUN_DIRS / run_dir.name / name, (run_dir / name).read_bytes())
         for name in RECORD_NPZ_FILES:
             if (run_dir / name).is_file():
-                _atomic_write(record / "runs" / run_dir.name / name, _compressed_npz(run_dir / name))
+                _atomic_write(record / RECORD_RUN_DIRS / run_dir.name / name, _compressed_npz(run_dir / name))
         # the result last: its presence says the run's files are complete
-        _atomic_write(record / rel, json.dumps({**rec, "run_dir": f"runs/{run_dir.name}"}, indent=2).encode())
+        _atomic_write(
+            record / rel, json.dumps({**rec, "run_dir": f"{RECORD_RUN_DIRS}/{run_dir.name}"}, indent=2).encode()
+        )
         added += 1
     return added
 

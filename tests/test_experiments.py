@@ -450,3 +450,25 @@ def test_config_drift_counts_min_epochs_only_when_the_run_stopped_before_it():
     assert config_drift("mario", stored, current) == ["min_epochs 0 → 100"]  # unknown length: a change
     older = {k: v for k, v in stored.items() if k not in ("content_gate", "content_gate_init", "content_gate_speed")}
     assert config_drift("mario", older, {**current, "content_gate": "none"}, epochs_run=150) == []  # compat + only_with
+
+
+def test_reproduction_record_is_not_git_ignored(monkeypatch):
+    """The record exists to be committed: none of the files archive_part writes may match .gitignore."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout: nothing to check .gitignore against")
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("reproduce", root / "benchmarks" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce", reproduce)  # its dataclasses look their module up
+    spec.loader.exec_module(reproduce)
+    record = reproduce.RECORD.relative_to(root) / "part"
+    files = record / reproduce.RECORD_RUN_DIRS / "BPR-abc-seed1"
+    names = (*reproduce.RECORD_RUN_FILES, *reproduce.RECORD_NPZ_FILES)
+    paths = [str(record / "results" / "BPR" / "abc" / "seed-1.json"), *(str(files / n) for n in names)]
+    proc = subprocess.run(["git", "-C", str(root), "check-ignore", *paths], capture_output=True, text=True)
+    assert proc.returncode == 1, f"ignored by .gitignore: {proc.stdout}"
