@@ -3,6 +3,7 @@
     python benchmarks/reproduce.py                       # every part, then the report
     python benchmarks/reproduce.py --parts baby          # one part (the others keep their results)
     python benchmarks/reproduce.py --render-only         # rewrite the report from finished runs
+    python benchmarks/reproduce.py --executor ray        # train a row's seeds side by side (one per core)
     python benchmarks/reproduce.py --quick --out /tmp/r  # tiny synthetic end-to-end check (CI)
 
 Each part is one `modalrec benchmark --plan benchmarks/reproduction/<plan>.yaml` call on
@@ -168,11 +169,21 @@ def dataset_folder(part: Part, root: Path, out: Path, quick: bool) -> Path | Non
     return folder if folder.is_dir() else None
 
 
-def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool, reuse_only: bool = False) -> list[str]:
+def run_part(
+    part: Part,
+    folder: Path,
+    out: Path,
+    seeds: str,
+    quick: bool,
+    reuse_only: bool = False,
+    executor: list[str] | None = None,
+) -> list[str]:
     """Run (or resume) one part; returns the command it ran.
 
     ``reuse_only`` trains nothing and rewrites the part's table from its finished runs
     (rows with unfinished runs are left out and the summary is marked incomplete).
+    ``executor``: the benchmark's executor options when it trains (``--executor ray
+    --cpus-per-trial N`` runs a row's seeds side by side); they do not change any result.
     """
     cmd = [
         *modalrec_cmd(),
@@ -195,8 +206,8 @@ def run_part(part: Part, folder: Path, out: Path, seeds: str, quick: bool, reuse
         if result.returncode != 0:
             print(f"part {part.name}: nothing finished yet", flush=True)
         return cmd
-    print("$ " + shlex.join(cmd), flush=True)
-    code = subprocess.run(cmd).returncode
+    print("$ " + shlex.join(cmd + (executor or [])), flush=True)
+    code = subprocess.run(cmd + (executor or [])).returncode
     if code != 0:  # the benchmark printed its one-line reason; stop here, keep what finished
         sys.exit(f"part {part.name}: `modalrec benchmark` exited with status {code} (its message is above)")
     return cmd
@@ -717,7 +728,22 @@ def main(argv: list[str] | None = None) -> None:
         help="folder of the committed record of finished runs (default benchmarks/reproduction/record; "
         "with --quick: <out>/record)",
     )
+    ap.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the benchmark trains: local (one run after another) or ray (a local Ray, "
+        "--cpus-per-trial cores per run, so a 2-core machine trains two seeds at once)",
+    )
+    ap.add_argument("--cpus-per-trial", type=int, default=1, help="cores (torch threads) per run")
     args = ap.parse_args(argv)
+    executor = (
+        ["--executor", "ray", "--cpus-per-trial", str(args.cpus_per_trial)]
+        if args.executor == "ray"
+        else ["--threads", str(args.cpus_per_trial)]
+        if args.cpus_per_trial != 1
+        else []
+    )
     out, root = Path(args.out), data_root(args.data_root)
     record = Path(args.record) if args.record else (out / "record" if args.quick else RECORD)
     report = (
@@ -743,7 +769,7 @@ def main(argv: list[str] | None = None) -> None:
         if restored:
             print(f"part {part.name}: {restored} finished run(s) restored from {record / part.name}", flush=True)
         try:
-            cmd = run_part(part, folder, out, part_seeds, args.quick, reuse_only=args.render_only)
+            cmd = run_part(part, folder, out, part_seeds, args.quick, args.render_only, executor)
         finally:  # an interrupted or failed part still records the runs that finished
             added = archive_part(out / part.name, record / part.name)
             if added:

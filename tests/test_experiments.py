@@ -459,16 +459,55 @@ def test_reproduction_record_is_not_git_ignored(monkeypatch):
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         pytest.skip("not a git checkout: nothing to check .gitignore against")
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("reproduce", root / "benchmarks" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "reproduce", reproduce)  # its dataclasses look their module up
-    spec.loader.exec_module(reproduce)
+    reproduce = _load_reproduce(monkeypatch)
     record = reproduce.RECORD.relative_to(root) / "part"
     files = record / reproduce.RECORD_RUN_DIRS / "BPR-abc-seed1"
     names = (*reproduce.RECORD_RUN_FILES, *reproduce.RECORD_NPZ_FILES)
     paths = [str(record / "results" / "BPR" / "abc" / "seed-1.json"), *(str(files / n) for n in names)]
     proc = subprocess.run(["git", "-C", str(root), "check-ignore", *paths], capture_output=True, text=True)
     assert proc.returncode == 1, f"ignored by .gitignore: {proc.stdout}"
+
+
+def _load_reproduce(monkeypatch):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ([], []),
+        (["--executor", "ray"], ["--executor", "ray", "--cpus-per-trial", "1"]),
+        (["--executor", "ray", "--cpus-per-trial", "2"], ["--executor", "ray", "--cpus-per-trial", "2"]),
+        (["--cpus-per-trial", "2"], ["--threads", "2"]),
+    ],
+)
+def test_reproduction_script_passes_the_executor_to_training_runs_only(tmp_path, monkeypatch, options, expected):
+    """--executor ray trains a part's runs side by side; the re-render (--render-only) and the
+    command the report prints carry no executor option, as it changes no result."""
+    reproduce = _load_reproduce(monkeypatch)
+    calls = []
+
+    class Done:
+        returncode, stdout, stderr = 0, "", ""
+
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append(list(cmd)) or Done())
+    (tmp_path / "data" / "amazon_scientific").mkdir(parents=True)
+    common = ["--parts", "cold-items-scientific", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "r")]
+    common += ["--report", str(tmp_path / "r.md"), "--record", str(tmp_path / "record")]
+    reproduce.main([*common, *options])
+    bench = [c for c in calls if "benchmark" in c]
+    assert len(bench) == 1 and bench[0][-2 - len(expected) :] == ["--cold-ratio", "0.2", *expected]
+    assert "--executor" not in json.loads((tmp_path / "r" / "commands.json").read_text())["cold-items-scientific"]
+    calls.clear()
+    reproduce.main([*common, *options, "--render-only"])
+    bench = [c for c in calls if "benchmark" in c]
+    assert len(bench) == 1 and "--reuse-only" in bench[0]
+    assert "--executor" not in bench[0] and "--threads" not in bench[0]
