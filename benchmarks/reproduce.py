@@ -646,13 +646,20 @@ def existing_sections(report: Path) -> dict[str, list[str]]:
 
 
 def kept_section(part: Part, old: list[str], when: str) -> list[str]:
-    """A part's section from the earlier report, marked as such (once, however often it is kept)."""
+    """A part's section from the earlier report, marked as such.
+
+    A section kept before keeps its mark, and with it the date it was really generated."""
+    marks = [line for line in old[1:] if line.startswith(KEPT_MARK)]
     body = [line for line in old[1:] if not line.startswith(KEPT_MARK)]
     while body and not body[0].strip():
         body.pop(0)
     mark = (
-        f"{KEPT_MARK} this report folder has neither the part's trained runs nor their record "
-        f"(`benchmarks/reproduction/record/{part.name}`), so its section is the one generated {when}.*"
+        marks[0]
+        if marks
+        else (
+            f"{KEPT_MARK} this report folder has neither the part's trained runs nor their record "
+            f"(`benchmarks/reproduction/record/{part.name}`), so its section is the one generated {when}.*"
+        )
     )
     return [old[0], "", mark, "", *body]
 

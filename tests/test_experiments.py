@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -360,6 +361,20 @@ def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
 
     assert tables(again) == tables(report)
     assert again.count("*Kept from an earlier report:") == 2
+    # kept again later: the mark still names the date the section was generated, not the last render
+    when = re.search(r"Generated (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", report).group(1)
+    assert again.count(f"generated on {when}.*") == 2
+    (out / "reproduction.md").write_text(again.replace(f"Generated {when}", "Generated 2099-01-01 00:00 UTC", 1))
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--render-only", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    third = (out / "reproduction.md").read_text()
+    assert third.count(f"generated on {when}.*") == 2 and "2099" not in third
     assert "Not run" not in again
 
 
