@@ -280,8 +280,6 @@ def restore_part(record: Path, part_out: Path) -> int:
     Never overwrites a result or run folder that is already there. Returns the number restored.
     """
     restored = 0
-    if not (record / "results").is_dir():
-        return 0
     for result in _finished_results(record):
         rel = result.relative_to(record)
         if (part_out / rel).exists():
@@ -670,7 +668,7 @@ def _has_trained_rows(summary_path: Path) -> bool:
         rows = json.loads(summary_path.read_text())["rows"]
     except (OSError, ValueError, KeyError):
         return False
-    return any(r.get("cold_start") != "reference" and r["label"] not in COLD_REFERENCES for r in rows)
+    return any(r["model"] not in COLD_REFERENCES for r in rows)
 
 
 def _generated_when(report: Path) -> str:
@@ -742,15 +740,11 @@ def main(argv: list[str] | None = None) -> None:
         help="where the benchmark trains: local (one run after another) or ray (a local Ray, "
         "--cpus-per-trial cores per run, so a 2-core machine trains two seeds at once)",
     )
-    ap.add_argument("--cpus-per-trial", type=int, default=1, help="cores (torch threads) per run")
+    ap.add_argument("--cpus-per-trial", type=int, default=None, help="cores (torch threads) per run")
     args = ap.parse_args(argv)
-    executor = (
-        ["--executor", "ray", "--cpus-per-trial", str(args.cpus_per_trial)]
-        if args.executor == "ray"
-        else ["--threads", str(args.cpus_per_trial)]
-        if args.cpus_per_trial != 1
-        else []
-    )
+    executor = ["--executor", args.executor]
+    if args.cpus_per_trial is not None:  # else the benchmark's own default (1 per Ray trial; local: all cores)
+        executor += ["--cpus-per-trial" if args.executor == "ray" else "--threads", str(args.cpus_per_trial)]
     out, root = Path(args.out), data_root(args.data_root)
     record = Path(args.record) if args.record else (out / "record" if args.quick else RECORD)
     report = (

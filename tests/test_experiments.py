@@ -497,10 +497,10 @@ def _load_reproduce(monkeypatch):
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ([], []),
-        (["--executor", "ray"], ["--executor", "ray", "--cpus-per-trial", "1"]),
+        ([], ["--executor", "local"]),
+        (["--executor", "ray"], ["--executor", "ray"]),
         (["--executor", "ray", "--cpus-per-trial", "2"], ["--executor", "ray", "--cpus-per-trial", "2"]),
-        (["--cpus-per-trial", "2"], ["--threads", "2"]),
+        (["--cpus-per-trial", "2"], ["--executor", "local", "--threads", "2"]),
     ],
 )
 def test_reproduction_script_passes_the_executor_to_training_runs_only(tmp_path, monkeypatch, options, expected):
