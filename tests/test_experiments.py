@@ -334,6 +334,7 @@ def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
     # cold-items parts: ID-only rows marked unable, content rows judged against the two rankers
     assert "| unable (random) |" in report and "| from content |" in report and "| Popularity |" in report
     assert "benchmark --plan" in report and "fingerprint" in report
+    assert "MeAIM is not in this table" in report  # a part's note: why the text-only table lacks a model
 
     # A fresh report folder (another checkout): the committed record restores every finished run,
     # the benchmark reuses them (trains nothing) and the tables come back identical.
