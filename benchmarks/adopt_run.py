@@ -5,7 +5,7 @@
 
 A benchmark (and benchmarks/reproduce.py) then reuses them like its own finished trials. Each
 run is refused unless it is exactly the trial the benchmark would train: same model, same data
-content hash and modalities, and the same resolved configuration (``Experiment.adopt``). The
+content hash and modalities, and the same resolved configuration (``experiments.adopt.adopt_run``). The
 seed is read from the run's configuration unless given after a colon.
 """
 
@@ -16,7 +16,8 @@ import sys
 
 from modalrec.config import parse_overrides
 from modalrec.errors import ModalrecError
-from modalrec.experiments.benchmark import Experiment
+from modalrec.experiments.adopt import adopt_run
+from modalrec.experiments.campaign import Experiment
 from modalrec.io import read_yaml
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.runs:
             path, _, seed = spec.partition(":")
             seed_value = int(seed) if seed else int(read_yaml(f"{path}/config.yaml")["config"]["seed"])
-            rec = exp.adopt(args.model, parse_overrides(args.set), modalities, seed_value, path)
+            rec = adopt_run(exp, args.model, parse_overrides(args.set), modalities, seed_value, path)
             print(f"adopted {path} as {rec['model']} seed {rec['seed']} [{rec['setting_id']}]")
     except ModalrecError as exc:
         print(f"error: {exc}", file=sys.stderr)

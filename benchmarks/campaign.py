@@ -24,7 +24,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per trial, as with --cpus-per-trial 1
 
 from modalrec.data.synth import write_synthetic_dataset  # noqa: E402
-from modalrec.experiments.benchmark import Entry, run_benchmark  # noqa: E402
+from modalrec.experiments.benchmark import run_benchmark  # noqa: E402
+from modalrec.experiments.entries import Entry  # noqa: E402
 from modalrec.experiments.executors import LocalExecutor, RayExecutor  # noqa: E402
 from modalrec.experiments.tune import run_tune  # noqa: E402
 from modalrec.threads import configure_threads, usable_cores  # noqa: E402

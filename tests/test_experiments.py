@@ -16,15 +16,17 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from modalrec.cli import app
+from modalrec.config import load_defaults
+from modalrec.errors import ModalrecError
 from modalrec.evaluate import EvalResult
-from modalrec.experiments import benchmark as bench_mod
+from modalrec.experiments import trials as trials_mod
 from modalrec.experiments.ablate import mario_variants, meaim_variants
 from modalrec.experiments.benchmark import run_benchmark
-from modalrec.experiments.report import ReportWriter
 from modalrec.experiments.significance import paired_ttest
 from modalrec.experiments.sweep import parse_param
 from modalrec.experiments.tables import ResultTable
 from modalrec.io import write_npz
+from modalrec.reporting.writer import ReportWriter
 from modalrec.train import TrainResult
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
@@ -149,7 +151,7 @@ def test_benchmark_two_models_writes_tables_and_resumes(syn_dir, tmp_path, monke
     def boom(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(bench_mod, "train_run", boom)
+    monkeypatch.setattr(trials_mod, "train_run", boom)
     report = run_benchmark(["BPR", "LightGCN"], syn_dir, [1, 2], out=out, overrides={"epochs": 2}, log=lambda s: None)
     assert (report.trained, report.reused) == (0, 4)
     assert (out / "table.md").read_text() == md
@@ -158,13 +160,13 @@ def test_benchmark_two_models_writes_tables_and_resumes(syn_dir, tmp_path, monke
 def test_grid_selects_on_validation_not_test(syn_dir, tmp_path, monkeypatch):
     # valid prefers small reg_weight, test prefers large: the choice must follow valid
     fake, calls = fake_trainer(lambda m, o: (0.9 - 0.1 * o["reg_weight"], 0.1 + 0.1 * o["reg_weight"]))
-    monkeypatch.setattr(bench_mod, "train_run", fake)
+    monkeypatch.setattr(trials_mod, "train_run", fake)
     report = run_benchmark(["BPR"], syn_dir, [7, 8], grid=True, out=tmp_path / "g", log=lambda s: None)
     (row,) = report.results
     assert row.overrides["reg_weight"] == 0.00001
     best_test = max(row.grid_records, key=lambda r: r["test"]["recall@20"])["grid_setting"]["reg_weight"]
     assert best_test == 2.0  # the setting with the better test metric exists and was not chosen
-    space = bench_mod.load_defaults("bpr")[2]
+    space = load_defaults("bpr")[2]
     assert len(calls) == math.prod(len(v) for v in space.values()) + 1  # whole grid on seed 7, chosen on seed 8
     grid_csv = (tmp_path / "g" / "grid.csv").read_text().splitlines()
     header = grid_csv[0].split(",")
@@ -188,7 +190,7 @@ def test_benchmark_modalities_option(syn_dir, tmp_path, monkeypatch):
         seen.append(modalities)
         raise RuntimeError("stop after the first run")
 
-    monkeypatch.setattr(bench_mod, "train_run", fake)
+    monkeypatch.setattr(trials_mod, "train_run", fake)
     # a trial that raises is recorded as failed with its reason; the report still gets written and marks the row
     report = run_benchmark(["MARIO"], syn_dir, [1], out=tmp_path / "m2", modalities=["image"], log=lambda s: None)
     assert seen == [["image"]]
@@ -221,7 +223,7 @@ def test_ablation_variants(syn_dataset):
 
 def test_ablate_command_one_table(syn_dir, tmp_path, monkeypatch):
     fake, calls = fake_trainer(lambda m, o: (0.5, 0.3 if o.get("fusion") == "fc" else 0.5))
-    monkeypatch.setattr(bench_mod, "train_run", fake)
+    monkeypatch.setattr(trials_mod, "train_run", fake)
     res = invoke("ablate", "MeAIM", "--data", syn_dir, "--out", tmp_path / "abl", "--epochs", 1)
     assert res.exit_code == 0, res.output
     md = (tmp_path / "abl" / "table.md").read_text()
@@ -241,7 +243,7 @@ def test_parse_param():
 @pytest.mark.parametrize("two", [False, True])
 def test_sweep_writes_table_and_figure(syn_dir, tmp_path, monkeypatch, two):
     fake, calls = fake_trainer(lambda m, o: (o["mu"] / 4 + o.get("lambda_coeff", 0) / 4, 0.2 + o["mu"] / 10))
-    monkeypatch.setattr(bench_mod, "train_run", fake)
+    monkeypatch.setattr(trials_mod, "train_run", fake)
     args = ["sweep", "MARIO", "--data", syn_dir, "--param", "mu=0,0.5,1", "--out", tmp_path / "sw"]
     if two:
         args += ["--param2", "lambda_coeff=0.7,0.9"]
@@ -272,7 +274,7 @@ def test_benchmark_plan_rows_with_own_settings_and_grids(syn_dir, tmp_path, monk
         seen_modalities.append((model_name, modalities))
         return fake(model_name, data_dir, modalities, overrides, **kw)
 
-    monkeypatch.setattr(bench_mod, "train_run", spy)
+    monkeypatch.setattr(trials_mod, "train_run", spy)
     res = invoke("benchmark", "--plan", plan, "--data", syn_dir, "--seeds", "3", "--out", tmp_path / "p")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
@@ -380,7 +382,7 @@ def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
 
 def test_benchmark_reuse_only_tabulates_finished_rows_and_trains_nothing(syn_dir, tmp_path, monkeypatch):
     fake, calls = fake_trainer(lambda m, o: (0.5, 0.4))
-    monkeypatch.setattr(bench_mod, "train_run", fake)
+    monkeypatch.setattr(trials_mod, "train_run", fake)
     out = tmp_path / "r"
     assert invoke("benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1,2", "--out", out).exit_code == 0
     n = len(calls)
@@ -422,7 +424,7 @@ def test_benchmark_does_not_reuse_a_run_made_under_another_configuration(syn_dir
     stored["config"]["reg_weight"] = 0.5
     cfg_path.write_text(yaml.safe_dump(stored, sort_keys=False))
     logs.clear()
-    with pytest.raises(bench_mod.ModalrecError, match="no row of the benchmark has finished runs"):
+    with pytest.raises(ModalrecError, match="no row of the benchmark has finished runs"):
         run_benchmark(["BPR"], syn_dir, [1], out=out, overrides={"epochs": 1}, log=logs.append, reuse_only=True)
     assert any("left out" in line and "reg_weight 0.5 → 0.0001" in line for line in logs), logs  # says why
     logs.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import socket
 
@@ -81,6 +82,21 @@ def test_serve_caps_k_with_a_note(bpr_run):
     assert "exceeds the 100 items" in answer["note"]
     assert len(answer["items"]) <= 100
     assert "note" not in engine.recommend(0, k=5)
+
+
+def test_recommend_caps_k_with_a_note_like_serve(bpr_run):
+    # one implementation: the library and the command line answer a too-long list as the server does
+    from modalrec.serve import Engine
+
+    served = Engine.from_run_dir(bpr_run).recommend(0, k=500)
+    library = recommend(load_run(bpr_run), 0, k=500)
+    assert library["note"] == served["note"] and "exceeds the 100 items" in library["note"]
+    assert {e["item"] for e in library["items"]} == {e["item"] for e in served["items"]}  # every rankable item
+    res = invoke("recommend", bpr_run, "--user", 0, "-k", 500)
+    assert res.exit_code == 0, res.output
+    answer = json.loads(res.stdout)
+    assert answer["k"] == 500 and "exceeds the 100 items" in answer["note"] and len(answer["items"]) <= 100
+    assert_one_line_error(invoke("recommend", bpr_run, "--user", 0, "-k", 0), "k must be at least 1")
 
 
 # ---------------------------------------------------------------- item 2: nothing left behind

@@ -1,4 +1,5 @@
-"""Graphs against dense NumPy reference formulas; the sparse operator; the on-disk graph cache."""
+"""Graphs against dense NumPy reference formulas; the sparse operator; the on-disk graph cache; the graph
+builders of individual models (edge lists, learned and denoised kNN, co-interaction) against brute force."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from modalrec.graphs import (
     DEGREE_EPS,
     GraphStore,
     SparseOperator,
     bipartite_adjacency,
+    bipartite_edge_list,
     build_knn_graph,
+    co_interaction_graph,
+    cross_modal_denoised_knn,
     knn_topk,
+    learned_knn_coo,
+    left_norm_bipartite_operators,
     norm_interaction_matrix,
     normalize_sparse_rows,
     rw_norm_adjacency_self_loops,
@@ -384,3 +391,79 @@ def test_exponential_race_matches_multinomial_without_replacement():
     ref = torch.multinomial(probs.repeat(n, 1), 2, replacement=False, generator=torch.Generator().manual_seed(4))
     expected = np.array([(ref == i).any(1).float().mean() for i in range(4)])
     assert np.allclose(first, expected, atol=0.015), (first, expected)
+
+
+# ====================================================================== graph builders of individual models
+
+
+def test_bipartite_edge_list_both_directions(small2):
+    src, dst = bipartite_edge_list(small2.train_matrix)
+    r = small2.train_matrix
+    assert src.shape[0] == dst.shape[0] == 2 * r.nnz
+    a = sp.csr_matrix((np.ones(src.shape[0]), (dst.numpy(), src.numpy())), shape=(small2.n_users + small2.n_items,) * 2)
+    top = sp.bmat([[None, r], [r.T, None]]).toarray()
+    np.testing.assert_array_equal(a.toarray(), top)
+
+
+def test_learned_knn_coo_equals_dense_topk_values_and_gradients():
+    torch.manual_seed(0)
+    feats = torch.randn(37, 6, requires_grad=True)
+    rows, cols, sims = learned_knn_coo(feats, 4, block_size=8)
+    assert torch.equal(torch.bincount(rows, minlength=37), torch.full((37,), 4))  # exactly k per row
+    x = F.normalize(feats, dim=1)
+    dense = x @ x.T
+    vals, idx = torch.topk(dense, 4, dim=1)
+    ref = torch.zeros(37, 37).scatter(1, idx, vals)
+    ours = torch.zeros(37, 37).index_put((rows, cols), sims, accumulate=True)
+    torch.testing.assert_close(ours, ref)
+    w = torch.randn(37, 37)
+    g1 = torch.autograd.grad((ours * w).sum(), feats)[0]
+    g2 = torch.autograd.grad((ref * w).sum(), feats)[0]
+    torch.testing.assert_close(g1, g2)
+
+
+def test_cross_modal_denoised_knn_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(40, 6, generator=gen), torch.randn(40, 5, generator=gen)]
+    k = 4
+    graphs = cross_modal_denoised_knn(feats, k, block_size=7)
+    sims = [F.normalize(f, dim=1) @ F.normalize(f, dim=1).T for f in feats]
+    keep = (sims[0] >= sims[0].mean()) & (sims[1] >= sims[1].mean())
+    k_i = keep.sum(1).clamp(max=k)
+    for s, (rows, cols, vals) in zip(sims, graphs, strict=True):
+        assert torch.equal(torch.bincount(rows, minlength=40), k_i)
+        for i in range(40):
+            mine = set(cols[rows == i].tolist())
+            masked = s[i].masked_fill(~keep[i], float("-inf"))
+            expect = set(torch.sort(masked, descending=True, stable=True).indices[: int(k_i[i])].tolist())
+            assert mine == expect
+            assert all(keep[i, j] for j in mine)
+        torch.testing.assert_close(vals, 1.0 / torch.sqrt(k_i[rows].float() * k_i[cols].float()))
+
+
+def test_co_interaction_graph_matches_brute_force():
+    rng = np.random.default_rng(1)
+    r = (rng.random((30, 12)) < 0.3).astype(np.float32)
+    g = co_interaction_graph(sp.csr_matrix(r), k=2, min_count=2).toarray()
+    c = r.T @ r
+    np.fill_diagonal(c, 0)
+    expect = np.eye(12)
+    for i in range(12):
+        cand = [j for j in np.argsort(-c[i], kind="stable") if c[i, j] >= 2][:2]
+        expect[i, cand] = 1
+    counts = expect.sum(1)
+    expect = expect / np.sqrt(np.outer(counts, counts))
+    np.testing.assert_allclose(g, expect * (expect > 0), rtol=1e-6)
+    assert (np.diag(g) > 0).all()
+
+
+def test_left_norm_bipartite_operators_dense():
+    users = torch.tensor([0, 0, 1, 2, 2, 2, 0])
+    items = torch.tensor([0, 1, 1, 0, 2, 3, 0])  # (0, 0) twice: counts once
+    ui, iu = left_norm_bipartite_operators(users, items, 4, 4)
+    r = torch.zeros(4, 4)
+    r[users, items] = 1.0
+    du, di = r.sum(1) + 1e-8, r.sum(0) + 1e-8
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(ui @ x, (du.pow(-0.5).unsqueeze(1) * r) @ x)
+    torch.testing.assert_close(iu @ x, (di.pow(-0.5).unsqueeze(1) * r.T) @ x)

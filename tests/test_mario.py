@@ -11,11 +11,8 @@ import torch.nn.functional as F
 
 from modalrec.config import resolve_config
 from modalrec.data.dataset import Dataset
-from modalrec.data.synth import generate_synthetic
 from modalrec.errors import ConfigError
 from modalrec.graphs import GraphStore, build_knn_graph
-from modalrec.models import build_model
-from modalrec.models.base import Batch
 from modalrec.models.mario import INTERACTION, MARIO
 
 N_USERS, N_ITEMS = 120, 80
@@ -23,30 +20,15 @@ MODALITIES = {"image": 32, "text": 16, "audio": 8}
 
 
 @pytest.fixture(scope="module")
-def full_ds() -> Dataset:
-    g = generate_synthetic(n_users=N_USERS, n_items=N_ITEMS, modalities=dict(MODALITIES), seed=3)
-    return Dataset(
-        name="syn",
-        n_users=g["n_users"],
-        n_items=g["n_items"],
-        users=g["users"],
-        items=g["items"],
-        labels=g["labels"],
-        timestamps=g["timestamps"],
-        features=g["features"],
-    )
+def full_ds(synthetic) -> Dataset:
+    """N_USERS × N_ITEMS with the three content modalities of MODALITIES."""
+    return synthetic(N_USERS, N_ITEMS, MODALITIES, seed=3)
 
 
 @pytest.fixture(scope="module")
 def ds(full_ds) -> Dataset:
     """Two content modalities (image, text)."""
     return full_ds.select_modalities(["image", "text"])
-
-
-def make(dataset: Dataset, graphs: GraphStore | None = None, seed: int = 0, **overrides) -> MARIO:
-    torch.manual_seed(seed)
-    cfg = resolve_config("mario", overrides=overrides)
-    return build_model("MARIO", dataset, cfg, graphs or GraphStore(dataset, cache_dir=False))
 
 
 def randomise(model: MARIO, scale: float = 3.0) -> None:
@@ -60,25 +42,13 @@ def randomise(model: MARIO, scale: float = 3.0) -> None:
             model.content_gate.uniform_(0.8, 1.2).div_(model.gate_speed)
 
 
-def fixed_batch(dataset: Dataset, n: int = 256, seed: int = 0) -> Batch:
-    rng = np.random.default_rng(seed)
-    u, i = dataset.split("train")
-    pick = rng.choice(u.size, size=n, replace=False)
-    seen = dataset.train_matrix
-    neg = rng.integers(0, dataset.n_items, size=n)
-    for k in range(n):
-        while seen[u[pick[k]], neg[k]]:
-            neg[k] = rng.integers(0, dataset.n_items)
-    return Batch(*(torch.as_tensor(a, dtype=torch.long) for a in (u[pick], i[pick], neg)))
-
-
 # ====================================================================== 1. fast ranking = literal formula
 @pytest.mark.parametrize("backbone", ["bprmf", "lightgcn", "ngcf"])
 @pytest.mark.parametrize("n_content", [1, 2, 3])
 @pytest.mark.parametrize("content_norm", ["l2", "none"])
-def test_full_scores_equal_naive_pair_formula(full_ds, backbone, n_content, content_norm):
+def test_full_scores_equal_naive_pair_formula(full_ds, backbone, n_content, content_norm, build):
     dataset = full_ds.select_modalities(list(MODALITIES)[:n_content])
-    model = make(dataset, backbone=backbone, ranking_block_size=16, content_norm=content_norm)
+    model = build("MARIO", dataset, backbone=backbone, ranking_block_size=16, content_norm=content_norm)
     randomise(model)
     if content_norm == "l2":  # unit content rows: larger user vectors make the attention far from uniform
         with torch.no_grad():
@@ -102,8 +72,8 @@ def test_full_scores_equal_naive_pair_formula(full_ds, backbone, n_content, cont
 
 
 @pytest.mark.parametrize("fusion", ["mean", "max", "fc"])
-def test_fusion_full_scores_equal_naive(ds, fusion):
-    model = make(ds, fusion=fusion)
+def test_fusion_full_scores_equal_naive(ds, fusion, build):
+    model = build("MARIO", ds, fusion=fusion)
     randomise(model)
     model.eval()
     users = torch.arange(0, 40)
@@ -112,9 +82,9 @@ def test_fusion_full_scores_equal_naive(ds, fusion):
     torch.testing.assert_close(model.full_scores(users), naive, rtol=1e-5, atol=1e-5)
 
 
-def test_ranking_block_size_does_not_change_scores(ds):
-    a = make(ds, ranking_block_size=1024).eval()
-    b = make(ds, ranking_block_size=5).eval()
+def test_ranking_block_size_does_not_change_scores(ds, build):
+    a = build("MARIO", ds, ranking_block_size=1024).eval()
+    b = build("MARIO", ds, ranking_block_size=5).eval()
     b.load_state_dict(a.state_dict())
     users = torch.arange(N_USERS)
     torch.testing.assert_close(a.full_scores(users), b.full_scores(users), rtol=0, atol=1e-6)
@@ -142,11 +112,11 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
-def test_variant_trains(ds, overrides):
-    model = make(ds, **overrides)
+def test_variant_trains(ds, overrides, build, fixed_batch):
+    model = build("MARIO", ds, **overrides)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    batch = fixed_batch(ds)
+    batch = fixed_batch(ds, 256)
     losses = []
     for step in range(30):
         if step % 10 == 0:
@@ -164,20 +134,20 @@ def test_variant_trains(ds, overrides):
     assert model.item_representation().shape == (N_ITEMS, model.dim)
 
 
-def test_dropped_modality_has_no_parameters_or_mp_term(ds):
-    model = make(ds, modalities=["text", INTERACTION])
+def test_dropped_modality_has_no_parameters_or_mp_term(ds, build):
+    model = build("MARIO", ds, modalities=["text", INTERACTION])
     assert model.parts == ["text", INTERACTION] and model.content == ["text"]
     assert len(model.compress) == 1 and model.compress[0].in_features == 16
     assert len(model.decoders) == 1 and model.decoders[0].out_features == 16
     # the order in the config does not matter: dataset order, then interaction
-    assert make(ds, modalities=[INTERACTION, "text", "image"]).parts == ["image", "text", INTERACTION]
-    assert make(ds, modalities="text").parts == ["text"]
+    assert build("MARIO", ds, modalities=[INTERACTION, "text", "image"]).parts == ["image", "text", INTERACTION]
+    assert build("MARIO", ds, modalities="text").parts == ["text"]
 
 
-def test_loss_matches_the_written_formula(ds):
+def test_loss_matches_the_written_formula(ds, build, fixed_batch):
     """L = BPR(r̂⁺, r̂⁻) + μ Σ_m mean|F_m − v^m W̃_m| + λ_reg ½(‖E_u‖²+‖E_p‖²+‖E_n‖²)/B (Eqs. 9–11)."""
     for decode_from in ("propagated", "compressed"):
-        model = make(ds, mu=0.7, reg_weight=0.01, decode_from=decode_from).eval()
+        model = build("MARIO", ds, mu=0.7, reg_weight=0.01, decode_from=decode_from).eval()
         randomise(model, 2.0)
         batch = fixed_batch(ds, n=64)
         with torch.no_grad():
@@ -198,22 +168,22 @@ def test_loss_matches_the_written_formula(ds):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_lightgcn_backbone_is_the_layer_mean(ds):
-    model = make(ds, n_layers=2).eval()
+def test_lightgcn_backbone_is_the_layer_mean(ds, build):
+    model = build("MARIO", ds, n_layers=2).eval()
     a = torch.from_numpy(model.graphs.norm_adj_matrix().toarray())
     h0 = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach()
     want = (h0 + a @ h0 + a @ (a @ h0)) / 3
     u, v = model.backbone_forward()
     torch.testing.assert_close(torch.cat([u, v]).detach(), want, rtol=1e-5, atol=1e-6)
-    bpr = make(ds, backbone="bprmf")
+    bpr = build("MARIO", ds, backbone="bprmf")
     u, v = bpr.backbone_forward()
     assert u is bpr.user_emb.weight and v is bpr.item_emb.weight
 
 
 # ====================================================================== 3. explanations, decoders, config errors
 @pytest.mark.parametrize("modalities", [None, ["image", "text"], ["text", INTERACTION], [INTERACTION]])
-def test_attention_explanation(ds, modalities):
-    model = make(ds, modalities=modalities)
+def test_attention_explanation(ds, modalities, build):
+    model = build("MARIO", ds, modalities=modalities)
     randomise(model)
     model.train()  # explain must switch dropout off itself and restore the mode
     users, items = torch.tensor([0, 0, 5, 9, 119]), torch.tensor([1, 2, 3, 79, 0])
@@ -229,12 +199,12 @@ def test_attention_explanation(ds, modalities):
     torch.testing.assert_close(expl.weights, torch.softmax(logits / math.sqrt(model.dim), dim=1))
 
 
-def test_fusion_explanations(ds):
+def test_fusion_explanations(ds, build):
     users, items = torch.tensor([0, 3, 7]), torch.tensor([4, 4, 60])
-    mean = make(ds, fusion="mean").explain(users, items)
+    mean = build("MARIO", ds, fusion="mean").explain(users, items)
     assert mean.kind == "uniform" and mean.parts == ["image", "text", INTERACTION]
     torch.testing.assert_close(mean.weights, torch.full((3, 3), 1 / 3))
-    model = make(ds, fusion="max").eval()
+    model = build("MARIO", ds, fusion="max").eval()
     mx = model.explain(users, items)
     assert mx.kind == "max-share" and mx.weights.shape == (3, 3)
     torch.testing.assert_close(mx.weights.sum(dim=1), torch.ones(3))
@@ -242,14 +212,14 @@ def test_fusion_explanations(ds):
     want = torch.stack([(v.argmax(dim=0) == m).float().mean(dim=1) for m in range(3)], dim=1)
     torch.testing.assert_close(mx.weights, want)
     torch.testing.assert_close(mx.weights[0], mx.weights[1])  # the same item for two users: user-independent
-    assert make(ds, fusion="fc").explain(users, items) is None
+    assert build("MARIO", ds, fusion="fc").explain(users, items) is None
 
 
-def test_mu_zero_has_no_decoder(ds):
-    model = make(ds, mu=0.0)
+def test_mu_zero_has_no_decoder(ds, build):
+    model = build("MARIO", ds, mu=0.0)
     assert model.decoders is None
     assert not any("decoder" in name for name, _ in model.named_parameters())
-    assert any("decoder" in name for name, _ in make(ds).named_parameters())
+    assert any("decoder" in name for name, _ in build("MARIO", ds).named_parameters())
 
 
 @pytest.mark.parametrize(
@@ -268,16 +238,16 @@ def test_mu_zero_has_no_decoder(ds):
         ({"content_norm": "l1"}, ["content_norm", "none, l2"]),
     ],
 )
-def test_invalid_config_is_a_clear_error(ds, overrides, fragments):
+def test_invalid_config_is_a_clear_error(ds, overrides, fragments, build):
     with pytest.raises(ConfigError) as err:
-        make(ds, **overrides)
+        build("MARIO", ds, **overrides)
     for fragment in fragments:
         assert fragment in str(err.value)
 
 
-def test_mario_needs_a_content_modality(full_ds):
+def test_mario_needs_a_content_modality(full_ds, build):
     with pytest.raises(ConfigError, match="at least 1 content"):
-        make(full_ds.select_modalities([]))
+        build("MARIO", full_ds.select_modalities([]))
 
 
 # ====================================================================== 4. graphs
@@ -285,9 +255,9 @@ def _dense(op) -> np.ndarray:
     return op.to_scipy().toarray()
 
 
-def test_modality_graph_formula_and_no_gradient(ds):
+def test_modality_graph_formula_and_no_gradient(ds, build, fixed_batch):
     lam, k = 0.7, 6
-    model = make(ds, lambda_coeff=lam, knn_k=k).train()
+    model = build("MARIO", ds, lambda_coeff=lam, knn_k=k).train()
     compressed = model._compressed()
     assert compressed[0].requires_grad
     for i, m in enumerate(["image", "text"]):
@@ -304,36 +274,36 @@ def test_modality_graph_formula_and_no_gradient(ds):
     assert all(w.weight.grad is not None and w.weight.grad.abs().sum() > 0 for w in model.compress)
 
 
-def test_lambda_one_is_the_fixed_graph(ds):
-    model = make(ds, lambda_coeff=1.0, knn_k=5)
+def test_lambda_one_is_the_fixed_graph(ds, build):
+    model = build("MARIO", ds, lambda_coeff=1.0, knn_k=5)
     ops = model.refresh_graphs()
     for op, m in zip(ops, ["image", "text"], strict=True):
         want = model.graphs.knn(m, 5, weighted=True, normalization="sym")
         np.testing.assert_allclose(_dense(op), _dense(want), rtol=1e-5, atol=1e-7)
 
 
-def test_fixed_graph_is_cached_in_the_graph_store(ds, tmp_path):
+def test_fixed_graph_is_cached_in_the_graph_store(ds, tmp_path, build):
     graphs = GraphStore(ds, cache_dir=tmp_path)
-    make(ds, graphs)
+    build("MARIO", ds, graphs=graphs)
     knn_keys = [name for name in graphs._memo if name.startswith("knn-")]
     assert len(knn_keys) == 2  # one fixed graph per content modality
     builds = graphs.builds
-    make(ds, graphs, seed=1)
+    build("MARIO", ds, graphs=graphs, seed=1)
     assert graphs.builds == builds  # the second model reuses the store's graphs
     fresh = GraphStore(ds, cache_dir=tmp_path)
-    make(ds, fresh)
+    build("MARIO", ds, graphs=fresh)
     assert fresh.builds == 0 and fresh.cache_hits >= 3  # Â and both kNN graphs come from disk
 
 
-def test_graph_refresh_modes(ds):
+def test_graph_refresh_modes(ds, build, fixed_batch):
     batch = fixed_batch(ds, n=32)
-    fwd = make(ds, graph_refresh="forward").train()
+    fwd = build("MARIO", ds, graph_refresh="forward").train()
     fwd.loss(batch)
     first = fwd._graph_cache
     fwd.loss(batch)
     assert fwd._graph_cache is not first  # rebuilt in every forward pass
 
-    ep = make(ds, graph_refresh="epoch").train()
+    ep = build("MARIO", ds, graph_refresh="epoch").train()
     ep.pre_epoch(0)
     cached = ep._graph_cache
     opt = torch.optim.SGD(ep.parameters(), lr=1.0)
@@ -351,10 +321,10 @@ def test_graph_refresh_modes(ds):
 
 
 # ---------------------------------------------------------------------- content scale control
-def test_content_norm_l2_gives_unit_rows_and_none_the_raw_projection(ds):
+def test_content_norm_l2_gives_unit_rows_and_none_the_raw_projection(ds, build):
     assert resolve_config("mario").content_norm == "l2"  # the default
     for norm in ("l2", "none"):
-        model = make(ds, content_norm=norm).eval()
+        model = build("MARIO", ds, content_norm=norm).eval()
         randomise(model, 5.0)
         with torch.no_grad():
             comp = model.representations().compressed
@@ -371,12 +341,12 @@ def test_paper_preset_is_the_literal_model():
     assert resolve_config("mario", dataset_name="baby").content_norm == "l2"
 
 
-def test_content_norm_makes_scores_independent_of_the_projection_scale(ds):
+def test_content_norm_makes_scores_independent_of_the_projection_scale(ds, build):
     """Adam grows the unregularised W_m; with unit content rows that growth cannot change the ranking
     (the scores are invariant to a rescaled W_m), while the paper model's scores follow it."""
     users = torch.arange(30)
     for norm in ("none", "l2"):
-        model = make(ds, content_norm=norm).eval()
+        model = build("MARIO", ds, content_norm=norm).eval()
         randomise(model, 3.0)
         before = model.full_scores(users).clone()
         with torch.no_grad():
@@ -390,9 +360,9 @@ def test_content_norm_makes_scores_independent_of_the_projection_scale(ds):
 
 
 # ====================================================================== content gate
-def test_content_gate_scales_content_scores_only_and_starts_at_the_backbone(ds):
+def test_content_gate_scales_content_scores_only_and_starts_at_the_backbone(ds, build):
     """content_gate: learned multiplies v^m (m ≠ IN) by g_m in the scores; the decoders read ungated v^m."""
-    model = make(ds, content_gate="learned", content_gate_init=0.0, ranking_block_size=16)
+    model = build("MARIO", ds, content_gate="learned", content_gate_init=0.0, ranking_block_size=16)
     assert model.content_gate is not None and model.content_gate.shape == (2,)
     model.eval()
     users, items = torch.arange(N_USERS), torch.arange(N_ITEMS)
@@ -412,8 +382,8 @@ def test_content_gate_scales_content_scores_only_and_starts_at_the_backbone(ds):
     torch.testing.assert_close(
         model.full_scores(users[:10]).reshape(-1), model.naive_pair_scores(uu, ii), rtol=1e-4, atol=1e-4
     )
-    assert make(ds, content_gate="none").content_gate is None
-    default = make(ds)  # the default: a learned gate that starts closed
+    assert build("MARIO", ds, content_gate="none").content_gate is None
+    default = build("MARIO", ds)  # the default: a learned gate that starts closed
     assert default.content_gate is not None and torch.all(default.gate_values() == 0)
     with pytest.raises(ConfigError, match="content_gate must be one of none, learned"):
-        make(ds, content_gate="fixed")
+        build("MARIO", ds, content_gate="fixed")

@@ -20,7 +20,6 @@ from conftest import expected_random_recall, require_shared
 
 from modalrec.config import load_defaults
 from modalrec.data.dataset import Dataset, load_dataset
-from modalrec.data.synth import generate_synthetic
 from modalrec.errors import ConfigError
 from modalrec.models import list_models
 from modalrec.runs import prepare_model
@@ -49,30 +48,16 @@ def train(name: str, dataset: Dataset, base: dict, **extra):
     return model, fit(model, dataset, config, log=quiet)
 
 
-def synthetic(name: str, n_users: int, n_items: int, modalities: dict[str, int], seed: int) -> Dataset:
-    g = generate_synthetic(n_users=n_users, n_items=n_items, modalities=modalities, seed=seed)
-    return Dataset(
-        name=name,
-        n_users=g["n_users"],
-        n_items=g["n_items"],
-        users=g["users"],
-        items=g["items"],
-        labels=g["labels"],
-        timestamps=g["timestamps"],
-        features=g["features"],
-    )
-
-
 @pytest.fixture(scope="module")
-def tri_modal() -> Dataset:
+def tri_modal(synthetic) -> Dataset:
     """Synthetic data with three content modalities (image, text, audio)."""
-    return synthetic("tri", 150, 100, {"image": 24, "text": 12, "audio": 8}, seed=4)
+    return synthetic(150, 100, {"image": 24, "text": 12, "audio": 8}, seed=4, name="tri")
 
 
 @pytest.fixture(scope="module")
-def learnable() -> Dataset:
+def learnable(synthetic) -> Dataset:
     """300 users x 300 items (image, text): large enough that a random top-20 is clearly beaten."""
-    return synthetic("learn", 300, 300, {"image": 32, "text": 16}, seed=5)
+    return synthetic(300, 300, {"image": 32, "text": 16}, seed=5, name="learn")
 
 
 @pytest.mark.parametrize("name", MODELS)

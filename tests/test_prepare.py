@@ -6,6 +6,7 @@ without the optional ``modalrec[prepare]`` packages (the real encoders: tests/te
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import json
@@ -20,13 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modalrec.data.dataset import load_dataset
-from modalrec.data.prepare import kcore_mask, prepare_dataset
-from modalrec.data.prepare.readers import (
-    amazon_item_text,
-    detect_meta_format,
-    detect_review_format,
-    read_image_features,
-)
+from modalrec.data.prepare import PrepareOptions, kcore_mask, prepare_dataset
+from modalrec.data.prepare.images import read_image_features
+from modalrec.data.prepare.interactions import detect_review_format
+from modalrec.data.prepare.item_meta import amazon_item_text, detect_meta_format
 from modalrec.errors import DataError, ModalrecError
 
 # =========================================================================== k-core
@@ -280,7 +278,7 @@ def test_amazon2014_ratings_csv_with_literal_meta_and_binary_features(tmp_path):
         fh.write(np.full(4096, 99.0, dtype="<f4").tobytes())
     out = tmp_path / "sci"
     enc = FakeText()
-    res = prepare_dataset(reviews, out, meta=meta, image_features=feats, text_encoder=enc, batch_size=2)
+    res = prepare_dataset(reviews, out, PrepareOptions(meta=meta, image_features=feats, batch_size=2), text_encoder=enc)
     assert res.path == out and out.is_dir()
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
@@ -359,7 +357,7 @@ def test_reviews_json_lines_with_2018_meta(tmp_path, gz):
     reviews = write_reviews_json(tmp_path / ("reviews.json.gz" if gz else "reviews.json"), gz)
     meta = write_meta_2018(tmp_path / "meta.json")
     out = tmp_path / "out"
-    res = prepare_dataset(reviews, out, meta=meta, text_encoder=FakeText(), split="loo")
+    res = prepare_dataset(reviews, out, PrepareOptions(meta=meta, split="loo"), text_encoder=FakeText())
     assert res.report["inputs"]["reviews"]["format"] == "amazon-reviews"
     assert res.report["inputs"]["meta"]["format"] == "amazon2018"
     ds = load_dataset(out)
@@ -379,7 +377,7 @@ def test_gzip_and_plain_inputs_give_identical_folders(tmp_path):
     assert (a.path / "a.inter").read_text() == (b.path / "b.inter").read_text()
     assert a.report["inputs"]["reviews"]["sha256"] != b.report["inputs"]["reviews"]["sha256"]
     # and the same seed gives the same split; another seed another one
-    c = prepare_dataset(write_reviews_json(tmp_path / "r2.json", False), tmp_path / "c", seed=1)
+    c = prepare_dataset(write_reviews_json(tmp_path / "r2.json", False), tmp_path / "c", PrepareOptions(seed=1))
     assert (a.path / "a.inter").read_text() != (c.path / "c.inter").read_text()
 
 
@@ -401,7 +399,11 @@ def test_generic_csv_item_table_and_image_folder(tmp_path):
     (imgs / "notes.txt").write_text("ignored")  # ITEMS[5]: no file at all
     out = tmp_path / "generic"
     res = prepare_dataset(
-        reviews, out, meta=table, images=imgs, text_encoder=FakeText(), image_encoder=FakeImage(), batch_size=3
+        reviews,
+        out,
+        PrepareOptions(meta=table, images=imgs, batch_size=3),
+        text_encoder=FakeText(),
+        image_encoder=FakeImage(),
     )
     assert res.report["inputs"]["reviews"]["format"] == "table"
     assert res.report["inputs"]["meta"]["format"] == "table"
@@ -438,7 +440,9 @@ def test_generic_tsv_named_columns_without_rating_and_iso_dates(tmp_path):
         lines.append(f"{u}\t{i}\t{day}\t3")
     reviews.write_text("\n".join(lines) + "\n")
     out = tmp_path / "tsv"
-    res = prepare_dataset(reviews, out, user_col="who", item_col="what", time_col="when", split="temporal")
+    res = prepare_dataset(
+        reviews, out, PrepareOptions(user_col="who", item_col="what", time_col="when", split="temporal")
+    )
     assert res.report["parameters"]["columns"] == {"user": "who", "item": "what", "rating": None, "time": "when"}
     rows = _read_tsv(out / "tsv.inter")
     assert rows[0] == ["userID", "itemID", "rating", "timestamp", "x_label"]
@@ -453,9 +457,9 @@ def test_generic_tsv_named_columns_without_rating_and_iso_dates(tmp_path):
     assert t[lab == 0].max() <= t[lab == 1].min() <= t[lab == 1].max() <= t[lab == 2].min()
     assert np.bincount(lab).tolist() == [38, 5, 5]  # round(0.8 * 48), then 10 % each
     with pytest.raises(DataError, match="no rating column"):
-        prepare_dataset(reviews, tmp_path / "x", user_col="who", item_col="what", min_rating=4)
+        prepare_dataset(reviews, tmp_path / "x", PrepareOptions(user_col="who", item_col="what", min_rating=4))
     with pytest.raises(DataError, match=r"log\.tsv:1: no column 'nope' \(given by --user-col\)"):
-        prepare_dataset(reviews, tmp_path / "x", user_col="nope")
+        prepare_dataset(reviews, tmp_path / "x", PrepareOptions(user_col="nope"))
     with pytest.raises(DataError, match=r"log\.tsv:1: no user column"):
         prepare_dataset(reviews, tmp_path / "x")
 
@@ -466,13 +470,13 @@ def test_no_time_column_mmrec_ok_loo_refused(tmp_path):
     prepare_dataset(reviews, tmp_path / "ok")
     assert _read_tsv(tmp_path / "ok" / "ok.inter")[0] == ["userID", "itemID", "rating", "x_label"]
     with pytest.raises(DataError, match="needs a 'timestamp' column"):
-        prepare_dataset(reviews, tmp_path / "loo", split="loo")
+        prepare_dataset(reviews, tmp_path / "loo", PrepareOptions(split="loo"))
     assert not (tmp_path / "loo").exists()
 
 
 def test_min_rating_threshold_then_kcore(tmp_path):
     reviews = write_ratings_csv(tmp_path / "r.csv")
-    res = prepare_dataset(reviews, tmp_path / "o", min_rating=3, kcore=2)
+    res = prepare_dataset(reviews, tmp_path / "o", PrepareOptions(min_rating=3, kcore=2))
     assert res.report["counts"]["below_min_rating"] == sum(r < 3 for _, _, r, _ in _interactions())
     ds = load_dataset(tmp_path / "o")
     assert ds.n_users == 9  # the sparse user's two 5-star ratings pass the 2-core
@@ -481,14 +485,14 @@ def test_min_rating_threshold_then_kcore(tmp_path):
     # the sparse user's two interactions go to valid and test; loading drops them (cold start), reported
     assert len(ds.users) == n_kept - 2 and any("no training interaction" in w for w in res.report["warnings"])
     # kcore 0 keeps everything (sparse user, rare item), de-duplicated
-    res0 = prepare_dataset(reviews, tmp_path / "k0", kcore=0)
+    res0 = prepare_dataset(reviews, tmp_path / "k0", PrepareOptions(kcore=0))
     assert res0.report["counts"]["final"]["interactions"] == 51
 
 
 def test_kcore_removing_everything_is_an_error(tmp_path):
     reviews = write_ratings_csv(tmp_path / "r.csv")
     with pytest.raises(DataError, match=r"r\.csv: no interaction is left after the 9-core filter"):
-        prepare_dataset(reviews, tmp_path / "o", kcore=9)
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(kcore=9))
     assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == [reviews]
 
 
@@ -506,7 +510,9 @@ def test_out_exists_is_refused_and_failures_leave_nothing(tmp_path, monkeypatch)
             raise RuntimeError("encoder exploded")
 
     with pytest.raises(RuntimeError, match="exploded"):
-        prepare_dataset(reviews, tmp_path / "new", meta=write_meta_2014(tmp_path / "m.json"), text_encoder=Boom())
+        prepare_dataset(
+            reviews, tmp_path / "new", PrepareOptions(meta=write_meta_2014(tmp_path / "m.json")), text_encoder=Boom()
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "m.json", "r.csv"]
 
     # a failure after the temporary folder exists removes it too
@@ -529,7 +535,7 @@ def test_meta_is_parsed_with_literal_eval_never_eval(tmp_path):
         f"{{'asin': '{ITEMS[0]}', 'title': 'ok'}}\n__import__('pathlib').Path({str(marker)!r}).write_text('x')\n"
     )
     with pytest.raises(DataError, match=r"meta\.json:2: not a JSON object or Python dict literal"):
-        prepare_dataset(reviews, tmp_path / "o", meta=meta, text_encoder=FakeText())
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(meta=meta), text_encoder=FakeText())
     assert not marker.exists()
 
 
@@ -556,7 +562,7 @@ def test_malformed_reviews_name_file_and_line(tmp_path, content, pattern):
     path = tmp_path / "r.json"
     path.write_text(content)
     with pytest.raises(DataError, match=pattern):
-        prepare_dataset(path, tmp_path / "o", kcore=0)
+        prepare_dataset(path, tmp_path / "o", PrepareOptions(kcore=0))
     assert not (tmp_path / "o").exists()
 
 
@@ -571,7 +577,7 @@ def test_binary_feature_file_errors_and_mismatch(tmp_path):
     reviews = write_ratings_csv(tmp_path / "r.csv")
     other = write_binary_features(tmp_path / "other.b", ["X000000000"], dim=8)
     with pytest.raises(DataError, match=r"other\.b: none of the 6 items has a feature"):
-        prepare_dataset(reviews, tmp_path / "o", image_features=other, image_feature_dim=8)
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(image_features=other, image_feature_dim=8))
 
 
 def test_meta_without_matching_ids_is_an_error(tmp_path):
@@ -579,22 +585,37 @@ def test_meta_without_matching_ids_is_an_error(tmp_path):
     meta = tmp_path / "m.json"
     meta.write_text(json.dumps({"asin": "OTHER", "title": "x"}) + "\n")
     with pytest.raises(DataError, match=r"m\.json: none of the 6 items has a record"):
-        prepare_dataset(reviews, tmp_path / "o", meta=meta, text_encoder=FakeText())
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(meta=meta), text_encoder=FakeText())
 
 
 def test_bad_options(tmp_path):
     reviews = write_ratings_csv(tmp_path / "r.csv")
     with pytest.raises(ModalrecError, match="mutually exclusive"):
-        prepare_dataset(reviews, tmp_path / "o", image_features=reviews, images=tmp_path)
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(image_features=reviews, images=tmp_path))
     with pytest.raises(ModalrecError, match="--split 'random'"):
-        prepare_dataset(reviews, tmp_path / "o", split="random")
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(split="random"))
     with pytest.raises(DataError, match="no such file"):
         prepare_dataset(tmp_path / "missing.csv", tmp_path / "o")
     with pytest.raises(DataError, match="no such directory"):
-        prepare_dataset(reviews, tmp_path / "o", images=tmp_path / "nope")
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(images=tmp_path / "nope"))
     # a forced format that does not fit reports the line
     with pytest.raises(DataError, match=r"r\.csv:1: not a JSON object"):
-        prepare_dataset(reviews, tmp_path / "o", review_format="amazon-reviews")
+        prepare_dataset(reviews, tmp_path / "o", PrepareOptions(review_format="amazon-reviews"))
+
+
+def test_options_are_frozen_normalised_and_checked_in_order(tmp_path):
+    opts = PrepareOptions(meta=str(tmp_path / "m.json"), text_cols=["title", "brand"], user_col="who")
+    assert opts.meta == tmp_path / "m.json" and opts.text_cols == ("title", "brand")
+    assert (opts.column_names.user, opts.column_names.item) == ("who", None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.kcore = 3  # type: ignore[misc]
+    assert PrepareOptions().validate(tmp_path / "ds") == "ds" and PrepareOptions(name="x").validate(tmp_path) == "x"
+    with pytest.raises(ModalrecError, match="--kcore must be ≥ 0"):
+        PrepareOptions(kcore=-1, batch_size=0).validate(tmp_path / "ds")
+    # an existing output folder is reported before any bad setting
+    reviews = write_ratings_csv(tmp_path / "r.csv")
+    with pytest.raises(DataError, match="already exists"):
+        prepare_dataset(reviews, tmp_path, PrepareOptions(split="random"))
 
 
 def test_format_detection(tmp_path):
@@ -665,7 +686,7 @@ def test_recbole_atomic_header_and_numeric_item_order(tmp_path):
     for u in (7, 30, 4, 500):
         lines += [f"{u}\t{i}\t5\t{T0 + 60 * u + j}" for j, i in enumerate(ids)]
     reviews.write_text("\n".join(lines) + "\n")
-    res = prepare_dataset(reviews, tmp_path / "out", kcore=0)
+    res = prepare_dataset(reviews, tmp_path / "out", PrepareOptions(kcore=0))
     assert res.report["parameters"]["columns"] == {
         "user": "user_id",
         "item": "item_id",
@@ -676,14 +697,14 @@ def test_recbole_atomic_header_and_numeric_item_order(tmp_path):
     users = [r[0] for r in _read_tsv(tmp_path / "out" / "u_id_mapping.csv")[1:]]
     assert items == ["1", "2", "10", "20", "100"] and users == ["4", "7", "30", "500"]
     # a typed flag names the same column
-    res = prepare_dataset(reviews, tmp_path / "out2", kcore=0, user_col="user_id:token")
+    res = prepare_dataset(reviews, tmp_path / "out2", PrepareOptions(kcore=0, user_col="user_id:token"))
     assert res.report["parameters"]["columns"]["user"] == "user_id"
 
 
 def test_mixed_ids_keep_string_order(tmp_path):
     reviews = tmp_path / "r.csv"
     reviews.write_text("user,item\n" + "".join(f"u{u},{i}\n" for u in range(3) for i in ("10", "9", "b7")))
-    prepare_dataset(reviews, tmp_path / "o", kcore=0)
+    prepare_dataset(reviews, tmp_path / "o", PrepareOptions(kcore=0))
     assert [r[0] for r in _read_tsv(tmp_path / "o" / "i_id_mapping.csv")[1:]] == ["10", "9", "b7"]
 
 
@@ -700,7 +721,9 @@ def test_input_columns_are_checked_before_any_encoder_loads(tmp_path, monkeypatc
     meta = tmp_path / "items.csv"
     meta.write_text("item_id,title\n2,Item 2\n")
     with pytest.raises(DataError, match=r"log\.tsv:1: no user column"):
-        prepare_dataset(reviews, tmp_path / "x", meta=meta)
+        prepare_dataset(reviews, tmp_path / "x", PrepareOptions(meta=meta))
     with pytest.raises(DataError, match=r"items\.csv:1: no column 'blurb' \(given by --text-cols\)"):
-        prepare_dataset(reviews, tmp_path / "x", meta=meta, user_col="who", item_col="what", text_cols=["blurb"])
+        prepare_dataset(
+            reviews, tmp_path / "x", PrepareOptions(meta=meta, user_col="who", item_col="what", text_cols=["blurb"])
+        )
     assert not (tmp_path / "x").exists()

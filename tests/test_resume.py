@@ -8,17 +8,22 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from signal_runner import install
 from typer.testing import CliRunner
 
 from modalrec.cli import app
-from modalrec.errors import Interrupted, RunError
+from modalrec.errors import Interrupted, ModalrecError, RunError
+from modalrec.interrupt import graceful_interrupts
 from modalrec.runs import RESUME_FILE, read_resume_state, resume_run, train_run
+from modalrec.train import TRAINER_KEYS, TrainState
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 # 1,500 training pairs / 256 = 6 batches per epoch, so a mid-epoch stop has batches on both sides
@@ -49,22 +54,40 @@ def invoke(*args):
 
 
 def cli_subprocess(args: list, signal_spec: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """``modalrec`` in a fresh process that receives a signal at a chosen point (``MODALREC_TEST_SIGNAL``)."""
+    """``modalrec`` in a fresh process that receives a signal at a chosen point (``tests/signal_runner.py``)."""
     src = Path(__file__).resolve().parents[1] / "src"
     env = {
         **os.environ,
         **ENV,
         "OMP_NUM_THREADS": "1",
-        "MODALREC_TEST_SIGNAL": signal_spec,
         "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
     }
+    runner = Path(__file__).with_name("signal_runner.py")
     return subprocess.run(
-        [sys.executable, "-m", "modalrec.cli", *map(str, args)],
+        [sys.executable, str(runner), signal_spec, *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
         timeout=timeout,
     )
+
+
+@contextmanager
+def signal_at(spec: str) -> Iterator[None]:
+    """Within the block, training in this process sends itself a signal at ``spec`` (``NAME:EPOCH[:BATCH]``,
+    :class:`signal_runner.SignalAt`)."""
+    with pytest.MonkeyPatch.context() as m:
+        install(spec, m.setattr)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _sigint_as_in_a_terminal():
+    """Give SIGINT Python's usual handler for each test, then put back whatever it was: the in-process tests
+    send this process SIGINT, which a test run started in the background (``pytest ... &``) ignores."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -137,10 +160,8 @@ def test_interrupt_mid_epoch_saves_a_state_that_resumes_exactly(name, sig, syn_d
 def test_models_with_cached_graphs_resume_exactly_mid_epoch(name, extra, syn_dir, tmp_path, monkeypatch):
     overrides = {**BASE, "epochs": 3, **extra}
     reference, _ = train_run(name, syn_dir, overrides=overrides, out=tmp_path / "ref", quiet=True, cache_dir=False)
-    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
-    with pytest.raises(Interrupted):
+    with signal_at("INT:1:2"), pytest.raises(Interrupted):
         train_run(name, syn_dir, overrides=overrides, out=tmp_path / "run", quiet=True, cache_dir=False)
-    monkeypatch.delenv("MODALREC_TEST_SIGNAL")
     assert read_resume_state(tmp_path / "run")["train"]["model_extra"]  # the cached graph travels
     resume_run(tmp_path / "run", quiet=True, cache_dir=False)
     assert_same_run(reference, tmp_path / "run")
@@ -169,23 +190,64 @@ def test_negative_checkpoint_every_is_a_config_error(syn_dir, tmp_path):
     assert not (tmp_path / "r").exists()  # checked before the run directory is claimed
 
 
-def test_interrupt_in_process_raises_interrupted_with_the_resume_hint(syn_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:0:1")
-    with pytest.raises(Interrupted, match="resume with: modalrec train --resume") as info:
+def test_interrupt_in_process_raises_interrupted_with_the_resume_hint(syn_dir, tmp_path):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with signal_at("INT:0:1"), pytest.raises(Interrupted, match="resume with: modalrec train --resume") as info:
         train_run("BPR", syn_dir, overrides=_overrides("BPR"), out=tmp_path / "run", quiet=True)
     assert info.value.exit_code == 130
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are restored
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers are restored
+
+
+@pytest.mark.parametrize("ignored", [signal.SIGINT, signal.SIGTERM])
+def test_an_ignored_signal_stays_ignored(ignored):
+    """A process started with SIGINT ignored (a background job, nohup) keeps it ignored while training, and after;
+    the other signal is still handled."""
+    other = signal.SIGTERM if ignored == signal.SIGINT else signal.SIGINT
+    previous = signal.signal(ignored, signal.SIG_IGN)
+    other_before = signal.getsignal(other)
+    try:
+        with graceful_interrupts() as flag:
+            assert signal.getsignal(ignored) is signal.SIG_IGN
+            assert signal.getsignal(other) is not other_before  # ours
+            os.kill(os.getpid(), ignored)
+            assert flag() is None  # ignored: no stop requested
+        assert signal.getsignal(ignored) is signal.SIG_IGN
+        assert signal.getsignal(other) is other_before
+    finally:
+        signal.signal(ignored, previous)
+
+
+def test_resume_state_trainer_keys_are_the_documented_set(killed_run):
+    """The ``trainer`` entry of resume.pt keeps its format: exactly these keys, read back by TrainState."""
+    trainer = read_resume_state(killed_run)["train"]["trainer"]
+    documented = {
+        "epoch",
+        "batch",
+        "epoch_loss",
+        "epoch_train_seconds",
+        "best_score",
+        "best_epoch",
+        "best_state",
+        "best_valid",
+        "bad_evals",
+        "history",
+        "epoch_seconds",
+        "eval_seconds",
+    }
+    assert set(trainer) == documented == set(TRAINER_KEYS)
+    assert list(trainer) == list(TRAINER_KEYS)
+    assert TrainState.from_dict(trainer).to_dict().keys() == trainer.keys()
+    with pytest.raises(ModalrecError, match="lacks bad_evals and has surprise"):
+        TrainState.from_dict({**{k: v for k, v in trainer.items() if k != "bad_evals"}, "surprise": 1})
 
 
 # ================================================================ bad states
 @pytest.fixture
-def killed_run(syn_dir, tmp_path, monkeypatch) -> Path:
+def killed_run(syn_dir, tmp_path) -> Path:
     """A BPR run stopped after epoch 1 with its resume state (Ctrl-C in process: fast)."""
-    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1")
     run = tmp_path / "run"
-    with pytest.raises(Interrupted):
+    with signal_at("INT:1"), pytest.raises(Interrupted):
         train_run("BPR", syn_dir, overrides=_overrides("BPR"), out=run, quiet=True)
-    monkeypatch.delenv("MODALREC_TEST_SIGNAL")
     return run
 
 
@@ -303,16 +365,15 @@ def test_failed_write_keeps_the_previous_state(syn_dir, tmp_path, monkeypatch):
 def test_interrupted_benchmark_resumes_its_trial(syn_dir, tmp_path, monkeypatch):
     """Ctrl-C in a benchmark's trial, then the same command again: the trial continues from its state (not from
     scratch) and its record equals that of a benchmark that was never interrupted."""
-    import modalrec.experiments.benchmark as bench_mod
+    import modalrec.experiments.trials as bench_mod
 
     args = ["benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1", "--epochs", 3, "--threads", 1]
     args += ["--set", "train_batch_size=256"]
-    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
-    stopped = invoke(*args, "--out", tmp_path / "bench")
+    with signal_at("INT:1:2"):
+        stopped = invoke(*args, "--out", tmp_path / "bench")
     assert stopped.exit_code == 130, stopped.output
     last = stopped.stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted: BPR seed 1") and "run the same command again to resume" in last, last
-    monkeypatch.delenv("MODALREC_TEST_SIGNAL")
 
     def no_fresh_training(*a, **k):
         raise AssertionError("the interrupted trial was trained from scratch")
@@ -339,8 +400,7 @@ def test_benchmark_says_at_once_whether_an_interrupted_trial_resumes(syn_dir, tm
     def interrupted(out: Path) -> tuple[list, Path]:
         args = ["benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1", "--epochs", 2, "--threads", 1]
         args += ["--set", "train_batch_size=256", "--out", out]
-        with monkeypatch.context() as m:
-            m.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
+        with signal_at("INT:1:2"):
             assert invoke(*args).exit_code == 130
         (leftover,) = (out / "runs").iterdir()
         return args, leftover
@@ -369,7 +429,8 @@ def test_benchmark_says_at_once_whether_an_interrupted_trial_resumes(syn_dir, tm
 
 # ================================================================ progress: elapsed time and an upper-bound ETA
 def test_format_duration_and_epoch_clock():
-    from modalrec.train import EpochClock, format_duration
+    from modalrec.train import format_duration
+    from modalrec.train.progress import EpochClock
 
     assert [format_duration(s) for s in (0, 59.4, 61, 3599, 3600, 7260)] == [
         "0s",
@@ -475,15 +536,16 @@ def test_second_ctrl_c_quits_at_once_and_leaves_the_previous_state(syn_dir, tmp_
             os.kill(os.getpid(), signal.SIGINT)  # the handler raises KeyboardInterrupt here
         return real_save(obj, fh, *args, **kwargs)
 
+    before = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(runs_mod.torch, "save", save_then_second_ctrl_c)
-    monkeypatch.setenv("MODALREC_TEST_SIGNAL", "INT:1:2")
     run = tmp_path / "run"
-    res = invoke("train", "--model", "BPR", "--data", syn_dir, "--out", run, "-q", *_sets("BPR"))
+    with signal_at("INT:1:2"):
+        res = invoke("train", "--model", "BPR", "--data", syn_dir, "--out", run, "-q", *_sets("BPR"))
     assert res.exit_code == 130, res.output
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted: stopped at once") and "Traceback" not in res.output, res.stderr
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
     assert read_resume_state(run)["train"]["trainer"]["epoch"] == 1  # the state written after epoch 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
     monkeypatch.undo()
     assert invoke("train", "--resume", run, "-q").exit_code == 0

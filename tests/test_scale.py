@@ -17,8 +17,9 @@ import pytest
 
 import modalrec
 from modalrec.errors import Interrupted, ModalrecError
-from modalrec.experiments import benchmark as bench_mod
-from modalrec.experiments.benchmark import Entry, run_benchmark
+from modalrec.experiments import trials as bench_mod
+from modalrec.experiments.benchmark import run_benchmark
+from modalrec.experiments.entries import Entry
 from modalrec.experiments.executors import LocalExecutor, RayExecutor, require_extra
 
 SRC = str(Path(modalrec.__file__).resolve().parents[1])
@@ -76,7 +77,8 @@ def test_ray_failed_trials_are_recorded_and_the_others_finish(ray_cluster, syn_d
 
     plan = [
         Entry("BPR", "BPR"),
-        Entry("LayerGCN", "LayerGCN", {"n_layers": 0}, seeds=[1]),  # LayerGCN needs ≥ 1 layer: fails in the worker
+        # d_f must equal d: a relation of two keys, which only the model checks when it is built (in the worker)
+        Entry("FREEDOM", "FREEDOM", {"feat_embed_dim": 32}, seeds=[1]),
         Entry("LightGCN", "LightGCN", seeds=[1]),
     ]
     out = tmp_path / "f"
@@ -85,10 +87,12 @@ def test_ray_failed_trials_are_recorded_and_the_others_finish(ray_cluster, syn_d
     assert (report.trained, report.failed) == (2, 2)
     rows = {r.entry.label: r for r in report.results}
     assert len(rows["BPR"].records) == 1 and rows["BPR"].failures[0]["failed"].startswith("worker died")
-    assert rows["LayerGCN"].failures[0]["failed"] == "ConfigError: LayerGCN: n_layers must be >= 1; got 0"
+    assert rows["FREEDOM"].failures[0]["failed"] == (
+        "ConfigError: FREEDOM: feat_embed_dim must equal embedding_size 64 (users score against C_m); got 32"
+    )
     assert len(rows["LightGCN"].records) == 1 and not rows["LightGCN"].failures
     md = (out / "table.md").read_text()
-    assert "| BPR (failed: 1 trial: seed 2 [" in md and "| LayerGCN (failed: 1 trial: seed 1 [" in md
+    assert "| BPR (failed: 1 trial: seed 2 [" in md and "| FREEDOM (failed: 1 trial: seed 1 [" in md
     assert "| LightGCN |" in md
     assert len(list((out / "results").rglob("*.failed.json"))) == 2
     summary = json.loads((out / "summary.json").read_text())

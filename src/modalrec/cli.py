@@ -7,8 +7,9 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -59,6 +60,30 @@ ThreadsOption = Annotated[
         show_default=False,
     ),
 ]
+DeviceOption = Annotated[str, typer.Option(help="cpu | cuda")]
+# evaluate and recommend have always shown --device without a help line
+RunDeviceOption = Annotated[str, typer.Option()]
+
+
+def _set_option(help: str) -> Any:
+    """The repeatable ``--set key=value`` config override, with the command's own help line."""
+    return typer.Option("--set", help=help)
+
+
+SetOverrides = list[str] | None
+EpochsOption = Annotated[int | None, typer.Option(help="Maximum epochs.")]
+# where the trials of benchmark, ablate, sweep and tune run (see _campaign)
+ExecutorOption = Annotated[
+    str, typer.Option("--executor", help="Where trials run: local (one after another, here) | ray (Ray tasks).")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="--executor ray: join this cluster (host:port, ray://host:10001, auto); default: a local Ray."),
+]
+CpusPerTrialOption = Annotated[
+    float, typer.Option(help="--executor ray: CPUs each trial holds (torch gets as many threads).")
+]
+GpusPerTrialOption = Annotated[float, typer.Option(help="--executor ray: GPUs each trial holds (0: CPU only).")]
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -206,7 +231,7 @@ def train_cmd(
     model: Annotated[str | None, typer.Option(help="Model name (see `modalrec models`).")] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (with --resume: where the data now is).")] = None,
     modalities: Annotated[str | None, typer.Option(help="Comma-separated subset of modalities.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
+    set_: Annotated[SetOverrides, _set_option("Config override key=value (repeatable).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of config overrides.")] = None,
     preset: Annotated[
         str | None,
@@ -216,9 +241,9 @@ def train_cmd(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (must not exist).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Parent of auto-named run directories.")] = Path("runs"),
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOption = "cpu",
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same metrics on CPU).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    epochs: EpochsOption = None,
     eval_: Annotated[
         str | None,
         typer.Option(
@@ -243,28 +268,15 @@ def train_cmd(
     Ctrl-C or SIGTERM stops after the current batch, saves the resume state and says how to resume;
     a second Ctrl-C quits at once.
     """
-    from modalrec.config import load_override_file, parse_overrides
     from modalrec.runs import resume_run, train_run
 
     configure_threads(threads)
-    overrides = load_override_file(config) if config else {}
-    overrides.update(parse_overrides(set_))
-    if seed is not None:
-        overrides["seed"] = seed
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if eval_ is not None:
-        overrides["eval_mode"] = eval_
+    overrides = _overrides(set_, config, seed=seed, epochs=epochs, eval_mode=eval_)
+    progress = sys.stdout.isatty()
     if resume is not None:
-        given = [
-            f"--{n}"
-            for n, v in (("model", model), ("modalities", modalities), ("preset", preset), ("out", out))
-            if v is not None
-        ]
-        if given:
-            raise ModalrecError(f"--resume continues the run with its own model, data and output; drop {given[0]}")
+        _check_resume_options(model=model, modalities=modalities, preset=preset, out=out)
         run_dir, result = resume_run(
-            resume, overrides, device, quiet=quiet, progress=sys.stdout.isatty(), force=force, data_dir=data
+            resume, overrides, device, quiet=quiet, progress=progress, force=force, data_dir=data
         )
     else:
         if model is None or data is None:
@@ -281,10 +293,27 @@ def train_cmd(
             runs_dir,
             device,
             quiet=quiet,
-            progress=sys.stdout.isatty(),
+            progress=progress,
         )
     _print_metrics(f"test metrics (best epoch {result.best_epoch}, eval {result.test.mode})", result.test.metrics)
     _console().print(f"run directory: {run_dir}")
+
+
+def _overrides(set_: list[str] | None, config_file: Path | None = None, **options: Any) -> dict[str, Any]:
+    """Config overrides: the YAML file's, then ``--set``'s, then every named option that was given (not None)."""
+    from modalrec.config import load_override_file, parse_overrides
+
+    overrides = load_override_file(config_file) if config_file else {}
+    overrides.update(parse_overrides(set_))
+    overrides.update({key: value for key, value in options.items() if value is not None})
+    return overrides
+
+
+def _check_resume_options(**given: object) -> None:
+    """--resume continues a run as it was set up: refuse the options that would set up another."""
+    named = [f"--{name}" for name, value in given.items() if value is not None]
+    if named:
+        raise ModalrecError(f"--resume continues the run with its own model, data and output; drop {named[0]}")
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -308,7 +337,7 @@ def evaluate_cmd(
     mask_valid: Annotated[
         bool | None, typer.Option("--mask-valid/--no-mask-valid", help="Mask valid items at test.")
     ] = None,
-    device: Annotated[str, typer.Option()] = "cpu",
+    device: RunDeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     eval_: Annotated[
         str | None,
@@ -343,7 +372,7 @@ def recommend_cmd(
     k: Annotated[int, typer.Option("-k", "--k", help="List length.")] = 10,
     explain: Annotated[bool, typer.Option(help="Add per-modality influence of each item.")] = False,
     include_seen: Annotated[bool, typer.Option(help="Do not exclude training items.")] = False,
-    device: Annotated[str, typer.Option()] = "cpu",
+    device: RunDeviceOption = "cpu",
     threads: ThreadsOption = None,
 ) -> None:
     """Top-k recommendations of one user as JSON on stdout."""
@@ -436,11 +465,9 @@ def data_prepare(
     name: Annotated[str | None, typer.Option(help="Dataset name (<name>.inter; default: the folder name).")] = None,
 ) -> None:
     """Raw review dumps → a new dataset folder (k-core, re-indexing, split, text/image features)."""
-    from modalrec.data.prepare import prepare_dataset
+    from modalrec.data.prepare import PrepareOptions, prepare_dataset
 
-    res = prepare_dataset(
-        reviews,
-        out,
+    options = PrepareOptions(
         meta=meta,
         image_features=image_features,
         images=images,
@@ -460,25 +487,15 @@ def data_prepare(
         device=device,
         batch_size=batch_size,
         name=name,
+    )
+    res = prepare_dataset(
+        reviews,
+        out,
+        options,
         progress=True,
         log=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True, markup=False),
     )
-    f = res.report["counts"]["final"]
-    mods = (
-        ", ".join(
-            f"{m} ({r['dim']})"
-            for m, r in (("text", res.report["text"]), ("image", res.report["image"]))
-            if r and "dim" in r
-        )
-        or "none"
-    )
-    _console().print(
-        f"wrote {res.path}: {f['users']:,} users, {f['items']:,} items, {f['interactions']:,} interactions ("
-        + ", ".join(f"{k} {v:,}" for k, v in f["per_split"].items())
-        + f"); features: {mods}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    _console().print(res.summary(), highlight=False, soft_wrap=True)
     for w in res.report["warnings"]:
         err_console.print(f"warning: {w}", highlight=False, soft_wrap=True, markup=False)
 
@@ -486,15 +503,6 @@ def data_prepare(
 # ---------------------------------------------------------------------- experiments and analyses (issue #8)
 analyze_app = typer.Typer(no_args_is_help=True, help="The papers' analyses: preservation, modalities, t-SNE.")
 app.add_typer(analyze_app, name="analyze")
-
-
-def _experiment_overrides(set_: list[str] | None, epochs: int | None) -> dict:
-    from modalrec.config import parse_overrides
-
-    overrides = parse_overrides(set_)
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    return overrides
 
 
 def _seeds(value: str) -> list[int]:
@@ -523,22 +531,15 @@ def _echo(line: str) -> None:
     print(line, flush=True)
 
 
-ExecutorOption = Annotated[
-    str, typer.Option("--executor", help="Where trials run: local (one after another, here) | ray (Ray tasks).")
-]
-RayAddressOption = Annotated[
-    str | None,
-    typer.Option(help="--executor ray: join this cluster (host:port, ray://host:10001, auto); default: a local Ray."),
-]
-CpusPerTrialOption = Annotated[
-    float, typer.Option(help="--executor ray: CPUs each trial holds (torch gets as many threads).")
-]
-GpusPerTrialOption = Annotated[float, typer.Option(help="--executor ray: GPUs each trial holds (0: CPU only).")]
-
-
 @contextlib.contextmanager
-def _executor(kind: str, address: str | None, cpus: float, gpus: float, threads: int | None):
-    """The --executor of a campaign command, released at the end (a local Ray it started is shut down)."""
+def _campaign(
+    device: str, kind: str, address: str | None, cpus: float, gpus: float, threads: int | None
+) -> Iterator[dict[str, Any]]:
+    """Start the --executor of a campaign command, released at the end (a local Ray it started is shut down).
+
+    Yields the keyword arguments every campaign function (benchmark, ablation, sweep, tune) takes:
+    the device, the executor, where to log and whether to draw progress bars.
+    """
     from modalrec.experiments.executors import make_executor
 
     if kind == "local" and (cpus != 1 or gpus != 0):
@@ -551,9 +552,16 @@ def _executor(kind: str, address: str | None, cpus: float, gpus: float, threads:
     if kind != "local":
         _echo(f"executor: {executor.describe()}")
     try:
-        yield executor
+        yield {"device": device, "executor": executor, "log": _echo, "progress": sys.stdout.isatty()}
     finally:
         executor.close()
+
+
+def _print_report(text: str, summary: str, files: list[Path]) -> None:
+    """A campaign's table, its one-line summary and the files it wrote."""
+    print(text)
+    print(summary)
+    _list_files(files)
 
 
 @app.command("benchmark")
@@ -569,13 +577,13 @@ def benchmark_cmd(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; mean ± std over them.")] = "999",
     grid: Annotated[bool, typer.Option("--grid", help="Search each model's search_space, select on valid.")] = False,
     out: Annotated[Path | None, typer.Option(help="Report folder (default reports/benchmark-<dataset>).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every model, key=value.")] = None,
+    set_: Annotated[SetOverrides, _set_option("Override for every model, key=value.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs for every model.")] = None,
     target: Annotated[str | None, typer.Option(help="Row of Improv. % and t-tests (default: best).")] = None,
     modalities: Annotated[
         str | None, typer.Option(help="Comma-separated content modalities for every model (default: all).")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOption = "cpu",
     preset: Annotated[
         str | None,
         typer.Option(help="Preset of every model's YAML (default: the one named like the dataset; none: no preset)."),
@@ -605,22 +613,21 @@ def benchmark_cmd(
     Popularity and Random (untrained reference rankers) may be named in --models.
     """
     configure_threads(threads)
-    from modalrec.experiments.benchmark import load_plan, run_benchmark
+    from modalrec.experiments.benchmark import run_benchmark
+    from modalrec.experiments.plans import load_plan
 
     if (models is None) == (plan is None):
         raise ModalrecError("give either --models or --plan")
     rows = load_plan(plan) if plan is not None else None
-    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
+    with _campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
         report = run_benchmark(
             _split_list(models) or [],
             data,
             _seeds(seeds),
             grid,
             out,
-            _experiment_overrides(set_, epochs),
+            _overrides(set_, epochs=epochs),
             target,
-            device=device,
-            log=_echo,
             modalities=_split_list(modalities),
             plan=rows,
             preset=preset,
@@ -628,12 +635,9 @@ def benchmark_cmd(
             protocol=protocol,
             cold_ratio=cold_ratio,
             eval_mode=eval_,
-            executor=ex,
-            progress=sys.stdout.isatty(),
+            **campaign,
         )
-    print(report.table.to_markdown())
-    print(_trained_line(report))
-    _list_files(report.files)
+    _print_report(report.table.to_markdown(), _trained_line(report), report.files)
 
 
 @app.command("ablate")
@@ -643,9 +647,9 @@ def ablate_cmd(
     data: Annotated[Path, typer.Option(help="Dataset folder.")],
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "999",
     out: Annotated[Path | None, typer.Option(help="Report folder (default reports/ablate-<dataset>-<model>).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every variant, key=value.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    set_: Annotated[SetOverrides, _set_option("Override for every variant, key=value.")] = None,
+    epochs: EpochsOption = None,
+    device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
@@ -656,21 +660,9 @@ def ablate_cmd(
     configure_threads(threads)
     from modalrec.experiments.ablate import run_ablation
 
-    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
-        report = run_ablation(
-            model,
-            data,
-            _seeds(seeds),
-            out,
-            _experiment_overrides(set_, epochs),
-            device=device,
-            log=_echo,
-            executor=ex,
-            progress=sys.stdout.isatty(),
-        )
-    print(report.table.to_markdown())
-    print(_trained_line(report))
-    _list_files(report.files)
+    with _campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
+        report = run_ablation(model, data, _seeds(seeds), out, _overrides(set_, epochs=epochs), **campaign)
+    _print_report(report.table.to_markdown(), _trained_line(report), report.files)
 
 
 @app.command("sweep")
@@ -682,9 +674,9 @@ def sweep_cmd(
     param2: Annotated[str | None, typer.Option(help="Second parameter: a heat map instead of lines.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "999",
     out: Annotated[Path | None, typer.Option(help="Report folder (default reports/sweep-<dataset>-...).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed override, key=value.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    set_: Annotated[SetOverrides, _set_option("Fixed override, key=value.")] = None,
+    epochs: EpochsOption = None,
+    device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
@@ -695,22 +687,10 @@ def sweep_cmd(
     configure_threads(threads)
     from modalrec.experiments.sweep import run_sweep
 
-    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
-        report = run_sweep(
-            model,
-            data,
-            [param] + ([param2] if param2 else []),
-            _seeds(seeds),
-            out,
-            _experiment_overrides(set_, epochs),
-            device=device,
-            log=_echo,
-            executor=ex,
-            progress=sys.stdout.isatty(),
-        )
-    print((report.folder / "sweep.md").read_text())
-    print(_trained_line(report))
-    _list_files(report.files)
+    params = [param] + ([param2] if param2 else [])
+    with _campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
+        report = run_sweep(model, data, params, _seeds(seeds), out, _overrides(set_, epochs=epochs), **campaign)
+    _print_report((report.folder / "sweep.md").read_text(), _trained_line(report), report.files)
 
 
 @app.command("tune")
@@ -728,11 +708,11 @@ def tune_cmd(
     study_name: Annotated[str | None, typer.Option(help="Study name (default <model>-<dataset>).")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default reports/tune-<dataset>-<model>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler (the training seed is the config's seed).")] = 0,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed override (not searched), key=value.")] = None,
+    set_: Annotated[SetOverrides, _set_option("Fixed override (not searched), key=value.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs of every trial.")] = None,
     modalities: Annotated[str | None, typer.Option(help="Comma-separated content modalities (default: all).")] = None,
     preset: Annotated[str | None, typer.Option(help="Preset of the model's YAML (none: no preset).")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
@@ -747,7 +727,7 @@ def tune_cmd(
     configure_threads(threads)
     from modalrec.experiments.tune import run_tune
 
-    with _executor(executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as ex:
+    with _campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
         report = run_tune(
             model,
             data,
@@ -758,17 +738,13 @@ def tune_cmd(
             sampler,
             pruner,
             seed,
-            _experiment_overrides(set_, epochs),
+            _overrides(set_, epochs=epochs),
             _split_list(modalities),
             preset,
-            device,
-            executor=ex,
-            log=_echo,
-            progress=sys.stdout.isatty(),
+            **campaign,
         )
-    print((report.folder / "trials.md").read_text())
-    print(f"{report.ran_here} trials run here; the study has {report.finished} finished trials ({report.storage})")
-    _list_files(report.files)
+    summary = f"{report.ran_here} trials run here; the study has {report.finished} finished trials ({report.storage})"
+    _print_report((report.folder / "trials.md").read_text(), summary, report.files)
 
 
 @analyze_app.command("preservation")
@@ -780,7 +756,7 @@ def analyze_preservation_cmd(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default <first run>/analysis).")] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder, if it moved since training.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """MARIO Table 6 / Fig. 3: mean |f-sim − p-sim| per modality, and its density."""
     from modalrec.analysis.preservation import analyze_preservation
@@ -799,7 +775,7 @@ def analyze_modalities_cmd(
     max_items: Annotated[int, typer.Option(help="Random item sample above this many items.")] = 4000,
     heatmap_items: Annotated[int, typer.Option(help="Items in the heat maps.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the item samples.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """MARIO's motivation analysis: correlation of modality similarities, heat maps (Fig. 2)."""
     from modalrec.analysis.modalities import analyze_modalities
@@ -821,7 +797,7 @@ def analyze_tsne_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the samples and of t-SNE.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder (default <first run>/analysis).")] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder, if it moved since training.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """MeAIM Figs. 5–6: t-SNE of users' and items' representations with the KDE of their angles."""
     from modalrec.analysis.tsne import analyze_tsne

@@ -4,6 +4,24 @@ Keys follow MMRec's names (``embedding_size``, ``learning_rate``, ``reg_weight``
 ``train_batch_size``, ``epochs``, ``stopping_step``, ``valid_metric``, ``topk`` …).
 A key that no default defines is an error (with a suggestion), never a silent default;
 a value whose type does not match the default's type is an error too.
+
+Bounds. A YAML's ``bounds:`` section declares the allowed values of its keys next to their
+defaults; overall.yaml's bound the shared keys, and a model's entry replaces overall.yaml's for
+the same key. :func:`resolve_config` checks the defaults, the preset, ``--set`` and ``--config``
+values against them alike, so a model never sees a value outside its bounds. An entry is either
+
+* a numeric range ``key: {low: L, high: H, low_open: true, high_open: true}`` — ``low`` and
+  ``high`` are optional (at least one is given), the ends are closed unless ``*_open`` says
+  otherwise; ``{finite: true}`` asks only for a finite number. The value, or every entry of a
+  list value, must be a finite number in the range; null ("not set") always passes. An integer
+  ``low: 1`` without ``high`` reads "a positive integer" (the counts: sizes, layers' widths, k);
+* or a list of choices ``key: {choices: [a, b]}`` — the value must be one of them (list ``null``
+  to allow "not set").
+
+Either form may add ``note: why`` (printed after the range). An error is one line naming the
+source, the key, the value and what is allowed, e.g. ``override: dropout = 1.0 must be in [0, 1)``.
+Checks that need the data (``knn_k`` against the items, modality counts) or relate two keys stay
+in the models (:meth:`modalrec.models.base.Recommender.setting_error`).
 """
 
 from __future__ import annotations
@@ -12,6 +30,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,7 +39,8 @@ import yaml
 
 from modalrec.errors import ConfigError
 
-RESERVED_SECTIONS = ("presets", "search_space", "search_ranges", "description")
+# Top-level YAML sections that are not configuration keys (each is read by its own function).
+RESERVED_SECTIONS = ("presets", "search_space", "search_ranges", "description", "compat", "only_with", "bounds")
 NO_PRESET = "none"  # --preset none: no preset, not even the one matching the dataset's name
 
 
@@ -45,11 +65,9 @@ def load_defaults(model_file: str) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise ConfigError(f"no configuration file configs/{model_file}.yaml")
     own = _read_yaml(path, f"configs/{model_file}.yaml")
-    presets = own.pop("presets", {}) or {}
-    search = own.pop("search_space", {}) or {}
-    own.pop("search_ranges", None)  # read by load_search_ranges (tune); the grid sees only search_space
-    own.pop("description", None)
-    for section in ("compat", "only_with"):
+    presets = own.get("presets") or {}
+    search = own.get("search_space") or {}  # the grid; search_ranges (tune) is read by load_search_ranges
+    for section in RESERVED_SECTIONS:
         overall.pop(section, None)
         own.pop(section, None)
     return {**overall, **own}, presets, search
@@ -123,11 +141,12 @@ def load_search_ranges(model_file: str) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of key: {{low, high, log}}")
     defaults = load_defaults(model_file)[0]
+    bounds = _bounds(model_file, defaults)
     out: dict[str, dict[str, Any]] = {}
     for key, spec in raw.items():
         out[key] = parse_range(key, spec, f"{where}: {key}")
-        _validated(defaults, {key: out[key]["low"]}, where)
-        _validated(defaults, {key: out[key]["high"]}, where)
+        _validated(defaults, bounds, {key: out[key]["low"]}, where)
+        _validated(defaults, bounds, {key: out[key]["high"]}, where)
     return out
 
 
@@ -160,44 +179,98 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-# Range rules for the numeric settings the YAMLs declare, by key name (full match). A value
-# (or every number of a list value) must satisfy its rule; None ("not set") is always allowed.
-# Values a model checks against its own data (e.g. knn_k ≤ items) stay in the model.
-_RANGE_RULES: list[tuple[re.Pattern[str], str, Callable[[float], bool]]] = [
-    (re.compile(p), desc, ok)
-    for p, desc, ok in (
-        (r"(.*_)?dropout|drop_rate|G_drop\d+", "in [0, 1)", lambda v: 0 <= v < 1),
-        (r"keep_rate", "in (0, 1]", lambda v: 0 < v <= 1),
-        (r"lambda_coeff|mm_image_weight", "in [0, 1]", lambda v: 0 <= v <= 1),
-        (r"learning_rate|D_lr", "> 0", lambda v: v > 0),
-        (r"(.*_)?(tau|temp)", "> 0", lambda v: v > 0),
-        (
-            r"embedding_size|(.*_)?dim(_.*)?|latent_embedding|.*batch_size|.*_block_size|ranking_pair_block"
-            r"|epochs|eval_step|(.*_)?k|head_num|hyper_num|num_neg|weight_size|topk",
-            "a positive integer",
-            lambda v: v >= 1,
-        ),
-        (r"n_.*layers?|layer_num|layers|content_layers|stopping_step", ">= 0", lambda v: v >= 0),
-        (r"reg_weight|weight_decay|regs|.*_weight|.*_reg|.*_decay|mu|margin|clip_norm", ">= 0", lambda v: v >= 0),
-    )
-]
+BOUND_FIELDS = frozenset({"low", "high", "low_open", "high_open", "finite", "choices", "note"})
 
 
-def _range_error(key: str, value: Any) -> str | None:
-    """Why ``value`` is out of range for ``key`` (None when it is fine or no rule applies)."""
-    rule = next(((desc, ok) for pat, desc, ok in _RANGE_RULES if pat.fullmatch(key)), None)
-    if rule is None or value is None:
+@dataclass(frozen=True)
+class Bound:
+    """The allowed values of one key: a numeric range or a list of choices (a ``bounds:`` entry, see above)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    note: str | None = None
+
+    def describe(self) -> str:
+        """What is allowed, in words: ``in [0, 1)``, ``> 0``, ``a positive integer``, ``one of a, b``."""
+        if self.choices is not None:
+            return f"one of {', '.join('null' if c is None else str(c) for c in self.choices)}"
+        low, high = self.low, self.high
+        if low is not None and high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if low is not None:
+            if low == 1 and isinstance(low, int) and not self.low_open:
+                return "a positive integer"
+            return f"{'>' if self.low_open else '>='} {low}"
+        if high is not None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return "a finite number"
+
+    def _admits(self, v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, worded to follow the key (None when it is allowed)."""
+        note = f" ({self.note})" if self.note else ""
+        if self.choices is not None:
+            return None if value in self.choices else f"must be {self.describe()}; got {value!r}{note}"
+        if value is None:
+            return None
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if not self._admits(v):
+                if v is value:
+                    return f"= {value!r} must be {self.describe()}{note}"
+                return f"= {value!r} every entry must be {self.describe()}; got {v!r}{note}"
         return None
-    desc, ok = rule
-    numbers = list(value) if isinstance(value, list | tuple) else [value]
-    for v in numbers:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            if isinstance(value, list | tuple) and desc == "a positive integer":
-                return f"every entry must be {desc}; got {v!r}"
-            continue
-        if not math.isfinite(v) or not ok(v):
-            return f"must be {desc}" if v is value else f"every entry must be {desc}; got {v!r}"
-    return None
+
+
+def _parse_bound(spec: Any, where: str) -> Bound:
+    """One ``bounds:`` entry → :class:`Bound` (a malformed entry is a :class:`ConfigError` naming it)."""
+    if not isinstance(spec, dict) or not spec or set(spec) - BOUND_FIELDS:
+        raise ConfigError(f"{where}: give {{low, high, low_open, high_open}}, {{finite: true}} or {{choices: [..]}}")
+    ends = [spec.get(k) for k in ("low", "high") if spec.get(k) is not None]
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in ends):
+        raise ConfigError(f"{where}: low and high must be finite numbers")
+    if "choices" in spec:
+        if set(spec) - {"choices", "note"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"{where}: choices must be a non-empty list, without a range")
+        return Bound(choices=tuple(spec["choices"]), note=spec.get("note"))
+    if not ends and spec.get("finite") is not True:
+        raise ConfigError(f"{where}: give low and/or high, or finite: true")
+    if len(ends) == 2 and not spec["low"] < spec["high"]:
+        raise ConfigError(f"{where}: low {spec['low']!r} must be below high {spec['high']!r}")
+    low, high, note = spec.get("low"), spec.get("high"), spec.get("note")
+    return Bound(low, high, low_open=bool(spec.get("low_open")), high_open=bool(spec.get("high_open")), note=note)
+
+
+def load_bounds(model_file: str) -> dict[str, Bound]:
+    """The allowed values of a model's keys: the ``bounds:`` of overall.yaml and ``<model>.yaml``, merged.
+
+    A model's entry replaces overall.yaml's for the same key; a bound on a key that the YAML (or,
+    for overall.yaml, the shared defaults) does not define is an error.
+    """
+    return _bounds(model_file, load_defaults(model_file)[0])
+
+
+def _bounds(model_file: str, defaults: Mapping[str, Any]) -> dict[str, Bound]:
+    out: dict[str, Bound] = {}
+    for name in dict.fromkeys(("overall", model_file)):  # overall.yaml first: a model's entry replaces its
+        data = _read_yaml(config_file(name), f"configs/{name}.yaml")
+        known = defaults if name == model_file else [k for k in data if k not in RESERVED_SECTIONS]
+        raw = data.get("bounds") or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"configs/{name}.yaml bounds: expected a mapping of key: {{low, high}} or {{choices}}")
+        for key, spec in raw.items():
+            if key not in known:
+                raise ConfigError(f"configs/{name}.yaml bounds: {key!r} is not a configuration key")
+            out[key] = _parse_bound(spec, f"configs/{name}.yaml bounds: {key}")
+    return out
 
 
 def topk_list(
@@ -304,6 +377,8 @@ def resolve_config(
     are kept in ``Config.preset_overrides`` (see :func:`describe_preset`).
     """
     defaults, presets, _ = load_defaults(model_file)
+    bounds = _bounds(model_file, defaults)
+    _validated(defaults, bounds, defaults, f"configs/{model_file}.yaml")
     values = dict(defaults)
     chosen, auto = preset, False
     if chosen is not None and chosen.lower() == NO_PRESET:
@@ -317,8 +392,8 @@ def resolve_config(
         )
     preset_values = presets[chosen] if chosen is not None else {}
     if chosen is not None:
-        values.update(_validated(defaults, preset_values, f"configs/{model_file}.yaml preset {chosen!r}"))
-    values.update(_validated(defaults, dict(overrides or {}), source))
+        values.update(_validated(defaults, bounds, preset_values, f"configs/{model_file}.yaml preset {chosen!r}"))
+    values.update(_validated(defaults, bounds, dict(overrides or {}), source))
     _check_valid_metric(values, source)
     values["preset"] = chosen
     return Config(values, preset_values, auto)
@@ -348,7 +423,8 @@ def _check_valid_metric(values: dict[str, Any], source: str) -> None:
         )
 
 
-def _validated(defaults: dict, updates: Mapping[str, Any], source: str) -> dict:
+def _validated(defaults: dict, bounds: Mapping[str, Bound], updates: Mapping[str, Any], source: str) -> dict:
+    """``updates`` after checking each key is known, has the default's type and lies in its bounds."""
     for key, value in updates.items():
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=1)
@@ -369,9 +445,9 @@ def _validated(defaults: dict, updates: Mapping[str, Any], source: str) -> dict:
             )
         ):
             raise ConfigError(f"{source}: learning_rate_scheduler = {value!r} must be [gamma, T] with gamma, T > 0")
-        problem = _range_error(key, value)
+        problem = bounds[key].problem(value) if key in bounds else None
         if problem is not None:
-            raise ConfigError(f"{source}: {key} = {value!r} {problem}")
+            raise ConfigError(f"{source}: {key} {problem}")
     return dict(updates)
 
 

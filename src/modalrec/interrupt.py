@@ -32,10 +32,11 @@ _active: InterruptFlag | None = None
 
 @contextmanager
 def graceful_interrupts() -> Iterator[InterruptFlag]:
-    """Install the two-stage SIGINT/SIGTERM handlers for the duration of the block.
+    """Install the two-stage SIGINT/SIGTERM handlers for the duration of the block, then restore the previous ones.
 
-    Nested blocks share the outer flag. Outside the main thread (where Python cannot install
-    signal handlers) the flag is never set and signals keep their usual behaviour.
+    A signal that is ignored (SIG_IGN) when the block starts stays ignored. Nested blocks share the outer flag.
+    Outside the main thread (where Python cannot install signal handlers) the flag is never set and signals
+    keep their usual behaviour.
     """
     global _active
     if _active is not None:
@@ -57,7 +58,11 @@ def graceful_interrupts() -> Iterator[InterruptFlag]:
         )
         sys.stderr.flush()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # An ignored signal stays ignored: a non-interactive shell starts a background job (``nohup cmd &`` in a
+    # script) with SIGINT set to SIG_IGN so that a Ctrl-C meant for the foreground does not reach it, and
+    # a parent may ignore SIGTERM likewise; installing our handler would undo that choice.
+    watched = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, handler) for s in watched}
     _active = flag
     try:
         yield flag

@@ -11,14 +11,20 @@ overwritten; every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
+import pickle
+import pickletools
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Callable
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +35,13 @@ import torch
 from modalrec.config import Config, describe_preset, resolve_config, topk_list
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.errors import Interrupted, ModalrecError, RunError
-from modalrec.evaluate import EvalResult, Evaluator, resolve_eval_mode, top_k_items
+from modalrec.evaluate import EvalResult, Evaluator, resolve_eval_mode
 from modalrec.graphs import GraphStore
 from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.io import atomic_write, write_json, write_npz, write_text, write_yaml
 from modalrec.models import Recommender, build_model, get_model_class
 from modalrec.models.base import COLD_UNABLE
+from modalrec.recommend import recommend_user
 from modalrec.train import TrainingStopped, TrainResult, checkpoint_interval, fit, seed_everything
 
 CHECKPOINT_VERSION = 1
@@ -149,36 +156,13 @@ def train_run(
     if dataset is None:
         dataset = load_dataset(data_dir, modalities)
     cls = get_model_class(model_name)
-    notes: list[str] = []
-    config = resolve_config(cls.config_name, dataset.name, overrides, preset)
-    checkpoint_interval(config)
-    over = [k for k in config.topk if k > dataset.n_items]
-    if over:  # kept (valid_metric may name it), but said: a ranked list cannot be longer than the items
-        notes.append(
-            f"topk: {', '.join(map(str, over))} exceed{'s' if len(over) == 1 else ''} the {dataset.n_items:,} items; "
-            f"a list has at most {dataset.n_items} items, so @K counts hits in all of them"
-        )
-    resolve_eval_mode(dataset, config.get("eval_mode"))  # a mode the data cannot support fails before any work
-    cold_note = cold_start_note(cls, dataset)
-    if cold_note and cls.cold_start == COLD_UNABLE:
-        notes.append(cold_note)
-    model, config, graphs = prepare_model(cls.name, dataset, overrides, preset, device, cache_dir)
+    config = resolve_config(cls.config_name, dataset.name, overrides, preset)  # the run's one resolution
+    notes, cold_note = _preflight(cls, dataset, config)
+    model, config, graphs = prepare_model(cls.name, dataset, device=device, cache_dir=cache_dir, config=config)
     run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
     try:
-        # Warnings and notes are echoed even when quiet: quiet hides progress, not problems with the data.
         runlog = RunLog(run_dir / "train.log", echo=not quiet)
-        for w in [*dataset.warnings, *notes]:
-            runlog.warn(f"warning: {w}")
-        runlog(describe_preset(config))
-        cold_note = cold_start_note(type(model), dataset)
-        if cold_note and model.cold_start != COLD_UNABLE:
-            runlog(cold_note)
-        n_params = sum(p.numel() for p in model.parameters())
-        used = model.used_modalities()
-        runlog(
-            f"{cls.name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-            f"modalities {', '.join(used) if used else 'none (ID only)'}, {n_params} parameters, device {device}"
-        )
+        _log_run_start(runlog, model, dataset, config, device, notes, cold_note)
         _write_run_config(run_dir, cls.name, dataset, config)
         return _train_into(
             run_dir,
@@ -199,6 +183,49 @@ def train_run(
         if not (run_dir / "model.pt").exists() and not (run_dir / RESUME_FILE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def _preflight(cls: type[Recommender], dataset: Dataset, config: Config) -> tuple[list[str], str | None]:
+    """Check a resolved configuration against the data before any work; (warnings to show, cold-item note).
+
+    A checkpoint interval or an eval mode the data cannot support fails here, before a directory is claimed.
+    """
+    checkpoint_interval(config)
+    notes: list[str] = []
+    over = [k for k in config.topk if k > dataset.n_items]
+    if over:  # kept (valid_metric may name it), but said: a ranked list cannot be longer than the items
+        notes.append(
+            f"topk: {', '.join(map(str, over))} exceed{'s' if len(over) == 1 else ''} the {dataset.n_items:,} items; "
+            f"a list has at most {dataset.n_items} items, so @K counts hits in all of them"
+        )
+    resolve_eval_mode(dataset, config.get("eval_mode"))
+    return notes, cold_start_note(cls, dataset)
+
+
+def _log_run_start(
+    runlog: RunLog,
+    model: Recommender,
+    dataset: Dataset,
+    config: Config,
+    device: str,
+    notes: list[str],
+    cold_note: str | None,
+) -> None:
+    """The head of ``train.log``: warnings, the preset, how cold items are scored, the data and model sizes."""
+    # An ID-only model's cold note is a warning (its cold items are ranked at random); a content model's is
+    # information. Warnings are echoed even when quiet: quiet hides progress, not problems with the data.
+    unable = model.cold_start == COLD_UNABLE
+    for w in [*dataset.warnings, *notes, *([cold_note] if cold_note and unable else [])]:
+        runlog.warn(f"warning: {w}")
+    runlog(describe_preset(config))
+    if cold_note and not unable:
+        runlog(cold_note)
+    n_params = sum(p.numel() for p in model.parameters())
+    used = model.used_modalities()
+    runlog(
+        f"{model.name} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+        f"modalities {', '.join(used) if used else 'none (ID only)'}, {n_params} parameters, device {device}"
+    )
 
 
 def cold_start_note(cls: type[Recommender], dataset: Dataset) -> str | None:
@@ -368,6 +395,84 @@ def code_version() -> str:
     return f"{__version__}+{h.hexdigest()[:12]}"
 
 
+# What a run file may hold besides tensors and plain containers: NumPy arrays of numbers (the NumPy random
+# state and per-user metric vectors inside a resume state). numpy pickles an array as ``_reconstruct`` (whose
+# module is numpy.core in numpy 1, numpy._core in numpy 2, hence both names) + ``ndarray`` + its ``dtype``;
+# an object array is refused (its dtype class is not listed), as is every other callable or class.
+_numpy_reconstruct = np.zeros(0).__reduce__()[0]  # found through an array: its module moved in numpy 2
+_NUMERIC_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+RUN_FILE_SAFE_GLOBALS: list[Any] = [
+    (_numpy_reconstruct, "numpy.core.multiarray._reconstruct"),
+    (_numpy_reconstruct, "numpy._core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    *(type(np.dtype(t)) for t in (*_NUMERIC_DTYPES, np.float16, np.float32, np.float64)),
+]
+# torch's allowlist is process-wide: it is extended by one load at a time (see _run_file_globals)
+_safe_load_lock = threading.Lock()
+# pickle opcodes that look up a callable or class, call it or set an object's state: never in plain data
+_OBJECT_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+
+
+@contextlib.contextmanager
+def _run_file_globals() -> Iterator[None]:
+    """Within the block, torch's ``weights_only`` allowlist also holds :data:`RUN_FILE_SAFE_GLOBALS`; afterwards it
+    is as the caller had it (entries the caller had added themselves stay)."""
+    with _safe_load_lock:
+        present = set(torch.serialization.get_safe_globals())
+        with torch.serialization.safe_globals([g for g in RUN_FILE_SAFE_GLOBALS if g not in present]):
+            yield
+
+
+def load_run_file(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` of a run's ``model.pt`` or ``resume.pt`` that builds only tensors, plain data and numeric
+    NumPy arrays (``weights_only``), on the CPU: opening a run someone else wrote runs none of their code.
+
+    A file holding anything else — e.g. a planted pickle whose unpickling would call ``os.system`` —
+    is refused with a one-line :class:`RunError` and nothing in it is executed; any other failure
+    (a truncated or foreign file) propagates for the caller to word.
+    """
+    try:
+        with _run_file_globals(), warnings.catch_warnings():
+            # a pickle of a newer protocol (only a hand-made file has one) draws a warning before its refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        foreign = _foreign_objects(path, exc)
+        if foreign is None:
+            raise
+        raise RunError(
+            f"{path}: holds objects other than tensors and plain data{foreign}; refusing to load it (it could run code)"
+        ) from None
+
+
+def _foreign_objects(path: Path, exc: Exception) -> str | None:
+    """Whether ``path`` failed to load because it holds objects other than plain data, read statically (nothing
+    in it is unpickled): the names of those objects as ``" (posix.system)"`` (``""`` when unknown), else None
+    (a damaged or foreign file)."""
+    if zipfile.is_zipfile(path):  # torch's format: an unpickling error is the weights-only unpickler's refusal
+        if not isinstance(exc, pickle.UnpicklingError):
+            return None
+        try:
+            with _run_file_globals():
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # names unknown; refused all the same
+            names = []
+        return f" ({', '.join(sorted(names))})" if names else ""
+    ops: set[str] = set()
+    try:
+        with path.open("rb") as fh:  # bare pickles, one after another (torch's legacy format has several)
+            while fh.read(1) == pickle.PROTO:  # every pickle of protocol 2 and above starts with PROTO
+                fh.seek(-1, 1)
+                try:
+                    ops |= {op.name for op, _, _ in pickletools.genops(fh)}
+                except Exception:  # the end of the pickles (or damage): judge what was read
+                    break
+    except OSError:
+        return None
+    return "" if ops & _OBJECT_OPCODES else None
+
+
 def read_resume_state(run_dir: str | Path, mmap: bool = False) -> dict[str, Any]:
     """The resume state of an unfinished run, loaded onto the CPU; one-line errors for every bad case.
 
@@ -384,7 +489,9 @@ def read_resume_state(run_dir: str | Path, mmap: bool = False) -> dict[str, Any]
             "(or this is not a run directory); start it again"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        state = load_run_file(path, mmap=mmap)
+    except RunError:
+        raise
     except Exception as exc:  # a truncated zip, a pickle error, …: all mean the file is damaged
         raise RunError(f"{path}: corrupt or truncated resume state ({exc.__class__.__name__}); cannot resume") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
@@ -535,9 +642,14 @@ def load_run(
     if not ckpt_path.is_file():
         raise RunError(f"{run_dir}: no model.pt — the run did not finish or is not a run directory")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_run_file(ckpt_path)
+    except RunError:
+        raise
     except Exception as exc:
-        raise RunError(f"{ckpt_path}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
+        # only the class: torch's refusal messages span many lines and suggest loading unsafely
+        raise RunError(
+            f"{ckpt_path}: cannot read checkpoint ({exc.__class__.__name__}); damaged or not a modalrec file"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise RunError(f"{ckpt_path}: not a modalrec checkpoint (version {CHECKPOINT_VERSION})")
     info = ckpt["dataset"]
@@ -586,97 +698,15 @@ def evaluate_run(
 
 
 def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exclude_seen: bool = True) -> dict:
-    """Top-k items of one user as a JSON-ready dict, with per-modality explanations if asked."""
-    ds, model = run.dataset, run.model
-    if not 0 <= user < ds.n_users:
-        raise ModalrecError(f"user {user} is out of range 0..{ds.n_users - 1}")
-    if not 1 <= k <= ds.n_items:
-        raise ModalrecError(f"k must be between 1 and {ds.n_items}")
-    if not has_training_interactions(ds, user):
-        out = popularity_fallback(ds, user, k, explain)
-        log.warning(out["fallback"]["reason"])
-        return {"model": model.name, "dataset": ds.name, "user": user, "k": k, "exclude_seen": exclude_seen, **out}
-    users = torch.tensor([user], device=model.device)
-    # an ID-only model cannot score cold items (it would rank them at random): they are left out, and said so
-    unscorable = model.cold_items if model.cold_start == COLD_UNABLE and ds.has_cold_items else None
-    items, scores = top_k_items(model, users, k, ds.train_matrix if exclude_seen else None, unscorable)
-    items, scores = items[0], scores[0]
-    if unscorable is not None:  # only cold items would fill the list beyond this: they are not answers
-        keep = torch.isfinite(scores)
-        items, scores = items[keep], scores[keep]
-    out: dict[str, Any] = {
-        "model": model.name,
-        "dataset": ds.name,
-        "user": user,
-        "k": k,
-        "exclude_seen": exclude_seen,
-        "items": [],
-    }
-    if unscorable is not None:
-        out["note"] = f"{model.name} is ID only: its {unscorable.numel():,} cold items cannot be scored, left out"
-    expl = None
-    if explain:
-        with torch.no_grad():
-            expl = model.explain(users.expand(len(items)), items)
-        out["explanation"] = (
-            {"kind": expl.kind, "parts": expl.parts}
-            if expl is not None
-            else {"kind": None, "note": f"{model.name} has no per-modality explanation"}
-        )
-    for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True), start=1):
-        entry: dict[str, Any] = {"rank": rank, "item": item, "score": round(float(score), 6)}
-        title = ds.title(item)
-        if title is not None:
-            entry["title"] = title
-        if expl is not None:
-            w = expl.weights[rank - 1].detach().cpu().numpy()
-            entry["weights"] = {p: round(float(x), 4) for p, x in zip(expl.parts, w, strict=True)}
-            nested = (expl.extra or {}).get("item_weights")
-            if nested is not None:  # e.g. MeAIM's stage-1 weights: user representation → item representation
-                item_parts = expl.extra.get("item_parts", expl.parts)
-                rows = nested[rank - 1].detach().cpu().numpy()
-                entry["pair_weights"] = {
-                    a: {b: round(float(x), 4) for b, x in zip(item_parts, row, strict=True)}
-                    for a, row in zip(expl.parts, rows, strict=True)
-                }
-        out["items"].append(entry)
-    return out
+    """Top-k items of one user as a JSON-ready dict, with per-modality explanations if asked.
 
-
-def has_training_interactions(dataset: Dataset, user: int) -> bool:
-    """Whether ``user`` has at least one training interaction (else the model never learned them)."""
-    indptr = dataset.train_matrix.indptr
-    return bool(indptr[user + 1] > indptr[user])
-
-
-def popularity_fallback(dataset: Dataset, user: int, k: int, explain: bool = False) -> dict[str, Any]:
-    """The answer for a user without training interactions: the k items with the most training
-    interactions (ties: lower item id), marked as a fallback, never as the model's ranking.
-
-    Such a user's embedding is still at its random initialisation, so the model's scores for
-    them mean nothing; popularity is the honest non-personalised answer.
+    :func:`modalrec.recommend.recommend_user` on the run's model: ``k`` above the number of items is
+    capped with a ``note``; a user without training interactions gets the most popular items, marked by
+    ``fallback`` (also logged as a warning).
     """
-    degree = np.asarray(dataset.train_matrix.sum(axis=0)).ravel().astype(np.int64)
-    order = np.argsort(-degree, kind="stable")[:k]
-    out: dict[str, Any] = {
-        "fallback": {
-            "method": "popularity",
-            "reason": (
-                f"user {user} has no training interaction, so the model never learned them; "
-                "these are the most popular items instead (serve's POST /recommendations folds a new user in "
-                "from their items)"
-            ),
-        },
-        "items": [],
-    }
-    if explain:
-        out["explanation"] = {"kind": None, "parts": [], "note": "popularity fallback: no per-modality explanation"}
-    for rank, item in enumerate(order.tolist(), start=1):
-        entry: dict[str, Any] = {"rank": rank, "item": item, "score": float(degree[item])}
-        title = dataset.title(item)
-        if title is not None:
-            entry["title"] = title
-        out["items"].append(entry)
+    out = recommend_user(run.model, run.dataset, user, k, exclude_seen, explain)
+    if "fallback" in out:
+        log.warning(out["fallback"]["reason"])
     return out
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from modalrec.analysis.preservation import normalize_rows
 from modalrec.errors import ModalrecError
-from modalrec.experiments.report import ReportWriter
+from modalrec.reporting.writer import ReportWriter
 
 
 def similarity_correlations(tables: dict[str, np.ndarray], max_cells: int = 1 << 22) -> dict[tuple[str, str], float]:

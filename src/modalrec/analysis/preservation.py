@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from modalrec.errors import ModalrecError
-from modalrec.experiments.report import ReportWriter
+from modalrec.reporting.writer import ReportWriter
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from modalrec.analysis.representations import modality_tables, pick_modality
 from modalrec.errors import ModalrecError
-from modalrec.experiments.report import ReportWriter
+from modalrec.reporting.writer import ReportWriter
 
 
 def tsne_2d(x: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:

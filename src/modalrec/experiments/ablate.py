@@ -18,11 +18,14 @@ from typing import Any
 from modalrec.config import resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
 from modalrec.errors import ModalrecError
-from modalrec.experiments.benchmark import Entry, Experiment, Report, default_report_dir, write_table_report
+from modalrec.experiments.campaign import Experiment
+from modalrec.experiments.entries import Entry
 from modalrec.experiments.executors import Executor
-from modalrec.experiments.report import ReportWriter
+from modalrec.experiments.store import default_report_dir
+from modalrec.experiments.table_report import Report, write_table_report
 from modalrec.experiments.tables import DEFAULT_METRICS
 from modalrec.models import get_model_class
+from modalrec.reporting.writer import ReportWriter
 
 FULL = "full"
 

@@ -3,7 +3,7 @@
 Every command that trains many runs (``benchmark``, ``sweep``, ``ablate``, ``tune``) describes
 each trial as a plain, picklable dict (a *trial spec*: model, overrides with the seed, setting
 id, data path, report folder…) and hands it to an :class:`Executor`. Both executors call the
-same single-trial function, :func:`modalrec.experiments.benchmark.run_trial`, and only return
+same single-trial function, :func:`modalrec.experiments.trials.run_trial`, and only return
 its record: the DRIVER (the process that runs the command) writes every record into the
 results store, so workers never write the store and an interrupted campaign resumes with
 either executor. A trial that raises, whose worker process dies (killed, out of memory) or that
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modalrec.errors import ConfigError, Interrupted, ModalrecError
+from modalrec.experiments.trials import run_trial
 
 EXECUTORS = ("local", "ray")
 SCALE_EXTRA = "pip install -e '.[scale]'"
@@ -69,11 +70,7 @@ class Executor(ABC):
         self.trial_fn = trial_fn
 
     def _fn(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        if self.trial_fn is not None:
-            return self.trial_fn
-        from modalrec.experiments.benchmark import run_trial
-
-        return run_trial
+        return self.trial_fn if self.trial_fn is not None else run_trial
 
     @abstractmethod
     def submit(self, spec: dict[str, Any]) -> None:
@@ -231,7 +228,7 @@ class RayExecutor(Executor):
             if done:
                 break
             if poll is not None and poll():
-                raise _Stop
+                raise StopWaiting
         ref = done[0]
         spec = self._refs.pop(ref)
         try:
@@ -273,7 +270,7 @@ class RayExecutor(Executor):
         )
 
 
-class _Stop(Exception):
+class StopWaiting(Exception):
     """Raised by :meth:`Executor.next_done` when ``poll()`` asked it to stop waiting."""
 
 

@@ -1,4 +1,4 @@
-"""Non-personalised reference rankers for benchmark tables: popularity and random.
+"""Non-personalised reference rankers for benchmark tables: popularity and random, and their evaluation.
 
 They are not trained and have no parameters; they offer the small part of the model interface
 the evaluator uses (``training``, ``eval``/``train``, ``ranking_scores``, ``candidate_scores``). Their ties and
@@ -8,10 +8,15 @@ is the same whatever the block order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from modalrec.evaluate import Evaluator
+from modalrec.io import write_json, write_npz
+from modalrec.runs import new_run_dir
 
 if TYPE_CHECKING:
     from modalrec.data.dataset import Dataset
@@ -63,3 +68,30 @@ class FixedRanker:
     def candidate_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """:meth:`ranking_scores` on the ``items`` columns (the same draws as a full ranking)."""
         return self.ranking_scores(users)[:, items.to(users.device)]
+
+
+def evaluate_ranker(kind: str, dataset: Dataset, seed: int, cfg: Any, run_out: Path) -> tuple[Path, dict[str, dict]]:
+    """Evaluate a reference ranker on valid and test like a trained model; returns (run folder, metrics per split).
+
+    ``cfg`` is the shared evaluation configuration (topk, metrics, mask_valid_at_test, eval_batch_size,
+    eval_mode). The run folder ``run_out`` gets the per-user metrics of each split and ``metrics.json``.
+    """
+    ranker = FixedRanker(kind, dataset, seed)
+    results = {}
+    for split in ("valid", "test"):
+        ev = Evaluator(
+            dataset,
+            split,
+            list(cfg.topk),
+            tuple(cfg.metrics),
+            mask_valid=split == "test" and bool(cfg.mask_valid_at_test),
+            block_size=int(cfg.eval_batch_size),
+            mode=cfg.get("eval_mode"),
+        )
+        results[split] = ev.evaluate(ranker)
+    run_dir = new_run_dir(kind, dataset.name, run_out)
+    for split, res in results.items():
+        write_npz(run_dir / f"{split}_per_user.npz", users=res.users, **res.per_user)
+    metrics = {split: res.metrics for split, res in results.items()}
+    write_json(run_dir / "metrics.json", {"model": kind, "eval_mode": results["test"].mode, **metrics})
+    return run_dir, metrics

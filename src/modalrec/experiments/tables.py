@@ -15,14 +15,9 @@ import io
 import math
 from dataclasses import dataclass, field
 
+from modalrec.reporting.labels import metric_label
+
 DEFAULT_METRICS = ("recall@10", "ndcg@10", "precision@10", "recall@20", "ndcg@20", "precision@20")
-_NAMES = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "map": "MAP", "hit": "Hit"}
-
-
-def metric_label(metric: str) -> str:
-    """``recall@10`` → ``Recall@10``."""
-    name, _, k = metric.partition("@")
-    return f"{_NAMES.get(name, name)}@{k}" if k else _NAMES.get(name, name)
 
 
 @dataclass

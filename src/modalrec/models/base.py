@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -16,6 +16,8 @@ from modalrec.errors import ConfigError
 from modalrec.nn.scoring import dot_scores
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
+
     from modalrec.data.dataset import Dataset
     from modalrec.graphs import GraphStore
 
@@ -23,6 +25,19 @@ COLD_CONTENT = "content"  # scores an item without interactions from its feature
 COLD_UNABLE = "unable"  # ID only: a cold item's scores are random, never the untrained ID row's
 # (tensor, rows, values): while scoring, ``tensor[rows]`` reads ``values`` (see Recommender.cold_overrides)
 ColdOverride = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+FEATURE_BUFFER = "feat_{}"  # the buffer holding a modality's feature matrix (Recommender.register_feature_buffers)
+COO_PARTS = ("rows", "cols", "vals")  # buffer suffixes of a sparse matrix (Recommender.register_coo_buffers)
+
+
+def feature_tensor(features: Mapping[str, np.ndarray], modalities: str | Sequence[str]) -> torch.Tensor:
+    """A modality's (n_items, d_m) feature matrix, or several side by side in the given order, as float32.
+
+    One modality shares memory with the dataset's array when that is already contiguous float32
+    (copy it, e.g. ``.clone()``, before training it as a parameter).
+    """
+    names = [modalities] if isinstance(modalities, str) else list(modalities)
+    parts = [np.ascontiguousarray(features[m], dtype=np.float32) for m in names]
+    return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
 
 
 class Batch(NamedTuple):
@@ -75,9 +90,10 @@ class Recommender(nn.Module):
     def __init__(self, dataset: Dataset, config: Config, graphs: GraphStore) -> None:
         super().__init__()
         if len(dataset.features) < self.min_modalities:
-            raise ConfigError(
-                f"{self.name} needs at least {self.min_modalities} content modalities; dataset "
-                f"{dataset.name!r} has {len(dataset.features)} ({', '.join(dataset.features) or 'none'})"
+            raise self.setting_error(
+                None,
+                f"needs at least {self.min_modalities} content modalities; dataset "
+                f"{dataset.name!r} has {len(dataset.features)} ({', '.join(dataset.features) or 'none'})",
             )
         self.n_users = dataset.n_users
         self.n_items = dataset.n_items
@@ -95,6 +111,83 @@ class Recommender(nn.Module):
     def used_modalities(self) -> list[str]:
         """The content modalities this model reads (none for an ID-only model)."""
         return list(self.modalities) if self.min_modalities > 0 else []
+
+    # ----------------------------------------------------------- building blocks for subclasses
+    def setting_error(self, key: str | None, problem: str) -> ConfigError:
+        """The one form of a setting this model cannot use here: ``"<Model>: <key> <problem>"``, one line.
+
+        For what only the model can check — a value against the dataset (modality counts and
+        names) or against another key. Static ranges and choices are declared in the model's
+        YAML ``bounds:`` and checked when the configuration is resolved (:mod:`modalrec.config`).
+        ``key`` None: a problem of the dataset as a whole.
+        """
+        return ConfigError(f"{self.name}: {problem}" if key is None else f"{self.name}: {key} {problem}")
+
+    def register_feature_buffers(
+        self,
+        dataset: Dataset,
+        modalities: Sequence[str] | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> list[str]:
+        """Register each modality's feature matrix (float32, optionally ``transform``-ed) as buffer ``feat_<m>``.
+
+        Non-persistent: the features are data, not state, so they follow ``.to(device)`` but stay
+        out of ``state_dict`` (a saved model.pt holds none and loads into any of these models).
+        ``modalities`` defaults to all of the dataset's, in its order. Returns the buffer names;
+        read a buffer with :meth:`feature_buffer`.
+        """
+        names = []
+        for m in self.modalities if modalities is None else modalities:
+            x = feature_tensor(dataset.features, m)
+            names.append(FEATURE_BUFFER.format(m))
+            self.register_buffer(names[-1], x if transform is None else transform(x), persistent=False)
+        return names
+
+    def feature_buffer(self, modality: str) -> torch.Tensor:
+        """The feature matrix of ``modality`` registered by :meth:`register_feature_buffers`."""
+        return getattr(self, FEATURE_BUFFER.format(modality))
+
+    def register_coo_buffers(self, name: str, matrix: sp.spmatrix) -> None:
+        """Keep a fixed sparse matrix (a frozen item graph) as COO triples on the model's device.
+
+        Non-persistent buffers ``<name>_rows``, ``<name>_cols`` (int64) and ``<name>_vals`` (float32),
+        in the order of ``matrix.tocoo()``; read them back with :meth:`coo_buffers`.
+        """
+        coo = matrix.tocoo()
+        parts = (coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data.astype(np.float32))
+        for part, array in zip(COO_PARTS, parts, strict=True):
+            self.register_buffer(f"{name}_{part}", torch.from_numpy(array), persistent=False)
+
+    def coo_buffers(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, cols, values) registered by :meth:`register_coo_buffers` under ``name``."""
+        rows, cols, vals = (getattr(self, f"{name}_{part}") for part in COO_PARTS)
+        return rows, cols, vals
+
+    @contextlib.contextmanager
+    def in_eval_mode(self) -> Iterator[None]:
+        """Within the block the model is in eval mode (dropout off: what ranking uses); the mode it had is
+        restored afterwards, also when the block raises. Already in eval mode, nothing changes (the
+        cached representations stay valid)."""
+        was_training = self.training
+        if was_training:
+            self.eval()
+        try:
+            yield
+        finally:
+            if was_training:
+                self.train()
+
+    def ranking_block_size(self, n_columns: int) -> int:
+        """Users per block when full ranking forms (block × ``n_columns``) arrays per user block.
+
+        The ``ranking_block_size`` setting when the model has one and it is set; otherwise 1024
+        on a GPU and 32 per CPU thread (blocks whose score matrices stay cache-sized). A model
+        that sizes its blocks by pairs overrides this (MAML).
+        """
+        value = self.config.get("ranking_block_size")
+        if value is not None:
+            return int(value)
+        return 1024 if self.device.type == "cuda" else 32 * max(1, torch.get_num_threads())
 
     # ----------------------------------------------------------- interface
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -174,7 +267,7 @@ class Recommender(nn.Module):
     def cold_raw_features(self, table: torch.Tensor, modality: str) -> ColdOverride:
         """Cold rows of a trainable copy of a modality's features reset to the raw features (their initial value)."""
         rows = self._cold_rows(table, 0)
-        raw = torch.from_numpy(np.ascontiguousarray(self._raw_features[modality][self.cold_items.numpy()]))
+        raw = feature_tensor(self._raw_features, modality)[self.cold_items]
         return table, rows, raw.to(device=table.device, dtype=table.dtype)
 
     @contextlib.contextmanager

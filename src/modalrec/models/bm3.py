@@ -5,14 +5,12 @@ Equations, choices and cost: docs/models/bm3.md.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, feature_tensor, xavier_embedding
 from modalrec.nn.losses import emb_loss, negative_cosine_loss
 from modalrec.nn.propagation import propagate, split_nodes
 
@@ -61,7 +59,7 @@ class BM3(Recommender):
         "warm-item norm (E_i row at the warm mean, feature rows at the raw features)"
     )
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [
             self.cold_mean(self.item_emb.weight),
             *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
@@ -85,17 +83,13 @@ class BM3(Recommender):
         d = int(config.embedding_size)
         self.n_layers = int(config.n_layers)
         self.dropout = float(config.dropout)
-        if self.n_layers < 0:
-            raise ConfigError(f"BM3: n_layers must be >= 0; got {config.n_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"BM3: dropout must be in [0, 1); got {config.dropout}")
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
         self.predictor = _xavier_normal_linear(d, d)
         self.features = nn.ParameterList()
         self.projections = nn.ModuleList()
         for m in self.modalities:
-            x = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
+            x = feature_tensor(dataset.features, m)
             self.features.append(nn.Parameter(x.clone()))
             self.projections.append(_xavier_normal_linear(x.shape[1], d))
         self.adj = graphs.norm_adj()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.models import register
 from modalrec.models.base import Batch, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, emb_loss, sq_reg
@@ -39,22 +38,19 @@ class BPR(Recommender):
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        d = config.embedding_size
+        d = int(config.embedding_size)
         self.user_emb = xavier_embedding(self.n_users, d, uniform=False)
         self.item_emb = xavier_embedding(self.n_items, d, uniform=False)
         if config.init == "small_uniform":  # Cornac's / MyMediaLite's start: U(−½, ½)/d, far below Xavier
             with torch.no_grad():
                 for emb in (self.user_emb, self.item_emb):
                     emb.weight.uniform_(-0.5, 0.5).div_(d)
-        elif config.init != "xavier_normal":
-            raise ConfigError(f"BPR: init must be one of xavier_normal, small_uniform; got {config.init!r}")
         self.item_bias: nn.Embedding | None = None
-        self.reg = {"emb": emb_loss, "sq": sq_reg}.get(str(config.reg_form))
-        if self.reg is None:
-            raise ConfigError(f"BPR: reg_form must be one of emb, sq; got {config.reg_form!r}")
+        self.reg = {"emb": emb_loss, "sq": sq_reg}[config.reg_form]
         if bool(config.item_bias):
             self.item_bias = nn.Embedding(self.n_items, 1)
             nn.init.zeros_(self.item_bias.weight)
+        self.to(graphs.device)
 
     def compute_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         users, items = self.user_emb.weight, self.item_emb.weight

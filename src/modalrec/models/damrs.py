@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from modalrec.graphs import SparseOperator, co_interaction_graph, cross_modal_denoised_knn
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, xavier_embedding
 from modalrec.nn.losses import dot_bernoulli_kl_full, neighbour_discrimination_nce
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -63,12 +63,12 @@ class DAMRS(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "E_i row at the warm-item mean; content enters through the item's neighbours in the denoised kNN graphs"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        d = config.embedding_size
+        d = int(config.embedding_size)
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
         self.adj = graphs.norm_adj()
@@ -96,6 +96,7 @@ class DAMRS(Recommender):
             "damrs_iib", (dataset.interactions_hash, kb, 2), lambda: co_interaction_graph(dataset.train_matrix, kb, 2)
         )
         self.item_graphs[BEHAVIOUR] = SparseOperator(iib, graphs.device, symmetric=False)
+        self.to(graphs.device)
 
     def forward_all(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(H_u, H_i, [h_m for each view])."""

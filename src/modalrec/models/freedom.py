@@ -3,15 +3,13 @@ Multimodal Recommendation") — docs/models/freedom.md."""
 
 from __future__ import annotations
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.graphs import EpochEdgeDropout, SparseOperator
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, feature_tensor, xavier_embedding
 from modalrec.nn.losses import bpr_loss
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -68,7 +66,7 @@ class FREEDOM(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "E_i row at the warm-item mean, trainable feature rows at the raw features; content enters through S_mm"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [
             self.cold_mean(self.item_emb.weight),
             *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
@@ -80,20 +78,17 @@ class FREEDOM(Recommender):
         self.dropout = float(config.dropout)
         self.n_mm_layers = int(config.n_mm_layers)
         self.n_ui_layers = int(config.n_ui_layers)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"FREEDOM: dropout must be in [0, 1); got {config.dropout}")
         if int(config.feat_embed_dim) != d:
-            raise ConfigError("FREEDOM: feat_embed_dim must equal embedding_size (users score against C_m)")
-        if self.n_mm_layers < 0 or self.n_ui_layers < 0:
-            raise ConfigError("FREEDOM: n_mm_layers and n_ui_layers must be >= 0")
-        if not 0.0 <= float(config.mm_image_weight) <= 1.0:
-            raise ConfigError(f"FREEDOM: mm_image_weight must be in [0, 1]; got {config.mm_image_weight}")
+            raise self.setting_error(
+                "feat_embed_dim",
+                f"must equal embedding_size {d} (users score against C_m); got {config.feat_embed_dim}",
+            )
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
         self.features = nn.ParameterList()
         self.projections = nn.ModuleList()
         for m in self.modalities:
-            x = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
+            x = feature_tensor(dataset.features, m)
             self.features.append(nn.Parameter(x.clone()))
             self.projections.append(nn.Linear(x.shape[1], d))
         self.modal_weights = modality_graph_weights(self.modalities, float(config.mm_image_weight))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modalrec.graphs import bipartite_edge_list
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender
 from modalrec.nn.losses import bpr_loss
 from modalrec.nn.propagation import LearnedEdgeGraph, segment_softmax
 from modalrec.nn.scoring import pair_scores
@@ -64,7 +63,7 @@ class GRCN(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "Z row and modality confidences at the warm-item mean; O_j = [norm(mean Z) ‖ f_m(x_j) …]"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.id_emb, self.n_users), self.cold_mean(self.confidence, self.n_users)]
 
     def __init__(self, dataset, config, graphs) -> None:
@@ -76,12 +75,11 @@ class GRCN(Recommender):
         self.reference_quirks = bool(config.reference_quirks)
         self.id_emb = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, d)))
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(self.modalities))))
+        self.register_feature_buffers(dataset)
         self.mlps = nn.ModuleList()
         self.preferences = nn.ParameterList()
-        for i, m in enumerate(self.modalities):
-            feats = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
-            self.register_buffer(f"feat_{i}", feats, persistent=False)
-            mlp = nn.Linear(feats.shape[1], dc)
+        for m in self.modalities:
+            mlp = nn.Linear(self.feature_buffer(m).shape[1], dc)
             nn.init.xavier_normal_(mlp.weight)
             self.mlps.append(mlp)
             self.preferences.append(nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, dc))))
@@ -111,7 +109,7 @@ class GRCN(Recommender):
 
     def content_graph(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """CGCN of modality i: (Q_m, a^m) (step 1)."""
-        feat = F.leaky_relu(self.mlps[i](getattr(self, f"feat_{i}")))
+        feat = F.leaky_relu(self.mlps[i](self.feature_buffer(self.modalities[i])))
         p = F.normalize(self.preferences[i], dim=1)
         f = F.normalize(feat, dim=1)
         if not self.reference_quirks:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator, learned_knn_coo, normalize_sparse_rows
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, feature_tensor, xavier_embedding
 from modalrec.nn.losses import bpr_loss, sq_reg
 from modalrec.nn.propagation import edge_list_aggregate, propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
-
-CF_MODELS = ("lightgcn", "mf")
 
 
 @register
@@ -56,7 +52,7 @@ class LATTICE(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "E_i row at the warm-item mean, trainable feature rows at the raw features; content enters through S"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [
             self.cold_mean(self.item_emb.weight),
             *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
@@ -64,10 +60,6 @@ class LATTICE(Recommender):
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        if config.cf_model not in CF_MODELS:
-            raise ConfigError(f"LATTICE: cf_model must be one of {', '.join(CF_MODELS)}; got {config.cf_model!r}")
-        if not 0.0 <= float(config.lambda_coeff) <= 1.0:
-            raise ConfigError(f"LATTICE: lambda_coeff must be in [0, 1]; got {config.lambda_coeff}")
         d = int(config.embedding_size)
         self.k = int(config.knn_k)
         self.lambda_coeff = float(config.lambda_coeff)
@@ -78,14 +70,11 @@ class LATTICE(Recommender):
         self.item_emb = xavier_embedding(self.n_items, d)
         self.features = nn.ParameterList()
         self.projections = nn.ModuleList()
-        for i, m in enumerate(self.modalities):
-            x = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
+        for m in self.modalities:
+            x = feature_tensor(dataset.features, m)
             self.features.append(nn.Parameter(x.clone()))
             self.projections.append(nn.Linear(x.shape[1], int(config.feat_embed_dim)))
-            fixed = graphs.knn_matrix(m, self.k, weighted=True, normalization="sym").tocoo()
-            self.register_buffer(f"fixed_rows_{i}", torch.from_numpy(fixed.row.astype(np.int64)), persistent=False)
-            self.register_buffer(f"fixed_cols_{i}", torch.from_numpy(fixed.col.astype(np.int64)), persistent=False)
-            self.register_buffer(f"fixed_vals_{i}", torch.from_numpy(fixed.data.astype(np.float32)), persistent=False)
+            self.register_coo_buffers(f"fixed_{m}", graphs.knn_matrix(m, self.k, weighted=True, normalization="sym"))
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
         self.adj = graphs.rw_adj()
         self._item_graph: SparseOperator | None = None  # detached S reused between rebuilds
@@ -108,10 +97,11 @@ class LATTICE(Recommender):
             learned = normalize_sparse_rows(r, c, torch.cat(vals), self.n_items, "sym")
             rows, cols, vals = [r], [c], [(1.0 - self.lambda_coeff) * learned]
         if self.lambda_coeff > 0.0:
-            for i in range(len(self.modalities)):
-                rows.append(getattr(self, f"fixed_rows_{i}"))
-                cols.append(getattr(self, f"fixed_cols_{i}"))
-                vals.append(self.lambda_coeff * alpha[i] * getattr(self, f"fixed_vals_{i}"))
+            for i, m in enumerate(self.modalities):
+                r, c, v = self.coo_buffers(f"fixed_{m}")
+                rows.append(r)
+                cols.append(c)
+                vals.append(self.lambda_coeff * alpha[i] * v)
         return torch.cat(rows), torch.cat(cols), torch.cat(vals)
 
     def _item_side(self) -> torch.Tensor:
@@ -140,7 +130,7 @@ class LATTICE(Recommender):
 
     def load_extra_state(self, state: dict) -> None:
         if "item_graph_coo" in state:
-            dev = self.item_emb.weight.device
+            dev = self.device
             self._item_graph_coo = tuple(t.to(dev) for t in state["item_graph_coo"])
             self._item_graph = SparseOperator.from_coo(*self._item_graph_coo, (self.n_items, self.n_items))
             self._rebuild = False

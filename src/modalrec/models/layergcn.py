@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from modalrec.errors import ConfigError
 from modalrec.graphs import EpochEdgeDropout, SparseOperator
 from modalrec.models import register
 from modalrec.models.base import Batch, Recommender, xavier_embedding
@@ -149,10 +148,6 @@ class LayerGCN(Recommender):
         super().__init__(dataset, config, graphs)
         self.n_layers = int(config.n_layers)
         self.dropout = float(config.dropout)
-        if self.n_layers < 1:
-            raise ConfigError(f"LayerGCN: n_layers must be >= 1; got {config.n_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"LayerGCN: dropout must be in [0, 1); got {config.dropout}")
         d = int(config.embedding_size)
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)

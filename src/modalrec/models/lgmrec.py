@@ -10,7 +10,7 @@ from torch import nn
 
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, emb_loss, info_nce_full
 from modalrec.nn.propagation import gumbel_softmax_memberships, hypergraph_propagate, propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
@@ -60,12 +60,12 @@ class LGMRec(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "E_i row at the warm-item mean; content enters through the feature-built hypergraph memberships"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        d = config.embedding_size
+        d = int(config.embedding_size)
         a = int(config.hyper_num)
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
@@ -77,17 +77,15 @@ class LGMRec(Recommender):
         self.register_buffer(
             "inv_deg_u", torch.from_numpy(np.where(deg > 0, 1.0 / np.maximum(deg, 1), 0.0)).float(), persistent=False
         )
+        self.register_feature_buffers(dataset)
         self.proj = nn.ParameterDict()
         self.hyper = nn.ParameterDict()
         for m in self.modalities:
-            x = torch.as_tensor(np.asarray(dataset.features[m]), dtype=torch.float32)
-            self.register_buffer(f"feat_{m}", x, persistent=False)  # data, not state
-            self.proj[m] = nn.Parameter(nn.init.xavier_uniform_(torch.empty(x.shape[1], d)))
-            self.hyper[m] = nn.Parameter(nn.init.xavier_uniform_(torch.empty(x.shape[1], a)))
+            width = self.feature_buffer(m).shape[1]
+            self.proj[m] = nn.Parameter(nn.init.xavier_uniform_(torch.empty(width, d)))
+            self.hyper[m] = nn.Parameter(nn.init.xavier_uniform_(torch.empty(width, a)))
         self.drop = nn.Dropout(1.0 - float(config.keep_rate))
-
-    def _features(self, m: str) -> torch.Tensor:
-        return getattr(self, f"feat_{m}")
+        self.to(graphs.device)
 
     def forward_all(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """(O_u, O_i, {m: (G_u^m, G_i^m)})."""
@@ -105,7 +103,7 @@ class LGMRec(Recommender):
         g_i_sum = torch.zeros(self.n_items, e0.shape[1], device=e0.device)
         global_parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for m in self.modalities:
-            x = self._features(m)
+            x = self.feature_buffer(m)
             # one pass over the (wide) raw features for both projections
             xw = x @ torch.cat([self.proj[m], self.hyper[m]], dim=1)
             f_i, lam_i = xw[:, : self.proj[m].shape[1]], xw[:, self.proj[m].shape[1] :]

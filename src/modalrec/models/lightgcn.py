@@ -25,10 +25,11 @@ class LightGCN(Recommender):
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        d = config.embedding_size
+        d = int(config.embedding_size)
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
         self.adj = graphs.norm_adj()
+        self.to(graphs.device)
 
     def compute_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         e0 = torch.cat([self.user_emb.weight, self.item_emb.weight])

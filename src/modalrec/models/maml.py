@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, feature_tensor
 
-COV_FORMS = ("reference", "paper")
 NORM_EPS = 1e-12  # F.normalize's eps
 
 
@@ -93,19 +91,13 @@ class MAML(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "Q_j = φ_j, the item's feature projection (MAML's L_f pulls Q_j to φ_j; Q starts at φ)"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         phi = self._item_features(dropout=False).detach()
         cold = self.cold_items.to(phi.device)
         return [(self.item_emb, cold, phi[cold])]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        if config.cov_loss_form not in COV_FORMS:
-            raise ConfigError(
-                f"MAML: cov_loss_form must be one of {', '.join(COV_FORMS)}; got {config.cov_loss_form!r}"
-            )
-        if int(config.num_neg) < 1:
-            raise ConfigError(f"MAML: num_neg must be >= 1; got {config.num_neg}")
         d, h = int(config.embedding_size), int(config.hidden_layer_dim)
         self.dim = d
         self.clip_norm = float(config.clip_norm)
@@ -115,8 +107,7 @@ class MAML(Recommender):
         self._phi_cache: torch.Tensor | None = None  # φ in reference mode (a constant there)
         self.user_emb = nn.Parameter(torch.randn(self.n_users, d) / math.sqrt(d))
         self.item_emb = nn.Parameter(torch.randn(self.n_items, d) / math.sqrt(d))
-        feats = [np.asarray(dataset.features[m], dtype=np.float32) for m in self.modalities]
-        z0 = F.normalize(torch.from_numpy(np.concatenate(feats, axis=1)), dim=1)
+        z0 = F.normalize(feature_tensor(dataset.features, self.modalities), dim=1)
         self.register_buffer("z0", z0, persistent=False)
         self.mlp = nn.ModuleList(
             [nn.Linear(z0.shape[1], h), nn.Linear(h, h // 2), nn.Linear(h // 2, h // 2), nn.Linear(h // 2, d)]
@@ -197,6 +188,10 @@ class MAML(Recommender):
             item_sq=q.pow(2).sum(dim=1) + phi.pow(2).sum(dim=1),
         )
 
+    def ranking_block_size(self, n_columns: int) -> int:
+        """Users per block: ``ranking_pair_block`` user × item pairs, at least one user."""
+        return max(1, self.pair_block // max(1, n_columns))
+
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         """−D(u, j) for the given users on all items, ``ranking_pair_block`` pairs per block."""
         return self._distance_scores(users, None)
@@ -216,7 +211,7 @@ class MAML(Recommender):
             q, q_proj, q_sq = r.items[items], r.item_proj[items], r.item_sq[items]
         n_i = q.shape[0]
         out = torch.empty(users.shape[0], n_i, dtype=r.users.dtype, device=r.users.device)
-        step = max(1, self.pair_block // max(1, n_i))
+        step = self.ranking_block_size(n_i)
         b1, w2, b2 = self.att1.bias, self.att2.weight, self.att2.bias
         with torch.no_grad():
             for lo in range(0, users.shape[0], step):

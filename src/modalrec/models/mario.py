@@ -10,26 +10,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator, knn_graph_coo, knn_topk, normalize_sparse_rows
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Explanation, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Explanation, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, sq_reg
 from modalrec.nn.propagation import NGCFPropagation, propagate, split_nodes
 from modalrec.nn.scoring import modality_attention_scores
 
 INTERACTION = "interaction"
-BACKBONES = ("lightgcn", "bprmf", "ngcf")
-FUSIONS = ("attention", "mean", "max", "fc")
-DECODE_FROM = ("propagated", "compressed")
-GRAPH_REFRESH = ("forward", "epoch")
-CONTENT_NORMS = ("none", "l2")
-CONTENT_GATES = ("none", "learned")
 
 
 @dataclass
@@ -120,14 +112,13 @@ class MARIO(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "E_i row (interaction modality) at the warm-item mean; content modalities v^m from the features"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
         d = int(config.embedding_size)
         self.dim = d
-        self._check_choices(config)
         self.parts = self._active_parts(dataset, config.modalities)
         self.content = [m for m in self.parts if m != INTERACTION]
         self.k = int(config.knn_k)
@@ -141,7 +132,6 @@ class MARIO(Recommender):
         self.graph_refresh = config.graph_refresh
         self.content_norm = config.content_norm
         self.content_gate_kind = config.content_gate
-        self.ranking_block_size = int(config.ranking_block_size)
         self.knn_block_size = int(config.knn_block_size)
 
         # --- backbone (CF encoder of the interaction modality)
@@ -160,21 +150,17 @@ class MARIO(Recommender):
             self.ngcf_out = nn.Linear(self.ngcf.out_dim, d)
 
         # --- content modalities (paper Eqs. 1–4, 8)
+        self.register_feature_buffers(dataset, self.content)
         self.compress = nn.ModuleList()
         self.decoders: nn.ModuleList | None = nn.ModuleList() if self.mu != 0 else None
-        for i, m in enumerate(self.content):
-            feats = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
-            self.register_buffer(f"feat_{i}", feats, persistent=False)
-            self.compress.append(nn.Linear(feats.shape[1], d, bias=False))
+        for m in self.content:
+            width = self.feature_buffer(m).shape[1]
+            self.compress.append(nn.Linear(width, d, bias=False))
             if self.decoders is not None:
-                self.decoders.append(nn.Linear(d, feats.shape[1], bias=False))
-            if self.lambda_coeff > 0:
-                # A_m un-normalised (cached by the GraphStore), kept as COO triples on the model's device.
-                fixed = graphs.knn_matrix(m, self.k, weighted=True, normalization="none").tocoo()
-                self.register_buffer(f"fixed_rows_{i}", torch.from_numpy(fixed.row.astype(np.int64)), persistent=False)
-                self.register_buffer(f"fixed_cols_{i}", torch.from_numpy(fixed.col.astype(np.int64)), persistent=False)
-                self.register_buffer(
-                    f"fixed_vals_{i}", torch.from_numpy(fixed.data.astype(np.float32)), persistent=False
+                self.decoders.append(nn.Linear(d, width, bias=False))
+            if self.lambda_coeff > 0:  # A_m un-normalised (cached by the GraphStore)
+                self.register_coo_buffers(
+                    f"fixed_{m}", graphs.knn_matrix(m, self.k, weighted=True, normalization="none")
                 )
         self.fc: nn.Linear | None = nn.Linear(len(self.parts) * d, d) if self.fusion == "fc" else None
         self.content_gate: nn.Parameter | None = None
@@ -189,46 +175,14 @@ class MARIO(Recommender):
         self._reset_parameters()
 
     # ------------------------------------------------------------------ config helpers
-    @staticmethod
-    def _check_choices(config) -> None:
-        for key, allowed in (
-            ("backbone", BACKBONES),
-            ("fusion", FUSIONS),
-            ("decode_from", DECODE_FROM),
-            ("graph_refresh", GRAPH_REFRESH),
-            ("content_norm", CONTENT_NORMS),
-            ("content_gate", CONTENT_GATES),
-        ):
-            if config[key] not in allowed:
-                raise ConfigError(f"MARIO: {key} must be one of {', '.join(allowed)}; got {config[key]!r}")
-        for key, low in (
-            ("n_layers", 0),
-            ("n_mm_layers", 0),
-            ("knn_k", 1),
-            ("ranking_block_size", 1),
-            ("knn_block_size", 1),
-        ):
-            if int(config[key]) < low:
-                raise ConfigError(f"MARIO: {key} must be an integer >= {low}; got {config[key]!r}")
-        if not 0.0 <= float(config.lambda_coeff) <= 1.0:
-            raise ConfigError(f"MARIO: lambda_coeff must be in [0, 1]; got {config.lambda_coeff}")
-        if not (math.isfinite(float(config.mu)) and float(config.mu) >= 0):
-            raise ConfigError(f"MARIO: mu must be a finite number >= 0; got {config.mu}")
-        if not (math.isfinite(float(config.content_gate_speed)) and float(config.content_gate_speed) > 0):
-            raise ConfigError(f"MARIO: content_gate_speed must be a number > 0; got {config.content_gate_speed}")
-        if not math.isfinite(float(config.content_gate_init)):
-            raise ConfigError(f"MARIO: content_gate_init must be a finite number; got {config.content_gate_init}")
-        if not 0.0 <= float(config.ngcf_mess_dropout) < 1.0:
-            raise ConfigError(f"MARIO: ngcf_mess_dropout must be in [0, 1); got {config.ngcf_mess_dropout}")
-
-    @staticmethod
-    def _active_parts(dataset, wanted) -> list[str]:
+    def _active_parts(self, dataset, wanted) -> list[str]:
         """Active modalities: content modalities in dataset order, then ``interaction``."""
         content = list(dataset.features)
         if INTERACTION in content:
-            raise ConfigError(
-                f"MARIO: dataset {dataset.name!r} has a content modality named {INTERACTION!r}, "
-                f"which is reserved for the interaction (CF) modality; rename its feature file"
+            raise self.setting_error(
+                None,
+                f"dataset {dataset.name!r} has a content modality named {INTERACTION!r}, "
+                f"which is reserved for the interaction (CF) modality; rename its feature file",
             )
         available = [*content, INTERACTION]
         if wanted is None:
@@ -236,19 +190,22 @@ class MARIO(Recommender):
         if isinstance(wanted, str):
             wanted = [wanted]
         if not isinstance(wanted, list | tuple) or not all(isinstance(w, str) for w in wanted):
-            raise ConfigError(
-                f"MARIO: modalities must be a list of modality names (from {', '.join(available)}); got {wanted!r}"
+            raise self.setting_error(
+                "modalities", f"must be a list of modality names (from {', '.join(available)}); got {wanted!r}"
             )
         if len(wanted) == 0:
-            raise ConfigError(f"MARIO: modalities must name at least one of {', '.join(available)}; got an empty list")
+            raise self.setting_error(
+                "modalities", f"must name at least one of {', '.join(available)}; got an empty list"
+            )
         unknown = [w for w in wanted if w not in available]
         if unknown:
-            raise ConfigError(
-                f"MARIO: unknown modality {unknown[0]!r} in modalities; dataset {dataset.name!r} has content "
-                f"modalities {', '.join(content)} and the interaction modality is called {INTERACTION!r}"
+            raise self.setting_error(
+                "modalities",
+                f"names an unknown modality {unknown[0]!r}; dataset {dataset.name!r} has content "
+                f"modalities {', '.join(content)} and the interaction modality is called {INTERACTION!r}",
             )
         if len(set(wanted)) != len(wanted):
-            raise ConfigError(f"MARIO: modalities lists a modality twice: {list(wanted)}")
+            raise self.setting_error("modalities", f"lists a modality twice: {list(wanted)}")
         return [m for m in available if m in wanted]
 
     def gate_values(self) -> torch.Tensor:
@@ -266,18 +223,17 @@ class MARIO(Recommender):
                     nn.init.zeros_(module.bias)
 
     # ------------------------------------------------------------------ graphs (paper Eqs. 2–4)
-    def _features(self, i: int) -> torch.Tensor:
-        return getattr(self, f"feat_{i}")
-
     def modality_graph(self, i: int, compressed: torch.Tensor) -> SparseOperator:
-        """Ḡ_m = sym-normalised λ A_m + (1−λ) Ā_m, with Ā_m the weighted kNN graph of C_m (no gradient)."""
+        """Ḡ_m of the i-th active content modality: sym-normalised λ A_m + (1−λ) Ā_m, with Ā_m the
+        weighted kNN graph of C_m (no gradient)."""
         lam = self.lambda_coeff
         with torch.no_grad():
             rows, cols, vals = [], [], []
             if lam > 0:
-                rows.append(getattr(self, f"fixed_rows_{i}"))
-                cols.append(getattr(self, f"fixed_cols_{i}"))
-                vals.append(lam * getattr(self, f"fixed_vals_{i}"))
+                r, c, v = self.coo_buffers(f"fixed_{self.content[i]}")
+                rows.append(r)
+                cols.append(c)
+                vals.append(lam * v)
             if lam < 1:
                 idx, sims = knn_topk(compressed.detach(), self.k, block_size=self.knn_block_size, stable_ties=False)
                 r, c, v = knn_graph_coo(idx, sims, weighted=True, normalization="none")
@@ -297,7 +253,7 @@ class MARIO(Recommender):
         the softmax then hands almost all the weight to content and the ranking collapses to
         a content-only one. Unit rows keep every modality's score on the scale of u's norm.
         """
-        tables = [w(self._features(i)) for i, w in enumerate(self.compress)]
+        tables = [w(self.feature_buffer(m)) for m, w in zip(self.content, self.compress, strict=True)]
         if self.content_norm == "l2":
             tables = [F.normalize(t, dim=1) for t in tables]
         return tables
@@ -332,7 +288,7 @@ class MARIO(Recommender):
 
     def load_extra_state(self, state: dict) -> None:
         if "graphs" in state:
-            dev = self.user_emb.weight.device
+            dev = self.device
             self._graph_cache = [SparseOperator.from_state(g, dev) for g in state["graphs"]]
 
     # ------------------------------------------------------------------ forward (docs/models/mario.md#forward-pass)
@@ -390,7 +346,7 @@ class MARIO(Recommender):
         if reps.fused is not None:
             return u @ reps.fused.T
         out = torch.empty(u.shape[0], self.n_items, dtype=u.dtype, device=u.device)
-        step = self.ranking_block_size
+        step = self.ranking_block_size(self.n_items)
         for lo in range(0, u.shape[0], step):
             ub = u[lo : lo + step]
             s = torch.stack([ub @ v.T for v in reps.items])  # (M, block, I)
@@ -433,10 +389,10 @@ class MARIO(Recommender):
     def preservation_loss(self, reps: MarioRepresentations, items: torch.Tensor) -> torch.Tensor:
         """L_MP = Σ_m mean_{j ∈ items, feature e} |F_m[j, e] − F̂_m[j, e]| (paper Eq. 8)."""
         total = reps.users.new_zeros(())
-        for i in range(len(self.content)):
+        for i, m in enumerate(self.content):
             src = reps.content[i] if self.decode_from == "propagated" else reps.compressed[i]
             recon = self.decoders[i](src[items])
-            total = total + (recon - self._features(i)[items]).abs().mean()
+            total = total + (recon - self.feature_buffer(m)[items]).abs().mean()
         return total
 
     # ------------------------------------------------------------------ analyses
@@ -454,26 +410,19 @@ class MARIO(Recommender):
         """Per-(user, item) modality weights: attention ā, uniform (mean), max-share (max); None for fc."""
         if self.fusion == "fc":
             return None
-        was_training = self.training
-        if was_training:
-            self.eval()  # dropout off: the weights ranking uses
-        try:
-            with torch.no_grad():
-                reps = self.representations()
-                v = reps.items[:, items]  # (M, n, d)
-                n_parts = v.shape[0]
-                if self.fusion == "attention":
-                    s = (reps.users[users].unsqueeze(0) * v).sum(dim=2)
-                    weights = modality_attention_scores(s, self.dim)[1].T.contiguous()
-                    kind = "attention"
-                elif self.fusion == "mean":
-                    weights = torch.full((items.shape[0], n_parts), 1.0 / n_parts, device=v.device, dtype=v.dtype)
-                    kind = "uniform"
-                else:
-                    winner = v.argmax(dim=0)  # (n, d): which modality supplies each dimension's max
-                    weights = F.one_hot(winner, n_parts).to(v.dtype).mean(dim=1)
-                    kind = "max-share"
-        finally:
-            if was_training:
-                self.train()
+        with self.in_eval_mode(), torch.no_grad():  # dropout off: the weights ranking uses
+            reps = self.representations()
+            v = reps.items[:, items]  # (M, n, d)
+            n_parts = v.shape[0]
+            if self.fusion == "attention":
+                s = (reps.users[users].unsqueeze(0) * v).sum(dim=2)
+                weights = modality_attention_scores(s, self.dim)[1].T.contiguous()
+                kind = "attention"
+            elif self.fusion == "mean":
+                weights = torch.full((items.shape[0], n_parts), 1.0 / n_parts, device=v.device, dtype=v.dtype)
+                kind = "uniform"
+            else:
+                winner = v.argmax(dim=0)  # (n, d): which modality supplies each dimension's max
+                weights = F.one_hot(winner, n_parts).to(v.dtype).mean(dim=1)
+                kind = "max-share"
         return Explanation(kind=kind, parts=list(self.parts), weights=weights)

@@ -11,15 +11,13 @@ import itertools
 import math
 from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Explanation, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Explanation, Recommender, xavier_embedding
 from modalrec.nn.losses import dot_bernoulli_kl_full, info_nce_full
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import meta_weight_head_affine
@@ -165,7 +163,7 @@ class MeAIM(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "E_i row at the warm-item mean, gated per modality by the item's features (x_m = E_i ⊙ σ(Q_m P_m x))"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
@@ -174,25 +172,17 @@ class MeAIM(Recommender):
         n_mod = len(self.modalities)
         self.dim = d
         self.parts = [ID, *self.modalities]
-        if config.cf_model not in ("lightgcn", "mf"):
-            raise ConfigError(f"MeAIM: cf_model must be 'lightgcn' or 'mf', got {config.cf_model!r}")
         self.content_layers = self._layer_counts(config.content_layers, n_mod)
         self.mix_weights = self._mix_weights(config, n_mod)
-        if not 0.0 <= float(config.dropout) < 1.0:
-            raise ConfigError(f"MeAIM: dropout must be in [0, 1), got {config.dropout}")
-        rank_block = config.ranking_block_size
-        if int(config.loss_block_size) < 1 or (rank_block is not None and int(rank_block) < 1):
-            raise ConfigError("MeAIM: loss_block_size and ranking_block_size must be positive")
 
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
+        self.register_feature_buffers(dataset)
         self.proj = nn.ModuleList()  # P_m: d_m → d, no bias
         self.trans = nn.ModuleList()  # Q_m: d → d, with bias
         self.gates = nn.ModuleList()  # g_m: d → d (then σ)
-        for i, m in enumerate(self.modalities):
-            feats = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
-            self.register_buffer(f"feat_{i}", feats, persistent=False)
-            self.proj.append(nn.Linear(feats.shape[1], d, bias=False))
+        for m in self.modalities:
+            self.proj.append(nn.Linear(self.feature_buffer(m).shape[1], d, bias=False))
             self.trans.append(nn.Linear(d, d))
             self.gates.append(nn.Linear(d, d))
         a = len(self.parts)
@@ -209,6 +199,7 @@ class MeAIM(Recommender):
                 s_m = w * graphs.knn_matrix(m, int(config.knn_k), weighted=False, normalization="sym")
                 mixed = s_m if mixed is None else mixed + s_m
             self.item_graph = SparseOperator(mixed, graphs.device)
+        self.to(graphs.device)
 
     # ------------------------------------------------------------------ config helpers
     def _layer_counts(self, value, n_mod: int) -> list[int]:
@@ -217,30 +208,30 @@ class MeAIM(Recommender):
         else:
             counts = list(value)
             if len(counts) > n_mod or not counts:
-                raise ConfigError(
-                    f"MeAIM: content_layers has {len(counts)} entries {counts} but the dataset has {n_mod} "
+                raise self.setting_error(
+                    "content_layers",
+                    f"has {len(counts)} entries {counts} but the dataset has {n_mod} "
                     f"content modalities ({', '.join(self.modalities)}); give one layer count per modality, "
-                    f"in that order (e.g. content_layers=[{', '.join(['2'] * n_mod)}])"
+                    f"in that order (e.g. content_layers=[{', '.join(['2'] * n_mod)}])",
                 )
             # a list written for image + text still serves a dataset with more modalities: the extra
             # ones take the last entry (so the paper's [2, 3] gives image 2, text 3, audio 3)
             counts = counts + [counts[-1]] * (n_mod - len(counts))
         if any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in counts):
-            raise ConfigError(f"MeAIM: content_layers must be non-negative integers, got {counts}")
+            raise self.setting_error("content_layers", f"must be non-negative integers; got {counts}")
         return counts
 
     def _mix_weights(self, config, n_mod: int) -> list[float]:
         if config.kl_modality_weights is None:
             alpha = float(config.alpha)
             return [alpha] + [(1.0 - alpha) / (n_mod - 1)] * (n_mod - 1)
-        weights = [float(w) for w in config.kl_modality_weights]
+        weights = [float(w) for w in config.kl_modality_weights]  # finite and >= 0: the YAML's bounds
         if len(weights) != n_mod:
-            raise ConfigError(
-                f"MeAIM: kl_modality_weights has {len(weights)} entries but the dataset has {n_mod} content "
-                f"modalities ({', '.join(self.modalities)})"
+            raise self.setting_error(
+                "kl_modality_weights",
+                f"has {len(weights)} entries but the dataset has {n_mod} content "
+                f"modalities ({', '.join(self.modalities)})",
             )
-        if any(not math.isfinite(w) or w < 0 for w in weights):
-            raise ConfigError(f"MeAIM: kl_modality_weights must be finite and non-negative, got {weights}")
         return weights
 
     # ------------------------------------------------------------------ forward
@@ -251,9 +242,8 @@ class MeAIM(Recommender):
         n_id = int(self.config.n_id_layers) if self.config.cf_model == "lightgcn" else 0
         z_u_c, z_i_c = split_nodes(propagate(self.adj, e0, n_id, "last"), self.n_users)
         users, items, xs = [], [], []
-        for i in range(len(self.modalities)):
-            feats = getattr(self, f"feat_{i}")
-            x_m = e_i * torch.sigmoid(self.trans[i](F.normalize(self.proj[i](feats), dim=1)))
+        for i, m in enumerate(self.modalities):
+            x_m = e_i * torch.sigmoid(self.trans[i](F.normalize(self.proj[i](self.feature_buffer(m)), dim=1)))
             h0 = torch.cat([self.r_hat @ x_m, x_m])
             z_u, z_i = split_nodes(propagate(self.adj, h0, self.content_layers[i], "last"), self.n_users)
             users.append(z_u)
@@ -380,18 +370,11 @@ class MeAIM(Recommender):
         """
         with torch.no_grad():
             c = self.representations()
-            step = self.ranking_block_size(c.users.device)
+            step = self.ranking_block_size(self.n_items)
             out = torch.empty(users.shape[0], self.n_items, dtype=c.users.dtype, device=c.users.device)
             for lo in range(0, users.shape[0], step):
                 out[lo : lo + step] = self._fast_block(c, users[lo : lo + step])
         return out
-
-    def ranking_block_size(self, device: torch.device) -> int:
-        """Users per element-wise block: ``ranking_block_size``, or when null 1024 on a GPU
-        and 32 per CPU thread (blocks whose (M+1)² score matrices stay cache-sized)."""
-        if self.config.ranking_block_size is not None:
-            return int(self.config.ranking_block_size)
-        return 1024 if device.type == "cuda" else 32 * max(1, torch.get_num_threads())
 
     @staticmethod
     def _fast_block(c: RankCache, idx: torch.Tensor) -> torch.Tensor:
@@ -456,12 +439,9 @@ class MeAIM(Recommender):
 
     def explain(self, users: torch.Tensor, items: torch.Tensor) -> Explanation:
         """Stage-2 weights ω over the user representations, stage-1 weights w as extras."""
-        was_training = self.training
-        self.eval()  # dropout off: the weights the ranking uses
-        with torch.no_grad():
+        with self.in_eval_mode(), torch.no_grad():  # dropout off: the weights the ranking uses
             c = self.representations()
             out = self.pair_forward(list(c.users[:, users]), list(c.items[:, items]))
-        self.train(was_training)
         return Explanation(
             kind="meta-weights",
             parts=list(self.parts),

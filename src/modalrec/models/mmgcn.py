@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator, bipartite_edge_list
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender
 from modalrec.nn.losses import bpr_loss
 from modalrec.nn.propagation import edge_list_operator, split_nodes
 from modalrec.nn.scoring import pair_scores
-
-AGGREGATIONS = ("mean", "add")
 
 
 class MMGCNBranch(nn.Module):
     """The graph network of one modality (docs/models/mmgcn.md#forward-pass).
 
-    x⁰ = norm([P_m; F_m]) with F_m = MLP(X_m) (pre-projected modality) or X_m; for l = 1..L:
+    x⁰ = norm([P_m; F_m]) with F_m = MLP(X_m) (pre-projected modality) or X_m — X_m is passed to
+    :meth:`forward` (the model's ``feat_<m>`` buffer); for l = 1..L:
     h = LReLU(Ā (x^{l−1} G_l)), x̂ = LReLU(x^{l−1} W_l + b_l) + Z, x^l = LReLU([h ‖ x̂] V_l + c_l).
     Ā is the (mean or add) aggregation over the 2|E| directed user–item edges. Since G_l is
     linear, Ā (x G_l) = (Ā x) G_l; Ā is bipartite, so each layer runs on the user and item rows
@@ -31,7 +28,7 @@ class MMGCNBranch(nn.Module):
 
     def __init__(
         self,
-        features: torch.Tensor,
+        feature_dim: int,
         n_users: int,
         dim: int,
         n_layers: int,
@@ -40,9 +37,8 @@ class MMGCNBranch(nn.Module):
         negative_slope: float = 0.01,
     ) -> None:
         super().__init__()
-        self.register_buffer("features", features, persistent=False)
-        self.mlp = nn.Linear(features.shape[1], dim_latent) if dim_latent else None  # PyTorch default init
-        width = dim_latent or features.shape[1]
+        self.mlp = nn.Linear(feature_dim, dim_latent) if dim_latent else None  # PyTorch default init
+        width = dim_latent or feature_dim
         pref = nn.init.xavier_normal_(torch.empty(n_users, width))
         if trainable_preference:
             self.preference = nn.Parameter(pref)
@@ -73,10 +69,11 @@ class MMGCNBranch(nn.Module):
                 hit = self._cache[name] = (key, fn())
         return hit[1]
 
-    def forward(self, graph: BipartiteAggregation, id_embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, graph: BipartiteAggregation, id_embedding: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """x^L for all N nodes from the ID embedding Z and this modality's raw features X_m."""
         act = F.leaky_relu
         slope = self.negative_slope
-        pref, feats = self.preference, self.features
+        pref = self.preference
         # Ā is bipartite (item rows feed users, user rows feed items), so every layer runs on the user
         # and item halves of x separately. Per half, Ā (x G) = (Ā x) G is computed on whichever side has
         # fewer rows — min(U, I)·c² multiply-adds instead of (U + I)·c² — and a constant half of x⁰
@@ -179,39 +176,36 @@ class MMGCN(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "Z row at the warm-item mean; each branch's item input is the item's own (projected) features"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.id_embedding, self.n_users)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
         d = int(config.embedding_size)
-        if int(config.n_layers) < 1:
-            raise ConfigError(f"MMGCN: n_layers must be >= 1; got {config.n_layers}")
-        if config.aggr_mode not in AGGREGATIONS:
-            raise ConfigError(f"MMGCN: aggr_mode must be one of {', '.join(AGGREGATIONS)}; got {config.aggr_mode!r}")
-        self.quirks = bool(config.reference_quirks)
+        self.reference_quirks = bool(config.reference_quirks)
         n_nodes = self.n_users + self.n_items
         self.agg = BipartiteAggregation(
             dataset.train_matrix, self.n_users, self.n_items, config.aggr_mode, graphs.device
         )
+        self.register_feature_buffers(dataset)
         self.branches = nn.ModuleList()
         self.projected: list[bool] = []
         for m in self.modalities:
-            feats = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
-            project = feats.shape[1] >= int(config.project_min_dim)
+            width = self.feature_buffer(m).shape[1]
+            project = width >= int(config.project_min_dim)
             self.projected.append(project)
             self.branches.append(
                 MMGCNBranch(
-                    feats,
+                    width,
                     self.n_users,
                     d,
                     int(config.n_layers),
                     int(config.dim_latent) if project else None,
-                    trainable_preference=not self.quirks,
+                    trainable_preference=not self.reference_quirks,
                 )
             )
         z = nn.init.xavier_normal_(torch.empty(n_nodes, d))
-        if self.quirks:
+        if self.reference_quirks:
             self.register_buffer("id_embedding", z)
         else:
             self.id_embedding = nn.Parameter(z)
@@ -219,8 +213,8 @@ class MMGCN(Recommender):
 
     def forward_all(self) -> torch.Tensor:
         out = None
-        for branch in self.branches:
-            o = branch(self.agg, self.id_embedding)
+        for m, branch in zip(self.modalities, self.branches, strict=True):
+            o = branch(self.agg, self.id_embedding, self.feature_buffer(m))
             out = o if out is None else out + o
         return out / len(self.branches)
 
@@ -238,6 +232,6 @@ class MMGCN(Recommender):
         zu, zp, zn = z[batch.users], z[self.n_users + batch.pos], z[self.n_users + batch.neg]
         reg = (2 * zu.pow(2).sum() + zp.pow(2).sum() + zn.pow(2).sum()) / (2 * zu.numel())
         for branch, projected in zip(self.branches, self.projected, strict=True):
-            if projected or not self.quirks:
+            if projected or not self.reference_quirks:
                 reg = reg + branch.preference.pow(2).mean()
         return main + lam * reg

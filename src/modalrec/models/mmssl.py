@@ -12,7 +12,7 @@ from torch import nn
 
 from modalrec.graphs import left_norm_bipartite_operators
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, xavier_embedding
 from modalrec.nn.losses import bpr_loss, grace_info_nce, sq_reg, wgan_gradient_penalty_linear_first
 from modalrec.nn.scoring import pair_scores
 
@@ -128,7 +128,7 @@ class MMSSL(Recommender):
         "features (its two-hop smoothing over interactions is empty)"
     )
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.item_emb.weight)]
 
     def compute_cold_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,28 +142,27 @@ class MMSSL(Recommender):
         content = sum(kappa * F.normalize(out["i_m"][m], dim=1) for m in self.modalities)
         id_mean = (h_i - content)[self.warm_items.to(h_i.device)].mean(dim=0)
         cold = self.cold_items.to(h_i.device)
-        own = sum(kappa * F.normalize(self.proj[m](getattr(self, f"feat_{m}")[cold]), dim=1) for m in self.modalities)
+        own = sum(kappa * F.normalize(self.proj[m](self.feature_buffer(m)[cold]), dim=1) for m in self.modalities)
         h_i = h_i.clone()
         h_i[cold] = id_mean + own
         return out["h_u"], h_i
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        d = config.embedding_size
+        d = int(config.embedding_size)
         self.dim = d
-        self.quirks = bool(config.reference_quirks)
+        self.reference_quirks = bool(config.reference_quirks)
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
+        self.register_feature_buffers(dataset)
         self.proj = nn.ModuleDict()
         for m in self.modalities:
-            x = torch.as_tensor(np.asarray(dataset.features[m]), dtype=torch.float32)
-            self.register_buffer(f"feat_{m}", x, persistent=False)  # data, not state
-            lin = nn.Linear(x.shape[1], d)
+            lin = nn.Linear(self.feature_buffer(m).shape[1], d)
             nn.init.xavier_uniform_(lin.weight)
             self.proj[m] = lin
         h = int(config.head_num)
         if d % h:
-            raise ValueError(f"MMSSL: embedding_size {d} is not divisible by head_num {h}")
+            raise self.setting_error("head_num", f"must divide embedding_size {d} (the heads split it); got {h}")
         self.w_q = nn.Parameter(nn.init.xavier_uniform_(torch.empty(d, d)))
         self.w_k = nn.Parameter(nn.init.xavier_uniform_(torch.empty(d, d)))
         self.w_cat = nn.Parameter(nn.init.xavier_uniform_(torch.empty(h * d, d)))
@@ -187,7 +186,7 @@ class MMSSL(Recommender):
         self._batch = 0
         self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.modalities}
 
-        slope = 1.0 if self.quirks else 0.01
+        slope = 1.0 if self.reference_quirks else 0.01
         critic = MMSSLCritic(self.n_items, float(config.G_drop1), float(config.G_drop2), slope)
         # plain attributes: NOT registered, so the trainer's optimiser never sees the critic
         object.__setattr__(self, "critic", critic)
@@ -195,6 +194,7 @@ class MMSSL(Recommender):
             self, "critic_optimizer", torch.optim.Adam(critic.parameters(), lr=float(config.D_lr), betas=(0.5, 0.9))
         )
         critic.requires_grad_(False)
+        self.to(graphs.device)
 
     # ------------------------------------------------------------------ critic plumbing
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
@@ -236,7 +236,7 @@ class MMSSL(Recommender):
         return self._mod_graphs
 
     def _set_generated(self, m: str, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        dev = self.user_emb.weight.device
+        dev = self.device
         if parts:
             us = torch.cat([p[0] for p in parts])
             its = torch.cat([p[1] for p in parts])
@@ -261,12 +261,12 @@ class MMSSL(Recommender):
             return
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self._batch = int(state["batch"])
-        dev = self.user_emb.weight.device
+        dev = self.device
         self._collected = {m: [(u.to(dev), i.to(dev)) for u, i in parts] for m, parts in state["collected"].items()}
 
     def pre_epoch(self, epoch: int) -> None:
         self._batch = 0
-        if not self.quirks:
+        if not self.reference_quirks:
             self._collected = {m: [] for m in self.modalities}
 
     # ------------------------------------------------------------------ forward
@@ -274,7 +274,7 @@ class MMSSL(Recommender):
         """mean_m of the cross-modal "self-attention" outputs z_m (see the fusion [REF-QUIRK])."""
         d, h = self.dim, int(self.config.head_num)
         x = torch.stack(xs, dim=1)  # (n, M, d)
-        if self.quirks:
+        if self.reference_quirks:
             z = x @ self.w_cat.view(h, d, d).sum(0)
         else:
             n, mm, dh = x.shape[0], x.shape[1], d // h
@@ -290,8 +290,8 @@ class MMSSL(Recommender):
         e_u, e_i = self.user_emb.weight, self.item_emb.weight
         u_m, i_m = {}, {}
         for m in self.modalities:
-            f = self.drop(self.proj[m](getattr(self, f"feat_{m}")))
-            n_layers = 1 if self.quirks else max(1, int(cfg.layers))
+            f = self.drop(self.proj[m](self.feature_buffer(m)))
+            n_layers = 1 if self.reference_quirks else max(1, int(cfg.layers))
             i_cur = f
             for _ in range(n_layers):
                 u_cur = self.g_ui @ i_cur
@@ -386,7 +386,7 @@ class MMSSL(Recommender):
 
     def _update_graphs(self, users: torch.Tensor, y_m: dict[str, torch.Tensor]) -> None:
         rate_k = int(math.floor(self.n_items * float(self.config.m_topk_rate)))
-        if self.quirks:
+        if self.reference_quirks:
             # the reference collects on batch 0 and rebuilds before every later batch from the
             # collection, which it then empties: batch 1 sees batch 0's top-k, batch 2 on nothing
             for m in self.modalities:

@@ -27,11 +27,17 @@ class NGCF(Recommender):
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
-        d = config.embedding_size
+        d = int(config.embedding_size)
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
+        if len(config.mess_dropout) != len(config.weight_size):
+            raise self.setting_error(
+                "mess_dropout",
+                f"needs one value per layer of weight_size {list(config.weight_size)}; got {config.mess_dropout}",
+            )
         self.propagation = NGCFPropagation(d, list(config.weight_size), list(config.mess_dropout), config.leaky_slope)
         self.adj = graphs.rw_adj()
+        self.to(graphs.device)
 
     def compute_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         e0 = torch.cat([self.user_emb.weight, self.item_emb.weight])

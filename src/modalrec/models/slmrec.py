@@ -5,15 +5,13 @@ Equations, choices and cost: docs/models/slmrec.md.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalrec.errors import ConfigError
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender, xavier_embedding
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, xavier_embedding
 from modalrec.nn.losses import info_nce_in_batch, sq_reg
 from modalrec.nn.scoring import dot_scores
 
@@ -81,27 +79,18 @@ class SLMRec(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "E_i row at the warm-item mean; the modality views Π_m(x̃_m) come from the features"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_mean(self.item_emb.weight)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
         d = int(config.embedding_size)
         self.n_layers = int(config.layer_num)
-        if self.n_layers < 0:
-            raise ConfigError(f"SLMRec: layer_num must be >= 0; got {config.layer_num}")
-        if float(config.temp) <= 0 or float(config.ssl_temp) <= 0:
-            raise ConfigError("SLMRec: temp and ssl_temp must be > 0")
-        if d < 2:
-            raise ConfigError("SLMRec: embedding_size must be >= 2 (the last FAC step has d/2 dimensions)")
-        self.quirks = bool(config.reference_quirks)
+        self.reference_quirks = bool(config.reference_quirks)
         self.dim = d
         self.user_emb = xavier_embedding(self.n_users, d)
         self.item_emb = xavier_embedding(self.n_items, d)
-        # frozen, L2-normalised features (buffers: follow .to(device), not trained)
-        for i, m in enumerate(self.modalities):
-            x = torch.from_numpy(np.ascontiguousarray(dataset.features[m], dtype=np.float32))
-            self.register_buffer(f"feat_{i}", F.normalize(x, dim=1), persistent=False)
+        self.register_feature_buffers(dataset, transform=lambda x: F.normalize(x, dim=1))  # frozen, L2-normalised
         self.projections = nn.ModuleList(_xavier_linear(dataset.features[m].shape[1], d) for m in self.modalities)
         n_views = 1 + len(self.modalities)
         self.fuse_user = _xavier_linear(n_views * d, d)
@@ -116,7 +105,7 @@ class SLMRec(Recommender):
         r_hat = graphs.norm_adj_matrix()[: self.n_users, self.n_users :]  # the user-item block of A_sym
         self.r_hat = SparseOperator(r_hat, graphs.device, symmetric=False)
         self.r_hat_t = self.r_hat.t()
-        if self.quirks:  # H_u, H_i of the last training forward (persistent: restored with the best weights)
+        if self.reference_quirks:  # H_u, H_i of the last training forward (persistent: restored with the best weights)
             self.register_buffer("stale_user", torch.zeros(self.n_users, d))
             self.register_buffer("stale_item", torch.zeros(self.n_items, d))
             self.register_buffer("stale_valid", torch.zeros((), dtype=torch.bool))
@@ -134,7 +123,8 @@ class SLMRec(Recommender):
         """
         e_u = self.user_emb.weight
         b0 = torch.cat(
-            [self.item_emb.weight] + [proj(getattr(self, f"feat_{i}")) for i, proj in enumerate(self.projections)],
+            [self.item_emb.weight]
+            + [proj(self.feature_buffer(m)) for m, proj in zip(self.modalities, self.projections, strict=True)],
             dim=1,
         )
         u_s, u_m, i_s, i_m = e_u, None, None, b0
@@ -171,14 +161,14 @@ class SLMRec(Recommender):
         return table[:, k * self.dim : (k + 1) * self.dim]
 
     def compute_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.quirks and not self.training and bool(self.stale_valid):
+        if self.reference_quirks and not self.training and bool(self.stale_valid):
             return self.stale_user, self.stale_item
         users, items = self.views()
         return self.fuse_user(users), self.fuse_item(items)
 
     def compute_cold_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """In reference mode the warm rows stay the stale ones; cold rows are always computed afresh."""
-        if not (self.quirks and bool(self.stale_valid)):
+        if not (self.reference_quirks and bool(self.stale_valid)):
             return super().compute_cold_representations()
         with self.cold_substitution():
             fresh = self.fuse_item(self.views()[1])
@@ -190,7 +180,7 @@ class SLMRec(Recommender):
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         user_repr, item_repr = self.representations()
         scores = dot_scores(user_repr[users], item_repr)
-        return torch.sigmoid(scores) if self.quirks else scores
+        return torch.sigmoid(scores) if self.reference_quirks else scores
 
     # ------------------------------------------------------------------ loss
     def fac_loss(self, items_p: torch.Tensor) -> torch.Tensor:
@@ -206,7 +196,7 @@ class SLMRec(Recommender):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         u_s, u_m, i_s, i_m = self.layer_sums()
-        if self.quirks:  # the reference ranks with the full H of the last training forward
+        if self.reference_quirks:  # the reference ranks with the full H of the last training forward
             with torch.no_grad():
                 self.stale_user.copy_(self.fuse_user(self.combine(u_s, u_m, None)))
                 self.stale_item.copy_(self.fuse_item(self.combine(i_s, i_m, None)))
@@ -215,6 +205,6 @@ class SLMRec(Recommender):
         h_u = self.fuse_user(self.combine(u_s, u_m, batch.users))
         loss = info_nce_in_batch(h_u, self.fuse_item(items_p), float(self.config.temp), normalize=True)
         loss = loss + float(self.config.ssl_alpha) * self.fac_loss(items_p)
-        if not self.quirks and float(self.config.reg_weight) > 0:
+        if not self.reference_quirks and float(self.config.reg_weight) > 0:
             loss = loss + float(self.config.reg_weight) * sq_reg(self.user_emb(batch.users), self.item_emb(batch.pos))
         return loss

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from modalrec.models import register
-from modalrec.models.base import COLD_CONTENT, Batch, Recommender
+from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, feature_tensor
 from modalrec.nn.losses import bpr_loss, emb_loss
 from modalrec.nn.scoring import pair_scores
 
@@ -53,17 +52,15 @@ class VBPR(Recommender):
     cold_start = COLD_CONTENT
     cold_rule = "ID part Q_j = 0 (the L2 prior's mode); score = P_u^(2)·(x_j W + b), the content term only"
 
-    def cold_overrides(self):
+    def cold_overrides(self) -> list[ColdOverride]:
         return [self.cold_zero(self.item_emb)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)
         d = int(config.embedding_size)
         self.feature_modalities = feature_order(self.modalities)
-        feats = np.concatenate(
-            [np.asarray(dataset.features[m], dtype=np.float32) for m in self.feature_modalities], axis=1
-        )
-        self.register_buffer("features", torch.from_numpy(np.ascontiguousarray(feats)), persistent=False)
+        feats = feature_tensor(dataset.features, self.feature_modalities)
+        self.register_buffer("features", feats, persistent=False)
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.item_linear = nn.Linear(feats.shape[1], d)

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import modalrec
 from modalrec.errors import ModalrecError
-from modalrec.serve.engine import MAX_K, Engine, NotFoundError
+from modalrec.recommend import NotFoundError
+from modalrec.serve.engine import MAX_K, Engine
 from modalrec.serve.schemas import (
     ErrorResponse,
     Health,
@@ -29,6 +30,7 @@ from modalrec.serve.schemas import (
 STATIC = Path(__file__).parent / "static"
 ERRORS_404 = {404: {"model": ErrorResponse, "description": "Unknown user or item."}}
 ERRORS_422 = {422: {"model": ErrorResponse, "description": "Invalid parameter or body."}}
+KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="List length.")]
 
 
 def _error(status: int, message: str, errors: list | None = None) -> JSONResponse:
@@ -57,9 +59,6 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
             raise ModalrecError("create_app needs a run directory")
         engine = Engine.from_run_dir(run_dir)
     info = engine.info()
-    by_enum = enum.Enum("SimilarBy", {v: v for v in info["similar_by"]}, type=str)  # type: ignore[misc]
-    by_model = by_enum("model")
-
     app = FastAPI(
         title="modalrec",
         version=modalrec.__version__,
@@ -69,25 +68,43 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
         ),
     )
     app.state.engine = engine
+    _add_error_handlers(app)
+    _add_service_routes(app, info)
+    _add_user_routes(app, engine)
+    _add_item_routes(app, engine, info["similar_by"])
+    _add_web_page(app)
+    return app
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
-        return _error(404, str(exc))
 
-    @app.exception_handler(ModalrecError)
-    async def _bad_request(request: Request, exc: ModalrecError) -> JSONResponse:
-        return _error(422, str(exc))
+async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+    return _error(404, str(exc))
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, errors = _validation_message(exc)
-        return _error(422, message, errors)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400:  # an unparseable body (e.g. not UTF-8) is a malformed body like any other
-            return _error(422, f"body: {exc.detail}")
-        return _error(exc.status_code, str(exc.detail))
+async def _bad_request(request: Request, exc: ModalrecError) -> JSONResponse:
+    return _error(422, str(exc))
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message, errors = _validation_message(exc)
+    return _error(422, message, errors)
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400:  # an unparseable body (e.g. not UTF-8) is a malformed body like any other
+        return _error(422, f"body: {exc.detail}")
+    return _error(exc.status_code, str(exc.detail))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{status, message}``: unknown ids 404, bad values and bodies 422."""
+    app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(ModalrecError, _bad_request)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http)
+
+
+def _add_service_routes(app: FastAPI, info: dict) -> None:
+    """GET /health and GET /info."""
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health() -> dict:
@@ -98,6 +115,10 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
     async def get_info() -> dict:
         """Model, dataset, counts, modalities, explanation parts and metrics of the served run."""
         return info
+
+
+def _add_user_routes(app: FastAPI, engine: Engine) -> None:
+    """A training user's history and recommendations, and recommendations of a new user."""
 
     @app.get("/users/{user}/history", response_model=History, responses={**ERRORS_404, **ERRORS_422}, tags=["users"])
     async def user_history(user: int) -> dict:
@@ -112,7 +133,7 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
     )
     async def user_recommendations(
         user: int,
-        k: Annotated[int, Query(ge=1, le=MAX_K, description="List length.")] = 10,
+        k: KQuery = 10,
         exclude_seen: Annotated[bool, Query(description="Leave the user's training items out.")] = True,
         explain: Annotated[bool, Query(description="Add the model's per-modality influence of each item.")] = False,
     ) -> dict:
@@ -129,6 +150,12 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
         """Top-k for a user unseen in training, folded in from the items they interacted with."""
         return engine.recommend_new(request.items, request.k, request.exclude_seen, request.explain)
 
+
+def _add_item_routes(app: FastAPI, engine: Engine, similar_by: list[str]) -> None:
+    """Similar items, by the model's item representation or a modality's raw features (``similar_by``)."""
+    by_enum = enum.Enum("SimilarBy", {v: v for v in similar_by}, type=str)  # type: ignore[misc]
+    by_model = by_enum("model")
+
     @app.get(
         "/items/{item}/similar",
         response_model=SimilarItems,
@@ -137,7 +164,7 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
     )
     async def similar_items(
         item: int,
-        k: Annotated[int, Query(ge=1, le=MAX_K, description="List length.")] = 10,
+        k: KQuery = 10,
         by: Annotated[
             by_enum, Query(description="model (the model's item representation) or a modality's raw features.")
         ] = by_model,
@@ -145,12 +172,15 @@ def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) 
         """Nearest items by cosine similarity (works for items nobody has interacted with)."""
         return engine.similar(item, k, by.value)
 
+
+def _add_web_page(app: FastAPI) -> None:
+    """The static web page at / and its assets under /static."""
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -1,0 +1,64 @@
+"""Process-wide settings training relies on (allocator, deterministic kernels) and its peak memory."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import sys
+
+import torch
+
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory_in_process() -> bool:
+    """Stop glibc from returning large freed blocks to the kernel after every training step.
+
+    By default glibc serves each allocation above 128 KiB-32 MiB with its own ``mmap`` and
+    unmaps it on free, so every step re-faults the pages of its (batch × d) and sparse
+    temporaries: on the Baby shape this page-fault traffic was up to half of an epoch of
+    BM3/FREEDOM on 2 cores. With ``M_MMAP_MAX = 0`` and a high trim threshold the freed
+    memory stays in the heap and is reused; peak RSS grows by ~10-15%. Linux/glibc only (a
+    no-op elsewhere); set ``MODALREC_DEFAULT_MALLOC=1`` to keep the system's behaviour.
+    Returns whether the setting was applied.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if os.environ.get("MODALREC_DEFAULT_MALLOC") == "1" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
+def deterministic_cpu_kernels(device: torch.device) -> None:
+    """Make torch's CPU kernels bit-reproducible across runs, whatever the thread timing.
+
+    With several intra-op threads, the CPU kernel of ``index_put_(..., accumulate=True)``
+    (the backward of every ``table[index]`` gather) adds rows with atomic float adds, so the
+    summation order, hence the last bits of a gradient, follow the thread timing: two runs
+    of one seed drifted apart after a few epochs. torch's deterministic mode switches such
+    kernels to their serial versions; filling new uninitialised memory with NaN (part of
+    that mode) is turned off as it costs time and changes no result. CPU only: on CUDA the
+    mode would demand a cuBLAS workspace setting and is not promised there. Process-wide.
+    """
+    if device.type != "cpu":
+        return
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of the process (CPU) or peak allocated GPU memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20

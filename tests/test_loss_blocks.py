@@ -1,0 +1,106 @@
+"""The losses of ``modalrec.nn.losses`` shared by several models, against per-row formulas and direct
+(unblocked) computations, gradients included: in-batch InfoNCE and negative cosine (SLMRec, BM3), GRACE
+InfoNCE and the WGAN gradient penalty (MMSSL), neighbour discrimination (DA-MRS)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modalrec.nn.losses import (
+    grace_info_nce,
+    info_nce_in_batch,
+    negative_cosine_loss,
+    neighbour_discrimination_nce,
+    wgan_gradient_penalty,
+    wgan_gradient_penalty_linear_first,
+)
+
+
+def test_info_nce_in_batch_matches_per_row_formula():
+    g = torch.Generator().manual_seed(0)
+    a, c = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    for normalize in (True, False):
+        x, y = (F.normalize(a, dim=1), F.normalize(c, dim=1)) if normalize else (a, c)
+        logits = x @ y.T / 0.3
+        expected = -torch.stack([logits[b, b] - torch.logsumexp(logits[b], 0) for b in range(6)]).mean()
+        torch.testing.assert_close(info_nce_in_batch(a, c, 0.3, normalize=normalize), expected)
+    assert not torch.allclose(info_nce_in_batch(a, c, 0.3, True), info_nce_in_batch(a, c, 0.3, False))
+    # one-directional: swapping anchors and positives changes the value
+    assert not torch.allclose(info_nce_in_batch(a, c, 0.3, False), info_nce_in_batch(c, a, 0.3, False))
+
+
+def test_negative_cosine_loss():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(7, 4, generator=g), torch.randn(7, 4, generator=g)
+    expected = 1 - np.mean([float(x[b] @ y[b] / (x[b].norm() * y[b].norm())) for b in range(7)])
+    assert math.isclose(float(negative_cosine_loss(x, y)), expected, rel_tol=1e-5)
+    assert float(negative_cosine_loss(x, 3.0 * x)) == pytest.approx(0.0, abs=1e-6)
+
+
+def _grace_direct(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    refl, betw = torch.exp(a @ a.T / tau), torch.exp(a @ b.T / tau)
+    return -torch.log(betw.diag() / (refl.sum(1) + betw.sum(1) - refl.diag())).mean()
+
+
+def test_grace_info_nce_blocked_equals_direct_and_constant_for_zeros():
+    z1 = torch.randn(13, 5, requires_grad=True)
+    z2 = torch.randn(13, 5, requires_grad=True)
+    got = grace_info_nce(z1, z2, 0.5, block_size=4)
+    ref = _grace_direct(z1, z2, 0.5)
+    torch.testing.assert_close(got, ref)
+    g1 = torch.autograd.grad(got, [z1, z2])
+    g2 = torch.autograd.grad(ref, [z1, z2])
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+    zero = grace_info_nce(torch.zeros(13, 5), z2.detach(), 0.5)
+    assert math.isclose(float(zero), math.log(2 * 13 - 1), rel_tol=1e-6)
+
+
+def test_neighbour_discrimination_blocked_equals_direct():
+    gen = torch.Generator().manual_seed(2)
+    tables = [F.normalize(torch.randn(30, 4, generator=gen), dim=1).requires_grad_(True) for _ in range(3)]
+    idx = torch.tensor([0, 3, 5, 7, 11, 29])
+    got = neighbour_discrimination_nce([t[idx] for t in tables], tables, 0.2, 5, block_size=4)
+    total = 0.0
+    q = [torch.softmax(t[idx] @ t.T, dim=1).detach() for t in tables]
+    for m in range(3):
+        pos_mm = torch.topk(sum(q) + q[m], 5, dim=1).indices
+        pos_s = torch.topk(q[m].scatter(1, pos_mm, 0.0), 5, dim=1).indices
+        e = torch.exp(tables[m][idx] @ tables[m].T / 0.2)
+        tot, mm, sg = e.sum(1), e.gather(1, pos_mm).sum(1), e.gather(1, pos_s).sum(1)
+        total = total + (-torch.log(mm / tot + 1e-9) - torch.log(sg / (tot - mm) + 1e-9)).mean()
+    ref = total / 3
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(torch.autograd.grad(got, tables), torch.autograd.grad(ref, tables), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_wgan_gradient_penalty_of_a_linear_critic():
+    w = torch.tensor([3.0, 4.0])
+    gp = wgan_gradient_penalty(lambda x: x @ w, torch.randn(6, 2), torch.randn(6, 2))
+    assert math.isclose(float(gp), (5.0 - 1.0) ** 2, rel_tol=1e-6)
+
+
+def test_wgan_gradient_penalty_linear_first_equals_plain():
+    torch.manual_seed(0)
+    first, rest_net = torch.nn.Linear(6, 4), torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    real, fake = torch.randn(5, 6), torch.randn(5, 6)
+
+    def critic(x):
+        return rest_net(first(x)).squeeze(-1)
+
+    torch.manual_seed(1)
+    plain = wgan_gradient_penalty(critic, real, fake)
+    g_plain = torch.autograd.grad(plain, [first.weight, first.bias])
+    torch.manual_seed(1)
+    fast = wgan_gradient_penalty_linear_first(lambda h: rest_net(h).squeeze(-1), first.weight, first(real), first(fake))
+    g_fast = torch.autograd.grad(fast, [first.weight, first.bias])
+    torch.testing.assert_close(fast, plain)
+    for a, b in zip(g_fast, g_plain, strict=True):
+        torch.testing.assert_close(a, b)
