@@ -23,7 +23,7 @@ import types
 import torch
 
 from modalrec.data.synth import synthetic_dataset
-from modalrec.evaluate import Evaluator
+from modalrec.evaluation import Evaluator
 from modalrec.runs import prepare_model
 
 

@@ -16,7 +16,7 @@ from modalrec.config import parse_overrides
 from modalrec.data.synth import synthetic_dataset
 from modalrec.models.base import Batch
 from modalrec.runs import prepare_model
-from modalrec.train import NegativeSampler, keep_freed_memory_in_process, peak_memory_mb
+from modalrec.training import NegativeSampler, keep_freed_memory_in_process, peak_memory_mb
 
 
 def main(argv: list[str] | None = None) -> None:

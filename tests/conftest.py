@@ -160,17 +160,6 @@ def require_shared(folder: str) -> Path:
     return path
 
 
-def expected_random_recall(ds, k: int = 20) -> float:
-    """E[Recall@K] of a uniformly random ranking on ``ds``'s test split.
-
-    Each test user ranks its n_items − |train_u| unmasked items (valid items stay rankable), so each of
-    its test items lands in the top K with probability K / (n_items − |train_u|); averaged over users.
-    """
-    test_users = np.unique(ds.split("test")[0])
-    n_train = np.diff(ds.train_matrix.indptr)[test_users]
-    return float(np.mean(np.minimum(1.0, k / (ds.n_items - n_train))))
-
-
 # ---------------------------------------------------------------- small in-memory datasets and models
 # The model tests build tiny in-memory datasets of a few shapes. Each shape is generated once per session
 # (generation is the slow part) and shared by every test that asks for it, so tests treat them as read-only.
@@ -243,7 +232,7 @@ def build() -> Callable[..., Recommender]:
 
     def make(name: str, dataset: Dataset, seed: int = 0, graphs: GraphStore | None = None, **overrides) -> Recommender:
         torch.manual_seed(seed)
-        config = resolve_config(get_model_class(name).config_name, overrides=overrides)
+        config = resolve_config(get_model_class(name), overrides=overrides)
         if graphs is None:
             graphs = GraphStore(dataset, cache_dir=False)
         return build_model(name, dataset, config, graphs)

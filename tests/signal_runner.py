@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from modalrec.train import Callback, Trainer
+from modalrec.training import Callback, Trainer
 
 
 class SignalAt(Callback):
@@ -49,7 +49,7 @@ def install(spec: str, patch: Callable[[Any, str, Any], None] = setattr) -> None
     """Make the runs of this process (``modalrec.runs``, hence the CLI and the experiments) train with
     :class:`SignalAt` ``spec``; ``patch`` is ``setattr`` or a pytest monkeypatch's ``setattr``."""
     import modalrec.runs
-    from modalrec.train import fit
+    from modalrec.training import fit
 
     patch(modalrec.runs, "fit", functools.partial(fit, callbacks=[SignalAt(spec)]))
 

@@ -23,11 +23,13 @@ from modalrec.cli import app
 from modalrec.data.dataset import COLD_ITEMS_FILE, TRAIN, Dataset, load_dataset
 from modalrec.data.split import resplit_dataset
 from modalrec.errors import ConfigError, DataError
-from modalrec.evaluate import Evaluator
+from modalrec.evaluation import Evaluator
 from modalrec.graphs import GraphStore
 from modalrec.models import get_model_class, list_models
 from modalrec.models.base import COLD_CONTENT, COLD_UNABLE, Recommender
-from modalrec.runs import load_run, recommend, train_run
+from modalrec.run_load import load_run, recommend
+from modalrec.runs import train_run
+from modalrec.testing.checks import per_item_tensors
 
 CONTENT_MODELS = [c.name for c in list_models() if c.cold_start == COLD_CONTENT]
 ID_ONLY = [c.name for c in list_models() if c.cold_start == COLD_UNABLE]
@@ -206,23 +208,9 @@ def test_id_only_run_records_unable_and_recommend_leaves_cold_items_out(cold_dir
 
 
 # ---------------------------------------------------------------------- content models
-def _per_item_tensors(model: Recommender) -> list[tuple[str, torch.Tensor, int]]:
-    """Every stored tensor (parameter or persistent buffer: the model's state, not its copy of the data)
-    with one row per item (offset 0) or per node (items after the users)."""
-    out = []
-    for name, t in model.state_dict(keep_vars=True).items():
-        if t.dim() == 0 or not t.is_floating_point():
-            continue
-        if t.shape[0] == model.n_items:
-            out.append((name, t, 0))
-        elif t.shape[0] == model.n_users + model.n_items:
-            out.append((name, t, model.n_users))
-    return out
-
-
 def _trained(name: str, dataset: Dataset):
     from modalrec.runs import prepare_model
-    from modalrec.train import fit
+    from modalrec.training import fit
 
     overrides, preset = model_overrides(name, ONE_EPOCH)
     model, config, _ = prepare_model(name, dataset, overrides, preset=preset, cache_dir=False)
@@ -259,7 +247,7 @@ def test_cold_scores_come_from_features_not_from_the_items_own_parameters(cold_d
     # (1) nothing stored for a cold item matters: perturb every per-item row of the cold items
     perturbed = []
     with torch.no_grad():
-        for tname, t, offset in _per_item_tensors(model):
+        for tname, t, offset in per_item_tensors(model):
             t[cold + offset] += torch.randn_like(t[cold + offset])
             perturbed.append(tname)
     assert perturbed, f"{name}: no per-item tensor found"

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from modalrec.cli import app
 from modalrec.config import load_defaults
 from modalrec.errors import ModalrecError
-from modalrec.evaluate import EvalResult
+from modalrec.evaluation import EvalResult
 from modalrec.experiments import trials as trials_mod
 from modalrec.experiments.ablate import mario_variants, meaim_variants
 from modalrec.experiments.benchmark import run_benchmark
@@ -27,7 +27,7 @@ from modalrec.experiments.sweep import parse_param
 from modalrec.experiments.tables import ResultTable
 from modalrec.io import write_npz
 from modalrec.reporting.writer import ReportWriter
-from modalrec.train import TrainResult
+from modalrec.training import TrainResult
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 METRICS = ("recall@10", "ndcg@10", "precision@10", "recall@20", "ndcg@20", "precision@20")

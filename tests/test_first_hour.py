@@ -17,7 +17,8 @@ from modalrec.config import load_defaults, resolve_config, topk_list
 from modalrec.data.dataset import load_dataset
 from modalrec.errors import ConfigError, ModalrecError
 from modalrec.models import list_models
-from modalrec.runs import load_run, recommend, train_run
+from modalrec.run_load import load_run, recommend
+from modalrec.runs import train_run
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 TINY = {"epochs": 1, "train_batch_size": 256}
@@ -220,18 +221,18 @@ def test_numeric_settings_are_range_checked(model, key, value, expected):
     from modalrec.models import get_model_class
 
     with pytest.raises(ConfigError, match="override: " + re.escape(expected)):
-        resolve_config(get_model_class(model).config_name, overrides={key: value})
+        resolve_config(get_model_class(model), overrides={key: value})
 
 
 def test_every_shipped_default_preset_and_grid_value_is_in_range():
     for cls in list_models():
-        _, presets, space = load_defaults(cls.config_name)
-        resolve_config(cls.config_name)
+        _, presets, space = load_defaults(cls)
+        resolve_config(cls)
         for name in presets:
-            resolve_config(cls.config_name, preset=name)
+            resolve_config(cls, preset=name)
         for key, values in space.items():
             for v in values:
-                resolve_config(cls.config_name, overrides={key: v})
+                resolve_config(cls, overrides={key: v})
 
 
 def test_start_line_names_the_modalities_the_model_uses(syn_dir, tmp_path):

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import expected_random_recall, require_shared
+from conftest import require_shared
 
 from modalrec.data.dataset import load_dataset
+from modalrec.testing.kit import expected_random_recall
 
 FOLDER = "amazon_scientific_mm"
 # a short run with a small evaluation (only @20) — enough to see learning, not to reach the published numbers
@@ -49,7 +50,7 @@ def test_minilm_text_can_be_loaded_by_renaming(tmp_path):
 def test_short_training_beats_random(scientific, model_name, tmp_path):
     from modalrec.models import MODEL_REGISTRY
     from modalrec.runs import prepare_model
-    from modalrec.train import fit
+    from modalrec.training import fit
 
     if model_name.lower() not in MODEL_REGISTRY:
         pytest.skip(f"{model_name} is not registered in this checkout")

@@ -23,9 +23,9 @@ LAYERS: list[set[str]] = [
     {"graphs"},
     {"nn"},
     {"models"},
-    {"evaluate"},
-    {"train"},
-    {"runs", "recommend"},
+    {"evaluation"},
+    {"training"},
+    {"runs", "run_files", "run_model", "run_resume", "run_load", "recommendation"},
     {"reporting"},
     {"experiments", "analysis", "serve"},
     {"testing", "api"},
@@ -132,12 +132,12 @@ def test_the_checker_sees_a_planted_upward_import(tmp_path, monkeypatch):
     fake = tmp_path / "modalrec"
     (fake / "models").mkdir(parents=True)
     (fake / "models" / "__init__.py").write_text("")
-    (fake / "models" / "bad.py").write_text("def f():\n    from modalrec.train import fit\n")
-    (fake / "train.py").write_text("from modalrec.models import bad\n")
+    (fake / "models" / "bad.py").write_text("def f():\n    from modalrec.training import fit\n")
+    (fake / "training.py").write_text("from modalrec.models import bad\n")
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
     graph = _graph()
-    assert "train" in graph["models.bad"]
-    with pytest.raises(AssertionError, match="imports higher modalrec.train"):
+    assert "training" in graph["models.bad"]
+    with pytest.raises(AssertionError, match="imports higher modalrec.training"):
         test_no_module_imports_a_higher_layer_or_a_separated_sibling()
     with pytest.raises(pytest.fail.Exception, match="import circle"):
         test_no_import_circle()

@@ -22,7 +22,7 @@ from modalrec.nn.losses import (
 )
 from modalrec.nn.scoring import meta_weight_head_affine
 from modalrec.runs import prepare_model
-from modalrec.train import NegativeSampler, fit
+from modalrec.training import NegativeSampler, fit
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from modalrec.config import Config
 from modalrec.data.dataset import Dataset
-from modalrec.evaluate import Evaluator, ranking_metrics, top_k_items
+from modalrec.evaluation import Evaluator, ranking_metrics, top_k_items
 from modalrec.models.base import Recommender
 
 LOG2_3 = math.log2(3)

@@ -12,7 +12,8 @@ import re
 import pytest
 import torch
 
-from modalrec.config import Bound, _parse_bound, load_bounds, load_defaults, resolve_config
+from modalrec.config import Bound, load_bounds, load_defaults, resolve_config
+from modalrec.config.bounds import parse_bound
 from modalrec.data.synth import synthetic_dataset
 from modalrec.errors import ConfigError
 from modalrec.graphs import GraphStore
@@ -31,7 +32,7 @@ def ds():
 def build(name: str, dataset, **overrides) -> Recommender:
     cls = next(c for c in list_models() if c.name == name)
     torch.manual_seed(0)
-    config = resolve_config(cls.config_name, overrides=overrides)
+    config = resolve_config(cls, overrides=overrides)
     return cls(dataset, config, GraphStore(dataset, cache_dir=False))
 
 
@@ -138,10 +139,10 @@ def test_setting_error_names_the_model_and_the_key(ds):
 
 
 # ---------------------------------------------------------------------- bounds
-@pytest.mark.parametrize("name", ["overall", *sorted({c.config_name for c in list_models()})])
-def test_every_yaml_declares_valid_bounds_on_its_own_keys(name):
-    bounds = load_bounds(name)
-    assert set(bounds) <= set(load_defaults(name)[0])
+@pytest.mark.parametrize("model", [None, *list_models()], ids=lambda m: "overall" if m is None else m.name)
+def test_every_yaml_declares_valid_bounds_on_its_own_keys(model):
+    bounds = load_bounds(model)
+    assert set(bounds) <= set(load_defaults(model)[0])
     assert {"embedding_size", "learning_rate", "epochs", "topk"} <= set(bounds)  # overall.yaml's, for every model
 
 
@@ -212,7 +213,7 @@ def test_defaults_and_presets_are_checked_against_the_bounds(monkeypatch):
 )
 def test_a_malformed_bound_is_an_error_naming_it(spec, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
-        _parse_bound(spec, "configs/x.yaml bounds: k")
+        parse_bound(spec, "configs/x.yaml bounds: k")
     assert str(err.value).startswith("configs/x.yaml bounds: k: ")
 
 

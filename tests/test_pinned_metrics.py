@@ -42,7 +42,8 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 
 def measure(model: str, data_dir: Path, out: Path) -> dict:
     """Train ``model`` as pinned and return what is compared (floats as ``repr`` strings: exact)."""
-    from modalrec.runs import per_user_metrics, train_run
+    from modalrec.run_files import per_user_metrics
+    from modalrec.runs import train_run
 
     torch.set_num_threads(1)
     run, result = train_run(model, data_dir, overrides=dict(OVERRIDES), out=out, quiet=True, cache_dir=False)

@@ -22,8 +22,10 @@ from typer.testing import CliRunner
 from modalrec.cli import app
 from modalrec.errors import Interrupted, ModalrecError, RunError
 from modalrec.interrupt import graceful_interrupts
-from modalrec.runs import RESUME_FILE, read_resume_state, resume_run, train_run
-from modalrec.train import TRAINER_KEYS, TrainState
+from modalrec.run_files import RESUME_FILE
+from modalrec.run_resume import read_resume_state, resume_run
+from modalrec.runs import train_run
+from modalrec.training import TRAINER_KEYS, TrainState
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 # 1,500 training pairs / 256 = 6 batches per epoch, so a mid-epoch stop has batches on both sides
@@ -173,7 +175,7 @@ def test_models_with_cached_graphs_resume_exactly_mid_epoch(name, extra, syn_dir
 )
 def test_checkpoint_every(every, eval_step, written, syn_dataset):
     from modalrec.runs import prepare_model
-    from modalrec.train import fit
+    from modalrec.training import fit
 
     overrides = {**BASE, "epochs": 5, "checkpoint_every": every, "eval_step": eval_step}
     model, config, _ = prepare_model("BPR", syn_dataset, overrides, cache_dir=False)
@@ -282,9 +284,14 @@ def test_garbage_resume_state_is_refused(killed_run):
     assert_one_line_error(invoke("train", "--resume", killed_run), "corrupt or truncated")
 
 
-def test_changed_code_version_is_refused(killed_run):
+def test_changed_code_version_is_refused_unless_forced(killed_run):
     _rewrite_state(killed_run, code="0.0.1+0123456789ab")
-    assert_one_line_error(invoke("train", "--resume", killed_run, "--force"), "0.0.1+0123456789ab", "code changed")
+    assert_one_line_error(invoke("train", "--resume", killed_run), "0.0.1+0123456789ab", "code changed", "--force")
+    assert (killed_run / RESUME_FILE).is_file()  # the refusal leaves the state alone
+    # --force continues, with a warning that the result differs from an uninterrupted run (issue 28)
+    res = invoke("train", "--resume", killed_run, "--force", "-q")
+    assert res.exit_code == 0, res.output
+    assert "continuing with changed code" in res.stderr and "differ from an uninterrupted run" in res.stderr
 
 
 def test_changed_dataset_is_refused(killed_run):
@@ -395,7 +402,7 @@ def test_interrupted_benchmark_resumes_its_trial(syn_dir, tmp_path, monkeypatch)
 def test_benchmark_says_at_once_whether_an_interrupted_trial_resumes(syn_dir, tmp_path, monkeypatch):
     """The log says, when the trial is submitted (before its training, not only in the record written
     when it ends), that it continues its interrupted run — or, after a code change, that it starts over."""
-    import modalrec.runs as runs_mod
+    import modalrec.run_resume as resume_mod
 
     def interrupted(out: Path) -> tuple[list, Path]:
         args = ["benchmark", "--models", "BPR", "--data", syn_dir, "--seeds", "1", "--epochs", 2, "--threads", 1]
@@ -411,15 +418,15 @@ def test_benchmark_says_at_once_whether_an_interrupted_trial_resumes(syn_dir, tm
         return said < next(i for i, ln in enumerate(lines) if "best epoch" in ln)
 
     args, leftover = interrupted(tmp_path / "a")
-    assert runs_mod.resume_refusal(leftover) is None
+    assert resume_mod.resume_refusal(leftover) is None
     resumed = invoke(*args)
     assert resumed.exit_code == 0, resumed.output
     assert said_before_the_result(resumed.output, f"continues its interrupted run {leftover.name}"), resumed.output
 
     args, leftover = interrupted(tmp_path / "b")
-    real = runs_mod.code_version()
-    monkeypatch.setattr(runs_mod, "code_version", lambda: real + "-changed")
-    assert "the code changed" in runs_mod.resume_refusal(leftover)
+    real = resume_mod.code_version()
+    monkeypatch.setattr(resume_mod, "code_version", lambda: real + "-changed")
+    assert "the code changed" in resume_mod.resume_refusal(leftover)
     again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert said_before_the_result(again.output, f"cannot resume {leftover.name}"), again.output
@@ -429,8 +436,8 @@ def test_benchmark_says_at_once_whether_an_interrupted_trial_resumes(syn_dir, tm
 
 # ================================================================ progress: elapsed time and an upper-bound ETA
 def test_format_duration_and_epoch_clock():
-    from modalrec.train import format_duration
-    from modalrec.train.progress import EpochClock
+    from modalrec.training import format_duration
+    from modalrec.training.progress import EpochClock
 
     assert [format_duration(s) for s in (0, 59.4, 61, 3599, 3600, 7260)] == [
         "0s",
@@ -451,7 +458,7 @@ def test_format_duration_and_epoch_clock():
 
 def test_epoch_lines_show_elapsed_and_eta_and_one_eta_line(syn_dataset):
     from modalrec.runs import prepare_model
-    from modalrec.train import fit
+    from modalrec.training import fit
 
     lines: list[str] = []
     model, config, _ = prepare_model("BPR", syn_dataset, {**BASE, "epochs": 3}, cache_dir=False)
@@ -466,7 +473,7 @@ def test_epoch_lines_show_elapsed_and_eta_and_one_eta_line(syn_dataset):
 
 def test_rich_progress_bar_runs(syn_dataset):
     from modalrec.runs import prepare_model
-    from modalrec.train import fit
+    from modalrec.training import fit
 
     model, config, _ = prepare_model("BPR", syn_dataset, {**BASE, "epochs": 2}, cache_dir=False)
     assert fit(model, syn_dataset, config, log=lambda _: None, progress=True).timings["epochs_run"] == 2

@@ -18,16 +18,10 @@ from typer.testing import CliRunner
 
 from modalrec.cli import app
 from modalrec.errors import Interrupted, RunError
-from modalrec.runs import (
-    RESUME_FILE,
-    RUN_FILE_SAFE_GLOBALS,
-    load_run,
-    load_run_file,
-    read_resume_state,
-    resume_refusal,
-    resume_run,
-    train_run,
-)
+from modalrec.run_files import RESUME_FILE, RUN_FILE_SAFE_GLOBALS, load_run_file
+from modalrec.run_load import load_run
+from modalrec.run_resume import read_resume_state, resume_refusal, resume_run
+from modalrec.runs import train_run
 
 # 6 batches per epoch on the synthetic set: a stop in epoch 1 after batch 2 leaves a mid-epoch resume state
 OVERRIDES = {"epochs": 2, "train_batch_size": 256, "learning_rate": 0.01, "checkpoint_every": 1}

@@ -20,7 +20,8 @@ from modalrec.cli import app as cli_app
 from modalrec.data.dataset import load_dataset, write_dataset
 from modalrec.data.synth import generate_synthetic
 from modalrec.models import list_models
-from modalrec.runs import LoadedRun, load_run, prepare_model, recommend, train_run
+from modalrec.run_load import LoadedRun, load_run, recommend
+from modalrec.runs import prepare_model, train_run
 from modalrec.serve import Engine, create_app
 
 COLD = 7  # item with no training interaction in the test dataset

@@ -123,7 +123,7 @@ def test_search_ranges_extend_the_grid_without_changing_it():
 
 
 def test_pruning_stops_a_bad_trial_and_selection_never_looks_at_test(optuna, syn_dir, tmp_path, monkeypatch):
-    from modalrec.evaluate import Evaluator
+    from modalrec.evaluation import Evaluator
     from modalrec.experiments.tune import run_tune
 
     test_passes = []

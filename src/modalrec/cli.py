@@ -47,10 +47,25 @@ def handle_errors(fn):
             err_console.print("interrupted: stopped at once; no file was left half-written", highlight=False)
             raise typer.Exit(130) from None
         except ModalrecError as exc:
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True)
+            # a library error worded for Python callers carries its command-line wording (the options' names)
+            message = getattr(exc, "cli_message", None) or str(exc)
+            err_console.print(f"[red]error:[/red] {escape(message)}", markup=True)
+            _show_cause(exc)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _show_cause(exc: BaseException) -> None:
+    """Under ``-v``, the traceback of what caused a one-line error (e.g. the user's model file failing to import)."""
+    if _verbose["on"] and exc.__cause__ is not None:
+        import traceback
+
+        err_console.print("caused by:")
+        err_console.print("".join(traceback.format_exception(exc.__cause__)).rstrip())
+
+
+_verbose = {"on": False}  # set by the global -v/--verbose option
 
 
 ThreadsOption = Annotated[
@@ -63,6 +78,15 @@ ThreadsOption = Annotated[
 DeviceOption = Annotated[str, typer.Option(help="cpu | cuda")]
 # evaluate and recommend have always shown --device without a help line
 RunDeviceOption = Annotated[str, typer.Option()]
+RunModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model code to load the run with (name, path/file.py:Class or module:Class) instead of the spec the run "
+        "recorded, e.g. when its file moved.",
+        show_default=False,
+    ),
+]
 
 
 def _set_option(help: str) -> Any:
@@ -71,6 +95,8 @@ def _set_option(help: str) -> Any:
 
 
 SetOverrides = list[str] | None
+# what every option naming a model accepts (modalrec.models.spec)
+MODEL_SPEC_HELP = "a name (see `modalrec models`), path/to/file.py:Class or package.module:Class"
 EpochsOption = Annotated[int | None, typer.Option(help="Maximum epochs.")]
 # where the trials of benchmark, ablate, sweep and tune run (see _campaign)
 ExecutorOption = Annotated[
@@ -96,7 +122,12 @@ def _split_list(value: str | None) -> list[str] | None:
 
 
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _setup(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging; with an error, the traceback of its cause.")
+    ] = False,
+) -> None:
+    _verbose["on"] = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="warning: %(message)s",
@@ -107,10 +138,23 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
 
 # ---------------------------------------------------------------------- models
 @app.command("models")
-def models_cmd() -> None:
-    """List every registered model with a one-line description."""
+@handle_errors
+def models_cmd(
+    details: Annotated[
+        str | None,
+        typer.Option(
+            "--details",
+            metavar="SPEC",
+            help="One model's settings (name, path/to/file.py:Class or module:Class): keys, grid, tune, presets.",
+        ),
+    ] = None,
+) -> None:
+    """List every registered or installed (plugin) model with a one-line description, or one model's settings."""
     from modalrec.models import list_models
 
+    if details is not None:
+        _print_model_settings(details)
+        return
     table = Table(title="Registered models")
     table.add_column("model")
     table.add_column("modalities")
@@ -121,6 +165,64 @@ def models_cmd() -> None:
         cold = "from content" if cls.cold_start == "content" else "unable (random)"
         table.add_row(cls.name, "content + ID" if cls.min_modalities else "ID only", cold, cls.description)
     _console().print(table)
+
+
+def _print_model_settings(spec: str) -> None:
+    """``models --details``: every configuration key of a model (its own first), its grid, tune's ranges, presets.
+
+    Plain lines, one per key (a table would cut keys short in a narrow terminal).
+    """
+    from modalrec.config import NO_PRESET, describe_settings, model_settings
+    from modalrec.models import model_spec_of, resolve_model
+
+    cls = resolve_model(spec)
+    rows, presets = describe_settings(cls)
+    console = _console()
+
+    def shown(value: Any) -> str:  # as YAML writes it: null, true, [recall, ndcg]
+        if isinstance(value, list | tuple):
+            return f"[{', '.join(shown(v) for v in value)}]"
+        return value if isinstance(value, str) else json.dumps(value)
+
+    console.print(f"{cls.name} ({model_spec_of(cls)}): {cls.description or model_settings(cls).get('description', '')}")
+    cells = [(r.key, shown(r.default), r.type, r.bound or "-") for r in rows]
+    widths = [max(len(c[n]) for c in cells) for n in range(4)]
+    for n, (r, row_cells) in enumerate(zip(rows, cells, strict=True)):
+        if n == 0 or r.source != rows[n - 1].source:
+            whose = f"{cls.name}'s own keys" if r.own else "shared keys"
+            console.print(f"{whose} ({r.source}): key, default, type, allowed; grid: --grid/sweep; tune: tune's range")
+        line = "  ".join(c.ljust(w) for c, w in zip(row_cells, widths, strict=True))
+        grid = f"  grid: {', '.join(shown(v) for v in r.grid)}" if r.grid is not None else ""
+        tune = f"  tune: {r.tune}" if r.tune else ""
+        console.print(f"  {line}{grid}{tune}".rstrip())
+    if not presets:
+        console.print("presets: none")
+        return
+    console.print(f"presets (--preset NAME; the one named like the dataset applies by itself; --preset {NO_PRESET}):")
+    for name, values in presets.items():
+        console.print(f"  {name}: {', '.join(f'{k}={shown(v)}' for k, v in values.items()) or 'nothing'}")
+
+
+@app.command("check-model")
+@handle_errors
+def check_model_cmd(
+    spec: Annotated[str, typer.Argument(help=f"The model to check: {MODEL_SPEC_HELP}.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: a small built-in synthetic set).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Epochs of the main training (default 10; 2 or more to see the loss fall)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the trainings (default: the model's).")] = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Run the contract checks every built-in model passes; one line per check, exit 1 if one fails."""
+    configure_threads(threads)
+    from modalrec.testing import check_model
+
+    report = check_model(spec, dataset=data, seed=seed, **({"epochs": epochs} if epochs is not None else {}))
+    _console().print(str(report))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------- data
@@ -228,7 +330,7 @@ def data_synth(
 @app.command("train")
 @handle_errors
 def train_cmd(
-    model: Annotated[str | None, typer.Option(help="Model name (see `modalrec models`).")] = None,
+    model: Annotated[str | None, typer.Option(help=f"Model: {MODEL_SPEC_HELP}.")] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (with --resume: where the data now is).")] = None,
     modalities: Annotated[str | None, typer.Option(help="Comma-separated subset of modalities.")] = None,
     set_: Annotated[SetOverrides, _set_option("Config override key=value (repeatable).")] = None,
@@ -259,7 +361,12 @@ def train_cmd(
         Path | None, typer.Option(help="Continue the interrupted run in this directory from its resume.pt.")
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="With --resume: accept a changed configuration or device.")
+        bool,
+        typer.Option(
+            "--force",
+            help="With --resume: accept a changed configuration, device or code (modalrec's or the model's); "
+            "the result then differs from an uninterrupted run.",
+        ),
     ] = False,
     threads: ThreadsOption = None,
 ) -> None:
@@ -268,7 +375,8 @@ def train_cmd(
     Ctrl-C or SIGTERM stops after the current batch, saves the resume state and says how to resume;
     a second Ctrl-C quits at once.
     """
-    from modalrec.runs import resume_run, train_run
+    from modalrec.run_resume import resume_run
+    from modalrec.runs import train_run
 
     configure_threads(threads)
     overrides = _overrides(set_, config, seed=seed, epochs=epochs, eval_mode=eval_)
@@ -344,16 +452,17 @@ def evaluate_cmd(
         typer.Option("--eval", help="warm | cold | all (default: the run's own eval mode)."),
     ] = None,
     threads: ThreadsOption = None,
+    model: RunModelOption = None,
 ) -> None:
     """Re-evaluate a trained run with full ranking."""
     configure_threads(threads)
     from modalrec.config import topk_list
-    from modalrec.runs import evaluate_run, load_run
+    from modalrec.run_load import evaluate_run, load_run
 
     if split not in ("valid", "test"):
         raise ModalrecError("--split must be valid or test")
     ks = topk_list(topk, "--topk") if topk is not None else None
-    loaded = load_run(run, device)
+    loaded = load_run(run, device, model=model)
     result = evaluate_run(loaded, split, ks, mask_valid, eval_)
     if as_json:
         out = {"split": split, "eval": result.mode, "metrics": result.metrics, "seconds": result.seconds}
@@ -374,12 +483,13 @@ def recommend_cmd(
     include_seen: Annotated[bool, typer.Option(help="Do not exclude training items.")] = False,
     device: RunDeviceOption = "cpu",
     threads: ThreadsOption = None,
+    model: RunModelOption = None,
 ) -> None:
     """Top-k recommendations of one user as JSON on stdout."""
     configure_threads(threads)
-    from modalrec.runs import load_run, recommend
+    from modalrec.run_load import load_run, recommend
 
-    result = recommend(load_run(run, device), user, k, explain, not include_seen)
+    result = recommend(load_run(run, device, model=model), user, k, explain, not include_seen)
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
@@ -395,11 +505,12 @@ def serve_cmd(
             help=f"CPU threads for torch (default: ${THREADS_ENV}, else 1: requests are small).", show_default=False
         ),
     ] = None,
+    model: RunModelOption = None,
 ) -> None:
     """Serve a trained run: JSON API (/docs) and a web page at / (refuses to start on a bad run)."""
     from modalrec.serve import serve
 
-    serve(run, host, port, threads=resolve_threads(threads, default=1))
+    serve(run, host, port, threads=resolve_threads(threads, default=1), model=model)
 
 
 @app.command("demo")
@@ -569,7 +680,8 @@ def _print_report(text: str, summary: str, files: list[Path]) -> None:
 def benchmark_cmd(
     data: Annotated[Path, typer.Option(help="Dataset folder.")],
     models: Annotated[
-        str | None, typer.Option(help="Comma-separated model names, e.g. BPR,LightGCN,MARIO (or --plan).")
+        str | None,
+        typer.Option(help=f"Comma-separated models, e.g. BPR,LightGCN,my.py:Mine (each {MODEL_SPEC_HELP}; or --plan)."),
     ] = None,
     plan: Annotated[
         Path | None, typer.Option(help="YAML of table rows (model, label, set, grid, modalities) instead of --models.")
@@ -668,7 +780,7 @@ def ablate_cmd(
 @app.command("sweep")
 @handle_errors
 def sweep_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help=f"Model: {MODEL_SPEC_HELP}.")],
     data: Annotated[Path, typer.Option(help="Dataset folder.")],
     param: Annotated[str, typer.Option(help="name=v1,v2,... (values are YAML; lists in brackets).")],
     param2: Annotated[str | None, typer.Option(help="Second parameter: a heat map instead of lines.")] = None,
@@ -696,7 +808,7 @@ def sweep_cmd(
 @app.command("tune")
 @handle_errors
 def tune_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help=f"Model: {MODEL_SPEC_HELP}.")],
     data: Annotated[Path, typer.Option(help="Dataset folder.")],
     trials: Annotated[int, typer.Option(help="Finished (complete or pruned) trials the study should have in all.")],
     sampler: Annotated[str, typer.Option(help="tpe | random | grid (the finite search_space).")] = "tpe",

@@ -11,7 +11,8 @@ from rich.text import Text
 
 from modalrec.data.dataset import load_dataset
 from modalrec.data.synth import write_synthetic_dataset
-from modalrec.runs import LoadedRun, new_run_dir, recommend, train_run
+from modalrec.run_load import LoadedRun, recommend
+from modalrec.runs import new_run_dir, train_run
 
 DEMO_MODELS = ("BPR", "LightGCN", "MARIO")
 # The demo keeps the protocol (early stopping on valid Recall@20, test once on the best
@@ -96,7 +97,7 @@ def run_demo(
         table.add_row(name, *cells)
     console.print(table)
 
-    from modalrec.runs import load_run
+    from modalrec.run_load import load_run
 
     run: LoadedRun = load_run(results["MARIO"]["run"], cache_dir=cache_dir)
     if user is None:  # a user with a test item, so the list can be checked against it

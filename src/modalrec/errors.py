@@ -1,10 +1,13 @@
 """Errors a user can act on.
 
 Every error raised for bad input is a :class:`ModalrecError`; the CLI prints its message
-on one line and exits with a non-zero code instead of showing a traceback.
+on one line and exits with a non-zero code instead of showing a traceback. An error worded for a Python
+caller can carry its command-line wording as well (:func:`worded_for_cli`).
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 
 class ModalrecError(Exception):
@@ -39,3 +42,13 @@ class Interrupted(ModalrecError):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+E = TypeVar("E", bound=ModalrecError)
+
+
+def worded_for_cli(exc: E, cli_message: str) -> E:
+    """``exc``, worded for a Python caller (it names parameters, e.g. ``out``), carrying ``cli_message``: the same
+    error worded for the command line, naming its options (``--out``); the CLI prints that one instead."""
+    exc.cli_message = cli_message  # type: ignore[attr-defined]
+    return exc

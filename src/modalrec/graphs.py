@@ -413,9 +413,14 @@ class GraphStore:
         return self._ops[(name, False)]
 
     # -- the graphs
-    def norm_adj_matrix(self) -> sp.csr_matrix:
+    def _training_graph(self, kind: str, build: Callable[[sp.csr_matrix], sp.csr_matrix]) -> sp.csr_matrix:
+        """``build`` of the training interaction matrix, cached under ``kind`` and the interactions' hash."""
         ds = self.dataset
-        return self.cached("norm_adj", (ds.interactions_hash,), lambda: sym_norm_adjacency(ds.train_matrix))
+        return self.cached(kind, (ds.interactions_hash,), lambda: build(ds.train_matrix))
+
+    def norm_adj_matrix(self) -> sp.csr_matrix:
+        """Â as a SciPy matrix (what :meth:`norm_adj` multiplies by), cached."""
+        return self._training_graph("norm_adj", sym_norm_adjacency)
 
     def norm_adj(self) -> SparseOperator:
         """Â = D^{-1/2} A D^{-1/2} on the training graph, (U+I)×(U+I)."""
@@ -423,24 +428,12 @@ class GraphStore:
 
     def rw_adj(self) -> SparseOperator:
         """(D+I)^{-1}(A+I) on the training graph (NGCF, LATTICE)."""
-        ds = self.dataset
-        return self._op(
-            "rw_adj",
-            lambda: self.cached(
-                "rw_adj", (ds.interactions_hash,), lambda: rw_norm_adjacency_self_loops(ds.train_matrix)
-            ),
-            symmetric=False,
-        )
+        return self._op("rw_adj", lambda: self._training_graph("rw_adj", rw_norm_adjacency_self_loops), symmetric=False)
 
     def norm_interactions(self) -> SparseOperator:
         """R̂ = D_u^{-1/2} R D_i^{-1/2}, U × I."""
-        ds = self.dataset
         return self._op(
-            "norm_inter",
-            lambda: self.cached(
-                "norm_inter", (ds.interactions_hash,), lambda: norm_interaction_matrix(ds.train_matrix)
-            ),
-            symmetric=False,
+            "norm_inter", lambda: self._training_graph("norm_inter", norm_interaction_matrix), symmetric=False
         )
 
     def knn_matrix(

@@ -1,56 +1,38 @@
-"""Run directories: train a model into a new directory, load it back, evaluate, recommend.
+"""Run directories: train a model into a new directory; the steps a resumed run shares.
 
 A run directory (``runs/<model>-<dataset>-<timestamp>`` by default) holds
 ``config.yaml`` (resolved configuration and data source), ``metrics.json`` (best epoch,
 valid and test metrics at it, per-epoch history, timings), ``test_per_user.npz`` and
 ``valid_per_user.npz`` (per-user metric vectors), ``model.pt`` (checkpoint) and
 ``train.log``. While training, ``resume.pt`` holds the latest resume state (see
-:func:`resume_run`); it is removed when the run finishes. An existing directory is never
-overwritten; every file is written atomically.
+:func:`modalrec.run_resume.resume_run`); it is removed when the run finishes. An existing directory is never
+overwritten; every file is written atomically. The files' formats and safe reading are :mod:`modalrec.run_files`;
+a finished run is loaded, evaluated and asked for recommendations through :mod:`modalrec.run_load`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import json
-import logging
-import pickle
-import pickletools
 import shutil
 import sys
-import threading
 import time
-import warnings
-import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from modalrec.config import Config, describe_preset, resolve_config, topk_list
+from modalrec.config import Config, describe_preset, resolve_config
 from modalrec.data.dataset import Dataset, load_dataset
-from modalrec.errors import Interrupted, ModalrecError, RunError
-from modalrec.evaluate import EvalResult, Evaluator, resolve_eval_mode
+from modalrec.errors import Interrupted, ModalrecError, RunError, worded_for_cli
+from modalrec.evaluation import resolve_eval_mode
 from modalrec.graphs import GraphStore
 from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.io import atomic_write, write_json, write_npz, write_text, write_yaml
-from modalrec.models import Recommender, build_model, get_model_class
+from modalrec.models import Recommender, resolve_model
 from modalrec.models.base import COLD_UNABLE
-from modalrec.recommend import recommend_user
-from modalrec.train import TrainingStopped, TrainResult, checkpoint_interval, fit, seed_everything
-
-CHECKPOINT_VERSION = 1
-RESUME_FILE = "resume.pt"
-RESUME_FORMAT = "modalrec-resume"
-RESUME_VERSION = 1
-# configuration keys that do not change what training computes: changing them needs no --force
-RESUME_NEUTRAL_KEYS = frozenset({"checkpoint_every"})
-log = logging.getLogger("modalrec")
+from modalrec.run_files import RESUME_FILE, RESUME_FORMAT, RESUME_VERSION, code_version, save_checkpoint
+from modalrec.run_model import model_record
+from modalrec.training import TrainingStopped, TrainResult, checkpoint_interval, fit, seed_everything
 
 
 class RunLog:
@@ -82,7 +64,10 @@ def new_run_dir(model: str, dataset: str, out: str | Path | None, root: str | Pa
     if out is not None:
         path = Path(out)
         if path.exists():
-            raise RunError(f"{path}: already exists; runs are never overwritten (choose another --out)")
+            message = f"{path}: already exists; runs are never overwritten"
+            raise worded_for_cli(
+                RunError(f"{message} (choose another out folder)"), f"{message} (choose another --out)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir()
         return path
@@ -100,7 +85,7 @@ def new_run_dir(model: str, dataset: str, out: str | Path | None, root: str | Pa
 
 
 def prepare_model(
-    model_name: str,
+    model_name: str | type[Recommender],
     dataset: Dataset,
     overrides: dict[str, Any] | None = None,
     preset: str | None = None,
@@ -108,26 +93,34 @@ def prepare_model(
     cache_dir: str | Path | bool | None = None,
     config: Config | None = None,
 ) -> tuple[Recommender, Config, GraphStore]:
-    """Resolve the config (or take ``config`` as resolved), seed every RNG, build graphs and the model."""
-    cls = get_model_class(model_name)
+    """Resolve the config (or take ``config`` as resolved), seed every RNG, build graphs and the model.
+
+    ``model_name`` is any model spec or the class itself (:func:`~modalrec.models.spec.resolve_model`)."""
+    cls = resolve_model(model_name)
     if config is None:
-        config = resolve_config(cls.config_name, dataset.name, overrides, preset)
+        config = resolve_config(cls, dataset.name, overrides, preset)
     seed_everything(int(config.seed))
     graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
-    model = build_model(cls.name, dataset, config, graphs).to(device)
+    model = cls(dataset, config, graphs).to(device)
     return model, config, graphs
 
 
 def check_device(device: str) -> str:
+    """``device`` when this machine can train on it; else a one-line error (worded for Python and for the CLI)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModalrecError(f"--device {device}: CUDA is not available on this machine")
+        raise worded_for_cli(
+            ModalrecError(f"device {device!r}: CUDA is not available on this machine"),
+            f"--device {device}: CUDA is not available on this machine",
+        )
     if device != "cpu" and not device.startswith("cuda"):
-        raise ModalrecError(f"--device {device!r}: use cpu or cuda")
+        raise worded_for_cli(
+            ModalrecError(f"device {device!r}: use 'cpu' or 'cuda'"), f"--device {device!r}: use cpu or cuda"
+        )
     return device
 
 
 def train_run(
-    model_name: str,
+    model_name: str | type[Recommender],
     data_dir: str | Path,
     modalities: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
@@ -144,7 +137,10 @@ def train_run(
 ) -> tuple[Path, TrainResult]:
     """Train one model on one dataset into a new run directory; returns (run dir, result).
 
-    ``on_epoch`` and ``evaluate_test`` go to :func:`modalrec.train.fit` (a tuning trial's pruning
+    ``model_name`` is any model spec — a registered name, ``path/file.py:Class``, ``package.module:Class``,
+    an entry point — or the class itself; the run records its spec and source hash (:mod:`modalrec.run_model`).
+
+    ``on_epoch`` and ``evaluate_test`` go to :func:`modalrec.training.fit` (a tuning trial's pruning
     hook; no test pass, so ``metrics.json`` has ``test: null`` and there is no ``test_per_user.npz``).
 
     The whole configuration is checked and the model built (its constructor checks its
@@ -155,16 +151,16 @@ def train_run(
     check_device(device)
     if dataset is None:
         dataset = load_dataset(data_dir, modalities)
-    cls = get_model_class(model_name)
-    config = resolve_config(cls.config_name, dataset.name, overrides, preset)  # the run's one resolution
+    cls = resolve_model(model_name)
+    config = resolve_config(cls, dataset.name, overrides, preset)  # the run's one resolution
     notes, cold_note = _preflight(cls, dataset, config)
-    model, config, graphs = prepare_model(cls.name, dataset, device=device, cache_dir=cache_dir, config=config)
+    model, config, graphs = prepare_model(cls, dataset, device=device, cache_dir=cache_dir, config=config)
     run_dir = new_run_dir(cls.name, dataset.name, out, runs_root)
     try:
         runlog = RunLog(run_dir / "train.log", echo=not quiet)
         _log_run_start(runlog, model, dataset, config, device, notes, cold_note)
-        _write_run_config(run_dir, cls.name, dataset, config)
-        return _train_into(
+        write_run_config(run_dir, cls, dataset, config)
+        return train_into(
             run_dir,
             model,
             dataset,
@@ -252,11 +248,12 @@ def cold_start_info(model: Recommender, dataset: Dataset) -> dict[str, Any] | No
     }
 
 
-def _write_run_config(run_dir: Path, model_name: str, dataset: Dataset, config: Config) -> None:
+def write_run_config(run_dir: Path, cls: type[Recommender], dataset: Dataset, config: Config) -> None:
+    """Write ``config.yaml``: the model's record, the data source, the preset and the resolved configuration."""
     write_yaml(
         run_dir / "config.yaml",
         {
-            "model": model_name,
+            **model_record(cls),  # model, model_spec, model_source_hash
             "data": {
                 "path": str(dataset.path) if dataset.path else None,
                 "name": dataset.name,
@@ -274,6 +271,7 @@ def _write_run_config(run_dir: Path, model_name: str, dataset: Dataset, config: 
 
 
 def _dataset_info(dataset: Dataset) -> dict[str, Any]:
+    """The dataset's identity as a resume state records it (checked again when the run continues)."""
     return {
         "path": str(dataset.path) if dataset.path else None,
         "name": dataset.name,
@@ -284,7 +282,39 @@ def _dataset_info(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def _train_into(
+class _ResumeWriter:
+    """Writes ``resume.pt`` (the run's metadata and the trainer's state), atomically; remembers where the last
+    state written stands, so a failure can say which state is intact."""
+
+    def __init__(
+        self, run_dir: Path, model: Recommender, config: Config, dataset: Dataset, resume: dict[str, Any] | None
+    ) -> None:
+        self.path = run_dir / RESUME_FILE
+        self.hint = f"resume with: modalrec train --resume {run_dir}"
+        self.where = None if resume is None else describe_position(resume)
+        self.meta = {
+            "format": RESUME_FORMAT,
+            "version": RESUME_VERSION,
+            "code": code_version(),
+            **model_record(type(model)),  # model, model_spec, model_source_hash
+            "config": config.to_dict(),
+            "dataset": _dataset_info(dataset),
+        }
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        try:
+            atomic_write(self.path, lambda fh: torch.save({**self.meta, "train": state}, fh), mode="wb")
+        except OSError as exc:
+            kept = (
+                f"the previous resume state ({self.where}) is intact — fix that, then {self.hint}"
+                if self.where
+                else "no earlier resume state exists"
+            )
+            raise RunError(f"{self.path}: cannot write the resume state ({exc.strerror or exc}); {kept}") from None
+        self.where = describe_position(state)
+
+
+def train_into(
     run_dir: Path,
     model: Recommender,
     dataset: Dataset,
@@ -302,30 +332,7 @@ def _train_into(
     Ctrl-C/SIGTERM stop training at the next batch with its state saved (:class:`Interrupted`);
     a resume state that cannot be written stops the run with the previous state intact.
     """
-    resume_path = run_dir / RESUME_FILE
-    meta = {
-        "format": RESUME_FORMAT,
-        "version": RESUME_VERSION,
-        "code": code_version(),
-        "model": model.name,
-        "config": config.to_dict(),
-        "dataset": _dataset_info(dataset),
-    }
-    saved: dict[str, str | None] = {"where": None if resume is None else describe_position(resume)}
-    hint = f"resume with: modalrec train --resume {run_dir}"
-
-    def checkpoint(state: dict[str, Any]) -> None:
-        try:
-            atomic_write(resume_path, lambda fh: torch.save({**meta, "train": state}, fh), mode="wb")
-        except OSError as exc:
-            kept = (
-                f"the previous resume state ({saved['where']}) is intact — fix that, then {hint}"
-                if saved["where"]
-                else "no earlier resume state exists"
-            )
-            raise RunError(f"{resume_path}: cannot write the resume state ({exc.strerror or exc}); {kept}") from None
-        saved["where"] = describe_position(state)
-
+    writer = _ResumeWriter(run_dir, model, config, dataset, resume)
     try:
         with graceful_interrupts() as flag:
             result = fit(
@@ -335,20 +342,31 @@ def _train_into(
                 log=runlog,
                 progress=progress,
                 device=device,
-                checkpoint=checkpoint,
+                checkpoint=writer,
                 resume=resume,
                 interrupt=flag,
                 on_epoch=on_epoch,
                 evaluate_test=evaluate_test,
             )
     except OSError as exc:  # e.g. train.log on a full disk; the resume state has its own message above
-        kept = f"the last resume state ({saved['where']}) is intact — {hint}" if saved["where"] else "nothing to resume"
+        kept = (
+            f"the last resume state ({writer.where}) is intact — {writer.hint}" if writer.where else "nothing to resume"
+        )
         raise RunError(f"{run_dir}: writing failed ({exc}); {kept}") from None
     except TrainingStopped as stop:
-        runlog(f"interrupted: training stopped {stop.where}; state saved in {resume_path}")
+        runlog(f"interrupted: training stopped {stop.where}; state saved in {writer.path}")
         raise Interrupted(
-            f"training stopped {stop.where}; state saved — {hint}", SIGNAL_EXIT_CODES.get(stop.signum, 130)
+            f"training stopped {stop.where}; state saved — {writer.hint}", SIGNAL_EXIT_CODES.get(stop.signum, 130)
         ) from None
+    _write_finished_run(run_dir, model, dataset, config, graphs, result)
+    writer.path.unlink(missing_ok=True)  # finished: model.pt supersedes the resume state
+    return run_dir, result
+
+
+def _write_finished_run(
+    run_dir: Path, model: Recommender, dataset: Dataset, config: Config, graphs: GraphStore, result: TrainResult
+) -> None:
+    """A finished run's files: ``model.pt``, the per-user metric vectors and, last, ``metrics.json``."""
     save_checkpoint(run_dir / "model.pt", model, config, dataset)
     if result.test is not None:
         write_npz(run_dir / "test_per_user.npz", users=result.test.users, **result.test.per_user)
@@ -369,8 +387,6 @@ def _train_into(
             "history": result.history,
         },
     )
-    resume_path.unlink(missing_ok=True)  # finished: model.pt supersedes the resume state
-    return run_dir, result
 
 
 def describe_position(state: dict[str, Any]) -> str:
@@ -379,337 +395,3 @@ def describe_position(state: dict[str, Any]) -> str:
     if trainer["batch"] is None:
         return f"after epoch {trainer['epoch'] - 1}"
     return f"in epoch {trainer['epoch']}, after batch {trainer['batch']}"
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """``<version>+<hash of the package's sources>``: any code change changes it (a resume then refuses)."""
-    from modalrec import __version__
-
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha1()
-    for path in sorted(root.rglob("*")):
-        if path.suffix in (".py", ".yaml") and path.is_file():
-            h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes())
-    return f"{__version__}+{h.hexdigest()[:12]}"
-
-
-# What a run file may hold besides tensors and plain containers: NumPy arrays of numbers (the NumPy random
-# state and per-user metric vectors inside a resume state). numpy pickles an array as ``_reconstruct`` (whose
-# module is numpy.core in numpy 1, numpy._core in numpy 2, hence both names) + ``ndarray`` + its ``dtype``;
-# an object array is refused (its dtype class is not listed), as is every other callable or class.
-_numpy_reconstruct = np.zeros(0).__reduce__()[0]  # found through an array: its module moved in numpy 2
-_NUMERIC_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
-RUN_FILE_SAFE_GLOBALS: list[Any] = [
-    (_numpy_reconstruct, "numpy.core.multiarray._reconstruct"),
-    (_numpy_reconstruct, "numpy._core.multiarray._reconstruct"),
-    np.ndarray,
-    np.dtype,
-    *(type(np.dtype(t)) for t in (*_NUMERIC_DTYPES, np.float16, np.float32, np.float64)),
-]
-# torch's allowlist is process-wide: it is extended by one load at a time (see _run_file_globals)
-_safe_load_lock = threading.Lock()
-# pickle opcodes that look up a callable or class, call it or set an object's state: never in plain data
-_OBJECT_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
-
-
-@contextlib.contextmanager
-def _run_file_globals() -> Iterator[None]:
-    """Within the block, torch's ``weights_only`` allowlist also holds :data:`RUN_FILE_SAFE_GLOBALS`; afterwards it
-    is as the caller had it (entries the caller had added themselves stay)."""
-    with _safe_load_lock:
-        present = set(torch.serialization.get_safe_globals())
-        with torch.serialization.safe_globals([g for g in RUN_FILE_SAFE_GLOBALS if g not in present]):
-            yield
-
-
-def load_run_file(path: Path, mmap: bool = False) -> Any:
-    """``torch.load`` of a run's ``model.pt`` or ``resume.pt`` that builds only tensors, plain data and numeric
-    NumPy arrays (``weights_only``), on the CPU: opening a run someone else wrote runs none of their code.
-
-    A file holding anything else — e.g. a planted pickle whose unpickling would call ``os.system`` —
-    is refused with a one-line :class:`RunError` and nothing in it is executed; any other failure
-    (a truncated or foreign file) propagates for the caller to word.
-    """
-    try:
-        with _run_file_globals(), warnings.catch_warnings():
-            # a pickle of a newer protocol (only a hand-made file has one) draws a warning before its refusal
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:
-        foreign = _foreign_objects(path, exc)
-        if foreign is None:
-            raise
-        raise RunError(
-            f"{path}: holds objects other than tensors and plain data{foreign}; refusing to load it (it could run code)"
-        ) from None
-
-
-def _foreign_objects(path: Path, exc: Exception) -> str | None:
-    """Whether ``path`` failed to load because it holds objects other than plain data, read statically (nothing
-    in it is unpickled): the names of those objects as ``" (posix.system)"`` (``""`` when unknown), else None
-    (a damaged or foreign file)."""
-    if zipfile.is_zipfile(path):  # torch's format: an unpickling error is the weights-only unpickler's refusal
-        if not isinstance(exc, pickle.UnpicklingError):
-            return None
-        try:
-            with _run_file_globals():
-                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # names unknown; refused all the same
-            names = []
-        return f" ({', '.join(sorted(names))})" if names else ""
-    ops: set[str] = set()
-    try:
-        with path.open("rb") as fh:  # bare pickles, one after another (torch's legacy format has several)
-            while fh.read(1) == pickle.PROTO:  # every pickle of protocol 2 and above starts with PROTO
-                fh.seek(-1, 1)
-                try:
-                    ops |= {op.name for op, _, _ in pickletools.genops(fh)}
-                except Exception:  # the end of the pickles (or damage): judge what was read
-                    break
-    except OSError:
-        return None
-    return "" if ops & _OBJECT_OPCODES else None
-
-
-def read_resume_state(run_dir: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """The resume state of an unfinished run, loaded onto the CPU; one-line errors for every bad case.
-
-    ``mmap``: map the tensors instead of reading them (a cheap look at the metadata)."""
-    run_dir = Path(run_dir)
-    path = run_dir / RESUME_FILE
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory")
-    if (run_dir / "metrics.json").is_file():  # written last, just before resume.pt is removed
-        raise RunError(f"{run_dir}: the run has finished (metrics.json is there); nothing to resume")
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir}: no {RESUME_FILE} — the run stopped before its first resume state was written "
-            "(or this is not a run directory); start it again"
-        )
-    try:
-        state = load_run_file(path, mmap=mmap)
-    except RunError:
-        raise
-    except Exception as exc:  # a truncated zip, a pickle error, …: all mean the file is damaged
-        raise RunError(f"{path}: corrupt or truncated resume state ({exc.__class__.__name__}); cannot resume") from None
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        raise RunError(f"{path}: not a modalrec resume state")
-    if state.get("version") != RESUME_VERSION:
-        raise RunError(f"{path}: resume-state format {state.get('version')}, this modalrec reads {RESUME_VERSION}")
-    missing = [k for k in ("code", "model", "config", "dataset", "train") if k not in state]
-    if missing:
-        raise RunError(f"{path}: corrupt resume state (no {missing[0]!r})")
-    return state
-
-
-def _check_resume_code(state: dict[str, Any], path: Path) -> None:
-    if state["code"] != code_version():
-        raise RunError(
-            f"{path}: written by modalrec {state['code']}, this is {code_version()}; the code changed, so the "
-            "run cannot continue exactly — start a new run"
-        )
-
-
-def resume_refusal(run_dir: str | Path) -> str | None:
-    """Why :func:`resume_run` would refuse ``run_dir`` for its state alone (damaged, other code), else None.
-
-    A cheap look (the tensors are memory-mapped), so a driver can say at once that a trial starts
-    over; the dataset and configuration checks are left to :func:`resume_run`.
-    """
-    try:
-        _check_resume_code(read_resume_state(run_dir, mmap=True), Path(run_dir) / RESUME_FILE)
-    except RunError as exc:
-        return str(exc)
-    return None
-
-
-def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = [k for k in {**old, **new} if k not in RESUME_NEUTRAL_KEYS and old.get(k) != new.get(k)]
-    return [f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys]
-
-
-def resume_run(
-    run_dir: str | Path,
-    overrides: dict[str, Any] | None = None,
-    device: str = "cpu",
-    quiet: bool = False,
-    progress: bool = False,
-    force: bool = False,
-    cache_dir: str | Path | bool | None = None,
-    data_dir: str | Path | None = None,
-    dataset: Dataset | None = None,
-) -> tuple[Path, TrainResult]:
-    """Continue an interrupted run from its ``resume.pt``; the finished run equals an uninterrupted one.
-
-    Refuses (one-line :class:`RunError`) when the code version or the dataset changed since the
-    state was written, when the file is damaged, when ``overrides`` change the configuration
-    (``force`` accepts that: training continues under the new values) and when the state was
-    written on another device type (``force`` continues anyway, loaded with ``map_location``;
-    the result then differs from an uninterrupted run in the last bits).
-    """
-    run_dir = Path(run_dir)
-    check_device(device)
-    state = read_resume_state(run_dir)
-    path = run_dir / RESUME_FILE
-    _check_resume_code(state, path)
-    info = state["dataset"]
-    if dataset is None:
-        source = data_dir or info["path"]
-        if source is None or not Path(source).is_dir():
-            raise RunError(f"{run_dir}: its dataset {source} is not available (pass the data directory)")
-        dataset = load_dataset(source, info["modalities"])
-    if dataset.fingerprint != info["fingerprint"] or dataset.modalities != info["modalities"]:
-        raise RunError(f"{run_dir}: the dataset at {dataset.path} changed since the run started (content hash differs)")
-    cls = get_model_class(state["model"])
-    saved = dict(state["config"])
-    config = Config(saved)
-    notes = []
-    if overrides:
-        wanted = {k: v for k, v in saved.items() if k != "preset"}
-        wanted.update(overrides)
-        config = resolve_config(cls.config_name, dataset.name, wanted, saved.get("preset"))
-        changes = _config_changes(saved, config.to_dict())
-        if changes and not force:
-            raise RunError(
-                f"{run_dir}: the configuration differs from the interrupted run's ({'; '.join(changes)}); "
-                "pass --force to continue under the new values"
-            )
-        if changes:
-            notes.append(f"warning: --force: continuing with a changed configuration ({'; '.join(changes)})")
-    saved_device = state["train"].get("device", "cpu")
-    if saved_device != torch.device(device).type:
-        if not force:
-            raise RunError(
-                f"{path}: written on {saved_device}, resuming on {device}; use --device {saved_device}, "
-                "or --force to continue here (the result will differ slightly from an uninterrupted run)"
-            )
-        notes.append(f"warning: --force: the state was written on {saved_device}, continuing on {device}")
-    threads = state["train"].get("threads")
-    if threads is not None and threads != torch.get_num_threads():
-        notes.append(
-            f"warning: the run used {threads} threads, this process {torch.get_num_threads()}; results may differ "
-            f"in the last bits from an uninterrupted run (use --threads {threads})"
-        )
-    runlog = RunLog(run_dir / "train.log", echo=not quiet, append=True)
-    runlog(f"resuming {run_dir} {describe_position(state['train'])} on {device}")
-    for n in notes:
-        runlog(n)
-    model, config, graphs = prepare_model(cls.name, dataset, device=device, cache_dir=cache_dir, config=config)
-    if config.to_dict() != saved:
-        _write_run_config(run_dir, cls.name, dataset, config)
-    return _train_into(run_dir, model, dataset, config, graphs, runlog, device, progress and not quiet, state["train"])
-
-
-def save_checkpoint(path: Path, model: Recommender, config: Config, dataset: Dataset) -> None:
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "model": model.name,
-        "config": config.to_dict(),
-        "dataset": {
-            "path": str(dataset.path) if dataset.path else None,
-            "fingerprint": dataset.fingerprint,
-            "modalities": dataset.modalities,
-            "n_users": dataset.n_users,
-            "n_items": dataset.n_items,
-        },
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    atomic_write(path, lambda fh: torch.save(state, fh), mode="wb")
-
-
-@dataclass
-class LoadedRun:
-    path: Path
-    model: Recommender
-    dataset: Dataset
-    config: Config
-    metrics: dict
-
-
-def load_run(
-    run_dir: str | Path,
-    device: str = "cpu",
-    data_dir: str | Path | None = None,
-    cache_dir: str | Path | bool | None = None,
-) -> LoadedRun:
-    """Rebuild a trained model from its run directory (the dataset is re-read and checked)."""
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "model.pt"
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory")
-    if not ckpt_path.is_file():
-        raise RunError(f"{run_dir}: no model.pt — the run did not finish or is not a run directory")
-    try:
-        ckpt = load_run_file(ckpt_path)
-    except RunError:
-        raise
-    except Exception as exc:
-        # only the class: torch's refusal messages span many lines and suggest loading unsafely
-        raise RunError(
-            f"{ckpt_path}: cannot read checkpoint ({exc.__class__.__name__}); damaged or not a modalrec file"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise RunError(f"{ckpt_path}: not a modalrec checkpoint (version {CHECKPOINT_VERSION})")
-    info = ckpt["dataset"]
-    source = data_dir or info["path"]
-    if source is None or not Path(source).is_dir():
-        raise RunError(f"{run_dir}: its dataset {source} is not available (pass the data directory)")
-    dataset = load_dataset(source, info["modalities"])
-    if dataset.fingerprint != info["fingerprint"]:
-        raise RunError(f"{run_dir}: the dataset at {source} changed since training (content hash differs)")
-    check_device(device)
-    cls = get_model_class(ckpt["model"])
-    config = Config(ckpt["config"])
-    graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
-    model = cls(dataset, config, graphs).to(device)
-    model.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()})
-    model.eval()
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return LoadedRun(run_dir, model, dataset, config, metrics)
-
-
-def evaluate_run(
-    run: LoadedRun,
-    split: str = "test",
-    ks: list[int] | None = None,
-    mask_valid: bool | None = None,
-    mode: str | None = None,
-) -> EvalResult:
-    """Full-ranking metrics of a loaded run on ``split``; cut-offs above the number of items are
-    capped at it with a logged warning (``ks`` defaults to the run's ``topk``). ``mode``
-    (warm | cold | all) defaults to the run's ``eval_mode``."""
-    cfg = run.config
-    mask = cfg.mask_valid_at_test if mask_valid is None else mask_valid
-    ks = topk_list(list(ks) if ks else list(cfg.topk), "--topk" if ks else "topk", run.dataset.n_items, log.warning)
-    ev = Evaluator(
-        run.dataset,
-        split,
-        ks,
-        tuple(cfg.metrics),
-        mask_valid=mask,
-        block_size=cfg.eval_batch_size,
-        device=run.model.device,
-        mode=mode if mode is not None else cfg.get("eval_mode"),
-    )
-    return ev.evaluate(run.model)
-
-
-def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exclude_seen: bool = True) -> dict:
-    """Top-k items of one user as a JSON-ready dict, with per-modality explanations if asked.
-
-    :func:`modalrec.recommend.recommend_user` on the run's model: ``k`` above the number of items is
-    capped with a ``note``; a user without training interactions gets the most popular items, marked by
-    ``fallback`` (also logged as a warning).
-    """
-    out = recommend_user(run.model, run.dataset, user, k, exclude_seen, explain)
-    if "fallback" in out:
-        log.warning(out["fallback"]["reason"])
-    return out
-
-
-def per_user_metrics(run_dir: str | Path, split: str = "test") -> dict[str, np.ndarray]:
-    with np.load(Path(run_dir) / f"{split}_per_user.npz") as z:
-        return {k: z[k] for k in z.files}

@@ -68,7 +68,7 @@ def analyze_modalities(
     from modalrec.data.dataset import load_dataset
 
     if run is not None:
-        from modalrec.runs import load_run
+        from modalrec.run_load import load_run
 
         loaded = load_run(run, device=device, data_dir=data_dir)  # checks the data is the run's
         ds = loaded.dataset

@@ -52,7 +52,7 @@ def analyze_tsne(
     The default output folder is ``<first run>/analysis``.
     """
     from modalrec.analysis import plots
-    from modalrec.runs import load_run
+    from modalrec.run_load import load_run
 
     if not runs:
         raise ModalrecError("give at least one run directory")

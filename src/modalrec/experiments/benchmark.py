@@ -32,7 +32,7 @@ from modalrec.experiments.rankers import RANKERS, ranker_name
 from modalrec.experiments.store import default_report_dir
 from modalrec.experiments.table_report import Report, choose_target, write_table_report
 from modalrec.experiments.tables import DEFAULT_METRICS
-from modalrec.models import get_model_class
+from modalrec.models import get_model_class, model_spec_of
 from modalrec.reporting.writer import ReportWriter
 
 BENCHMARK_PROTOCOLS = ("default", COLD_ITEMS)
@@ -129,14 +129,25 @@ def _entries(models: list[str], grid: bool, modalities: list[str] | None, plan: 
         ]
     if not models:
         raise ModalrecError("--models: name at least one model")
-    model_names = [ranker_name(m) or get_model_class(m).name for m in models]
-    if len(set(model_names)) != len(model_names):
+    rows = [_model_row(m) for m in models]
+    if len({label for label, _ in rows}) != len(rows):
         raise ModalrecError(f"--models lists a model twice: {', '.join(models)}")
     entries = []
-    for name in model_names:
-        space = load_defaults(get_model_class(name).config_name)[2] if grid and name not in RANKERS else None
-        entries.append(Entry(name, name, modalities=modalities, grid=space))
+    for label, name in rows:
+        space = load_defaults(get_model_class(name))[2] if grid and name not in RANKERS else None
+        entries.append(Entry(label, name, modalities=modalities, grid=space))
     return entries
+
+
+def _model_row(model: str) -> tuple[str, str]:
+    """(label, model) of a ``--models`` item: a reference ranker's name twice, else the model's name and its
+    canonical spec (:func:`~modalrec.models.spec.model_spec_of`: the name of a built-in model, the absolute
+    ``file.py:Class`` of a model from a file, which a worker resolves again)."""
+    ranker = ranker_name(model)
+    if ranker:
+        return ranker, ranker
+    cls = get_model_class(model)
+    return cls.name, model_spec_of(cls)
 
 
 def _cold_items_data(

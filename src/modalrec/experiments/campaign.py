@@ -31,7 +31,8 @@ from modalrec.experiments.trials import announce_resume, remember_dataset, try_f
 from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.io import read_yaml
 from modalrec.models import get_model_class
-from modalrec.runs import code_version
+from modalrec.run_files import code_version
+from modalrec.run_model import model_record
 
 
 class Experiment:
@@ -74,6 +75,7 @@ class Experiment:
         self.trained = 0
         self.reused = 0
         self.failed = 0
+        self.retrained: list[str] = []  # why stored runs were not reused (the report's summary lists them)
 
     # ------------------------------------------------------------ describing trials
     def check(self, entry: Entry) -> None:
@@ -85,7 +87,7 @@ class Experiment:
         self.dataset.select_modalities(entry.modalities)  # an unknown modality fails here, not mid-run
         keys = {**self.base, **entry.overrides}
         for setting in grid_settings(self.search_grid(entry)) or [{}]:
-            resolve_config(cls.config_name, self.dataset.name, {**keys, **setting}, self.preset)
+            resolve_config(cls, self.dataset.name, {**keys, **setting}, self.preset)
 
     def search_grid(self, entry: Entry) -> dict[str, list]:
         """The entry's search space without the keys its own or the campaign's overrides fix."""
@@ -95,7 +97,7 @@ class Experiment:
     def select_metric(self, model: str) -> str:
         """The validation metric a model is selected on: its resolved ``valid_metric``."""
         cls = get_model_class(model)
-        return str(resolve_config(cls.config_name, self.dataset.name, self.base, self.preset).valid_metric).lower()
+        return str(resolve_config(cls, self.dataset.name, self.base, self.preset).valid_metric).lower()
 
     def trial(self, model: str, overrides: dict[str, Any], modalities: list[str] | None, seed: int) -> dict[str, Any]:
         """The trial spec of (model, overrides, modalities, seed): what :func:`run_trial` takes."""
@@ -107,7 +109,7 @@ class Experiment:
         remember_dataset((data_dir, self.dataset.fingerprint), self.dataset)  # local trials reuse it
         cache = str(self.cache_dir) if isinstance(self.cache_dir, Path) else self.cache_dir
         return {
-            "model": cls.name,
+            **model_record(cls),  # model (the name), model_spec (resolved again by the worker), model_source_hash
             "sid": setting_id(cls.name, setting),
             "seed": int(seed),
             "setting": setting,
@@ -142,20 +144,33 @@ class Experiment:
             stored = stored["config"]
         except (OSError, KeyError, TypeError, ValueError, ModalrecError):
             return []
-        return self.drift(spec["model"], stored, spec["overrides"], metrics)
+        return self.drift(spec.get("model_spec") or spec["model"], stored, spec["overrides"], metrics)
+
+    def source_changed(self, spec: dict[str, Any], record: dict) -> bool:
+        """Whether the model's source changed since a stored run: its recorded source hash (the record's, else
+        its run's config.yaml) differs from the trial ``spec``'s. Unknown — a run made before hashes were
+        recorded — counts as unchanged, so those runs are reused as before."""
+        then = record.get("model_source_hash")
+        if then is None:
+            try:
+                then = read_yaml(Path(record["run_dir"]) / "config.yaml").get("model_source_hash")
+            except (OSError, KeyError, TypeError, ValueError, AttributeError, ModalrecError):
+                then = None
+        now = spec.get("model_source_hash")
+        return then is not None and now is not None and then != now
 
     def drift(self, model: str, stored: dict, overrides: dict[str, Any], metrics: dict) -> list[str]:
         """How a run's stored configuration differs from what ``overrides`` resolve to today (:func:`config_drift`)."""
         cls = get_model_class(model)
-        current = resolve_config(cls.config_name, self.dataset.name, overrides, self.preset).to_dict()
+        current = resolve_config(cls, self.dataset.name, overrides, self.preset).to_dict()
         epochs_run = (metrics.get("timings") or {}).get("epochs_run")
-        return config_drift(cls.config_name, stored, current, None if epochs_run is None else int(epochs_run))
+        return config_drift(cls, stored, current, None if epochs_run is None else int(epochs_run))
 
     # ------------------------------------------------------------ reference rankers
     def ranker_config(self):
         """The shared evaluation settings (topk, metrics, eval mode…) a reference ranker is evaluated with."""
-        overall = load_defaults("overall")[0]
-        return resolve_config("overall", None, {k: v for k, v in self.base.items() if k in overall}, "none")
+        overall = load_defaults(None)[0]
+        return resolve_config(None, None, {k: v for k, v in self.base.items() if k in overall}, "none")
 
     def run_ranker(self, kind: str, seed: int) -> dict:
         """Evaluate a reference ranker (valid and test, same protocol as the models), or reuse its record."""
@@ -274,7 +289,7 @@ class _CampaignRun:
             return
         metric = exp.select_metric(entry.model)
         cls = get_model_class(entry.model)
-        config = resolve_config(cls.config_name, exp.dataset.name, {**exp.base, **entry.overrides}, exp.preset)
+        config = resolve_config(cls, exp.dataset.name, {**exp.base, **entry.overrides}, exp.preset)
         exp.log(f"{entry.label}: {describe_preset(config)}")
         grid = exp.search_grid(entry)
         if grid:
@@ -319,15 +334,22 @@ class _CampaignRun:
         """The stored record of a trial, unless none is stored or its configuration drifted (then retired)."""
         exp = self.exp
         record = exp.store.get(*key)
-        drift = exp.record_drift(spec, record) if record is not None else []
-        if not drift:
-            return record
-        what = f"{key[0]} seed {key[2]} [{key[1]}] was made with another configuration ({'; '.join(drift)})"
+        if record is None:
+            return None
+        if exp.source_changed(spec, record):
+            what, again = f"{describe_key(key)}: model source changed since that run", ": retrained"
+        else:
+            drift = exp.record_drift(spec, record)
+            if not drift:
+                return record
+            what = f"{describe_key(key)} was made with another configuration ({'; '.join(drift)})"
+            again = " — training it again"
         if exp.reuse_only:
             exp.log(f"  {what}: left out, not reused")
         else:
             kept = exp.store.retire(*key)
-            exp.log(f"  {what} — training it again (the old record is kept as {kept.name})")
+            exp.retrained.append(what)
+            exp.log(f"  {what}{again} (the old record is kept as {kept.name})")
         return None
 
     def _advance(self, i: int) -> None:

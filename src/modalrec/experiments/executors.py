@@ -156,7 +156,10 @@ class RayExecutor(Executor):
     so "running" in the progress means running, and the order of the queue is kept.
 
     The workers import ``modalrec`` themselves: on a cluster it must be installed (same version)
-    on every node, and the data and report folders must be on a file system every node sees.
+    on every node, and the data and report folders must be on a file system every node sees. So
+    must a model of the user's own file: a trial names it by its absolute ``path/file.py:Class``
+    spec and each worker imports it from there (a worker that finds other code there than the
+    driver hashed refuses the trial); a model from an installed package must be installed on every node.
     """
 
     name = "ray"

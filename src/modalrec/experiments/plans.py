@@ -8,7 +8,7 @@ from typing import Any
 from modalrec.config import load_defaults
 from modalrec.errors import ModalrecError
 from modalrec.experiments.entries import Entry
-from modalrec.models import get_model_class
+from modalrec.models import get_model_class, model_spec_of
 
 ROW_FIELDS = ("model", "label", "set", "grid", "modalities", "seeds")
 
@@ -16,8 +16,9 @@ ROW_FIELDS = ("model", "label", "set", "grid", "modalities", "seeds")
 def load_plan(path: str | Path) -> list[Entry]:
     """Table rows from a plan YAML: ``rows: [{model, label?, set?, grid?, modalities?, seeds?}, ...]``.
 
-    ``set`` fixes overrides for that row only; ``grid`` is a search space of its own
-    (``{key: [values, ...]}``) or the word ``default`` for the model's ``search_space``;
+    ``model`` is any model spec (a registered name, ``path/file.py:Class`` relative to the working
+    directory, ``package.module:Class``); ``set`` fixes overrides for that row only; ``grid`` is a
+    search space of its own (``{key: [values, ...]}``) or the word ``default`` for the model's ``search_space``;
     ``seeds`` replaces the benchmark's seeds for that row (e.g. one seed for a costly variant).
     Labels must be unique (they name the table rows and the t-tests).
     """
@@ -66,10 +67,11 @@ def _entry(row: Any, where: str) -> Entry:
         raise ModalrecError(f"{where}: 'set' must map keys to values")
     grid = row.get("grid")
     if grid == "default":
-        grid = load_defaults(cls.config_name)[2]
+        grid = load_defaults(cls)[2]
     elif grid is not None and (not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values())):
         raise ModalrecError(f"{where}: 'grid' must be 'default' or map each key to a non-empty list")
     modalities = row.get("modalities")
     if isinstance(modalities, str):
         modalities = [m.strip() for m in modalities.split(",") if m.strip()]
-    return Entry(str(row.get("label") or cls.name), cls.name, dict(overrides), modalities, grid, seeds)
+    # the row's model as its canonical spec: a file's model is found again by its absolute path
+    return Entry(str(row.get("label") or cls.name), model_spec_of(cls), dict(overrides), modalities, grid, seeds)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from modalrec.evaluate import Evaluator
+from modalrec.evaluation import Evaluator
 from modalrec.io import write_json, write_npz
 from modalrec.runs import new_run_dir
 

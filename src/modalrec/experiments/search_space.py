@@ -22,9 +22,9 @@ def tune_space(model: str, fixed: dict[str, Any], sampler: str = "tpe") -> dict[
     (except with the grid sampler, which needs finite lists); ``fixed`` keys are left out.
     """
     cls = get_model_class(model)
-    space: dict[str, dict[str, Any]] = {k: {"choices": list(v)} for k, v in load_defaults(cls.config_name)[2].items()}
+    space: dict[str, dict[str, Any]] = {k: {"choices": list(v)} for k, v in load_defaults(cls)[2].items()}
     if sampler != "grid":
-        space.update(load_search_ranges(cls.config_name))
+        space.update(load_search_ranges(cls))
     return {k: v for k, v in space.items() if k not in fixed}
 
 

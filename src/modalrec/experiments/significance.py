@@ -16,7 +16,7 @@ from scipy import stats
 from modalrec.experiments.entries import EntryResult
 from modalrec.experiments.tables import DEFAULT_METRICS
 from modalrec.reporting.labels import metric_label
-from modalrec.runs import per_user_metrics
+from modalrec.run_files import per_user_metrics
 
 ALPHA = 0.05  # significance level of the tests
 MARK = "*"  # the marker of a significant cell

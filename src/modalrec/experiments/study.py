@@ -10,7 +10,6 @@ trials of a process that died are marked failed by the next one after the grace 
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from typing import Any
@@ -59,8 +58,10 @@ def open_storage(optuna: Any, url: str) -> Any:
     for attempt in range(5):
         try:
             return _open_storage(optuna, url)
-        except ModalrecError:
-            if attempt == 4 or "duplicate key" not in str(sys.exc_info()[1]).lower():
+        except ModalrecError as exc:
+            # The loser of the race sees either a duplicate row or a table the winner created a moment before.
+            message = str(exc).lower()
+            if attempt == 4 or not ("duplicate key" in message or "already exists" in message):
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
@@ -109,8 +110,19 @@ def make_pruner(optuna: Any, kind: str, max_epochs: int, startup: int, warmup: i
 # ---------------------------------------------------------------------- the study
 def trials_in_study(optuna: Any, storage: Any, name: str) -> int:
     """How many trials the study ``name`` already holds (0 when it does not exist yet)."""
-    existing = next((s for s in optuna.get_all_study_summaries(storage) if s.study_name == name), None)
+    existing = _summary(optuna, storage, name)
     return existing.n_trials if existing is not None else 0
+
+
+def _summary(optuna: Any, storage: Any, name: str) -> Any:
+    """Optuna's summary of the study ``name`` in ``storage``, or None when there is none."""
+    return next((s for s in optuna.get_all_study_summaries(storage) if s.study_name == name), None)
+
+
+def study_identity(optuna: Any, storage: Any, name: str) -> dict[str, Any] | None:
+    """What the study ``name`` was made for (see :func:`open_study`); None when it does not exist (or says nothing)."""
+    existing = _summary(optuna, storage, name)
+    return existing.user_attrs.get("modalrec") if existing is not None else None
 
 
 def open_study(
@@ -118,8 +130,9 @@ def open_study(
 ) -> Any:
     """Create the study ``name`` (maximising), or load it when it exists and was made for the same ``identity``.
 
-    ``identity`` (model, data fingerprint, modalities, fixed overrides, metric) is stored with a new
-    study; a study made for another one is refused, naming the first difference.
+    ``identity`` (model, data fingerprint, modalities, fixed overrides, metric, the model's source
+    hash) is stored with a new study; a study made for another one is refused, naming the first
+    difference. A study made before source hashes were recorded has none: its source counts as the same.
     """
     for attempt in range(5):  # two processes creating the same study at once: the loser loads it
         try:
@@ -139,8 +152,7 @@ def open_study(
     made_for = study.user_attrs.get("modalrec")
     if made_for is None:
         study.set_user_attr("modalrec", identity)
-    elif made_for != identity:
-        diff = next(k for k in identity if identity[k] != made_for.get(k))
+    elif (diff := next((k for k in identity if identity[k] != made_for.get(k, identity[k])), None)) is not None:
         raise ModalrecError(
             f"study {name!r} in {safe_url(url)} was made for another {diff} ({made_for.get(diff)!r}, now "
             f"{identity[diff]!r}); use another --study-name or --out"

@@ -24,7 +24,7 @@ from modalrec.experiments.campaign import Experiment
 from modalrec.experiments.entries import Entry, EntryResult
 from modalrec.experiments.executors import Executor
 from modalrec.experiments.store import default_report_dir
-from modalrec.models import get_model_class
+from modalrec.models import get_model_class, model_spec_of
 from modalrec.reporting.labels import metric_label
 from modalrec.reporting.writer import ReportWriter
 
@@ -95,9 +95,10 @@ def run_sweep(
     executor: Executor | None = None,
     progress: bool = False,
 ) -> SweepReport:
-    """Train ``model`` at every point of one or two parameters' values and write table + figure."""
+    """Train ``model`` (any model spec) at every point of one or two parameters' values and write table + figure."""
     parsed = _parse_params(params)
-    name = get_model_class(model).name
+    cls = get_model_class(model)
+    name = cls.name
     base = dict(overrides or {})
     clash = [p for p, _ in parsed if p in base]
     if clash:
@@ -107,7 +108,7 @@ def run_sweep(
     out = Path(out) if out is not None else default_report_dir("sweep", dataset.name, f"{name}-{tag}")
     exp = Experiment(data_dir, out, seeds or [999], base, device, cache_dir, log, dataset, None, executor, progress)
     points = _points(parsed)
-    entries = [Entry(", ".join(f"{k}={v}" for k, v in pt.items()), name, pt) for pt in points]
+    entries = [Entry(", ".join(f"{k}={v}" for k, v in pt.items()), model_spec_of(cls), pt) for pt in points]
     for e in entries:
         exp.check(e)
     log(f"sweep of {name} over {tag} on {dataset.name}: {len(points)} points × {len(exp.seeds)} seeds → {out}")
@@ -124,12 +125,14 @@ def run_sweep(
     summary = {
         "kind": "sweep",
         "model": name,
+        "model_spec": model_spec_of(cls),
         "data": str(data_dir),
         "seeds": exp.seeds,
         "params": {k: v for k, v in parsed},
         "base_overrides": base,
         "selected_on_valid": points[best],
         "select_metric": select,
+        "retrained": exp.retrained,
         "points": [
             {"point": pt, "runs": [{k: r[k] for k in ("seed", "run_dir", "valid", "test")} for r in res.records]}
             for pt, res in zip(points, results, strict=True)

@@ -192,6 +192,7 @@ def _summary(
         "seeds": exp.seeds,
         "base_overrides": exp.base,
         "target": target,
+        "retrained": exp.retrained,  # stored runs not reused, and why (model source or configuration changed)
         "rows": [_summary_row(exp, r, table) for r in results],
         "significance": sig,
     }

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from modalrec.data.dataset import Dataset, load_dataset
-from modalrec.errors import DataError, RunError
-from modalrec.runs import RESUME_FILE, code_version, resume_refusal, resume_run, train_run
-from modalrec.train import TrainResult
+from modalrec.errors import ConfigError, DataError, RunError
+from modalrec.models import Recommender, resolve_model
+from modalrec.run_files import RESUME_FILE, code_version
+from modalrec.run_model import model_record
+from modalrec.run_resume import resume_refusal, resume_run
+from modalrec.runs import train_run
+from modalrec.training import TrainResult
 
 _DATASETS: dict[tuple[str, str], Dataset] = {}  # this process's loaded datasets, by (path, fingerprint)
 
@@ -50,22 +54,45 @@ def check_code_version(spec: dict[str, Any], hint: str = "") -> None:
         raise RunError(f"this worker runs modalrec {code_version()}, the driver {spec['code']}{hint}")
 
 
+def trial_model(spec: dict[str, Any]) -> type[Recommender]:
+    """The model class of a trial spec: its ``model_spec`` resolved in this process (a worker imports the user's
+    file from the path the spec names), checked to have the driver's source (``model_source_hash``)."""
+    model = spec.get("model_spec") or spec["model"]
+    try:
+        cls = resolve_model(model)
+    except ConfigError as exc:
+        if "does not exist" not in str(exc):
+            raise
+        # a Ray worker on another machine: it reads the model's file where the driver did, like the data
+        raise ConfigError(f"{exc} on this worker; every worker must see the model's file at that path") from exc
+    expected = spec.get("model_source_hash")
+    if expected is not None and model_record(cls)["model_source_hash"] != expected:
+        raise RunError(
+            f"this worker sees other code for {model} than the driver did "
+            "(the file changed meanwhile, or differs on this machine)"
+        )
+    return cls
+
+
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one trial, or continue its interrupted run, and return its record; writes no results store.
 
     ``spec`` is a plain dict (picklable, so a Ray task can take it): ``model``, ``sid``, ``seed``,
     ``setting``, ``overrides`` (seed included), ``modalities``, ``data_dir`` and ``fingerprint`` of
     the dataset, ``out`` (the report folder; the run goes to ``<out>/runs/<model>-<sid>-seed<seed>``),
-    ``preset``, ``device``, ``cache_dir`` and ``code`` (the driver's :func:`code_version`: a worker
-    running other code refuses). The local and the Ray executor both call this function.
+    ``preset``, ``device``, ``cache_dir``, ``code`` (the driver's :func:`code_version`: a worker
+    running other code refuses), ``model_spec`` and ``model_source_hash`` (the model is resolved from
+    its spec here, and refused when its source differs from the driver's). The local and the Ray
+    executor both call this function.
     """
     check_code_version(spec, "; install the same version everywhere")
+    cls = trial_model(spec)
     dataset = trial_dataset(spec)
     t0 = time.perf_counter()
     notes: list[str] = []
     run_dir, result = _resume_or_train(spec, dataset, notes)
     return {
-        "model": spec["model"],
+        **model_record(cls),  # model, model_spec, model_source_hash: a later campaign compares the hash
         "seed": spec["seed"],
         "setting_id": spec["sid"],
         "setting": spec["setting"],
@@ -83,7 +110,7 @@ def _resume_or_train(spec: dict[str, Any], dataset: Dataset, notes: list[str]) -
     """Continue the trial's interrupted run from its resume state, else train it into a fresh folder.
 
     A leftover folder whose state cannot be resumed (code or data changed, damaged file, none
-    written) is kept as it is; the trial then starts again in ``…-try<n>``.
+    written, the model's source changed) is kept as it is; the trial then starts again in ``…-try<n>``.
     """
     overrides = dict(spec["overrides"])
     tries = _trial_folders(spec)
@@ -134,11 +161,18 @@ def announce_resume(spec: dict[str, Any]) -> str | None:
 
 
 def train_spec(
-    spec: dict[str, Any], out: Path, dataset: Dataset, overrides: dict[str, Any] | None = None, **fit_options: Any
+    spec: dict[str, Any],
+    out: Path,
+    dataset: Dataset,
+    overrides: dict[str, Any] | None = None,
+    **fit_options: Any,
 ) -> tuple[Path, TrainResult]:
-    """Train a trial spec into ``out`` (quietly, on the spec's device and cache); ``fit_options`` go to train_run."""
+    """Train a trial spec into ``out`` (quietly, on the spec's device and cache); ``fit_options`` go to train_run.
+
+    The model is the spec's ``model_spec``, checked first to have the driver's source (:func:`trial_model`)."""
+    trial_model(spec)
     return train_run(
-        spec["model"],
+        spec.get("model_spec") or spec["model"],
         spec["data_dir"],
         spec["modalities"],
         spec["overrides"] if overrides is None else overrides,

@@ -54,6 +54,7 @@ from modalrec.experiments.study import (
     open_storage,
     open_study,
     safe_url,
+    study_identity,
     trials_in_study,
 )
 from modalrec.experiments.trials import remember_dataset
@@ -61,7 +62,8 @@ from modalrec.experiments.tune_report import TuneReport, format_param, write_tun
 from modalrec.experiments.tune_trial import run_tune_trial
 from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
 from modalrec.models import get_model_class
-from modalrec.runs import code_version
+from modalrec.run_files import code_version
+from modalrec.run_model import model_record
 
 
 def run_tune(
@@ -98,28 +100,30 @@ def run_tune(
     fixed = dict(overrides or {})
     dataset = load_dataset(data_dir).select_modalities(None)
     dataset.select_modalities(modalities)  # an unknown modality fails here
-    config = resolve_config(cls.config_name, dataset.name, fixed, preset)
+    config = resolve_config(cls, dataset.name, fixed, preset)
     metric = str(config.valid_metric).lower()
     space = _checked_space(cls, dataset.name, fixed, sampler, preset)
     trials = _grid_budget(space, sampler, trials, log)
     out = Path(out) if out is not None else default_report_dir("tune", dataset.name, cls.name)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    name = study_name or f"{cls.name}-{dataset.name}"
     store = open_storage(optuna, url)
+    model = model_record(cls)  # name, spec (a worker resolves it again) and source hash
     identity = {
         "model": cls.name,
         "data": dataset.fingerprint,
         "modalities": modalities,
         "fixed": json.loads(json.dumps(fixed, default=str)),
         "metric": metric,
+        "source": model["model_source_hash"],
     }
+    name = _study_for_source(optuna, store, study_name or f"{cls.name}-{dataset.name}", identity["source"], log)
     pruning = [pruner, int(config.epochs), pruner_startup, pruner_warmup]  # what make_pruner takes after optuna
     study = _study(optuna, store, name, url, identity, (sampler, seed, space, trials), pruning)
     data_path = str(Path(data_dir).resolve())
     remember_dataset((data_path, dataset.fingerprint), dataset)
     template = {
-        "model": cls.name,
+        **model,
         "seed": int(config.seed),
         "study": name,
         "storage": url,
@@ -142,7 +146,7 @@ def run_tune(
     )
     driver.run(store, done_before, progress)
     return write_tune_report(
-        optuna, study, cls.name, data_dir, fixed, metric, out, url, name, trials, driver.ran_here, log
+        optuna, study, model["model_spec"], data_dir, fixed, metric, out, url, name, trials, driver.ran_here, log
     )
 
 
@@ -174,14 +178,26 @@ def _study(
     return open_study(optuna, storage, name, sampler, make_pruner(optuna, *pruning), identity, url)
 
 
+def _study_for_source(optuna: Any, storage: Any, name: str, source: str | None, log: Callable[[str], None]) -> str:
+    """The study to use: ``name``, unless that study was made with other code of the model (its recorded source
+    hash differs): then ``<name>-<hash>``, a study of its own — the old trials are not reused, the search starts
+    again (or continues, when that study exists already). A study made before hashes were recorded is reused."""
+    made_for = study_identity(optuna, storage, name) or {}
+    if source is None or made_for.get("source") in (None, source):
+        return name
+    new = f"{name}-{source[:8]}"
+    log(f"study {name!r} was made with other code of the model (model source changed since): not reused; study {new!r}")
+    return new
+
+
 def _checked_space(cls: Any, dataset_name: str, fixed: dict[str, Any], sampler: str, preset: str | None) -> dict:
     """The search space; every value the sampler can draw is checked to be a valid setting first."""
-    space = tune_space(cls.name, fixed, sampler)
+    space = tune_space(cls, fixed, sampler)
     if not space:
         raise ConfigError(f"{cls.name}: nothing to search (every search_space key is fixed by --set)")
     for key, d in space.items():
         for v in d["choices"] if "choices" in d else [d["low"], d["high"]]:
-            resolve_config(cls.config_name, dataset_name, {**fixed, key: v}, preset, source=f"search space of {key}")
+            resolve_config(cls, dataset_name, {**fixed, key: v}, preset, source=f"search space of {key}")
     return space
 
 

@@ -159,7 +159,7 @@ def _brief(metrics: dict[str, float]) -> str:
 def best_test(run_dir: Path, log: Callable[[str], None]) -> dict[str, float] | None:
     """Test metrics of the best trial: its saved best-epoch weights, evaluated once (cached in its run folder)."""
     from modalrec.io import write_json, write_npz
-    from modalrec.runs import evaluate_run, load_run
+    from modalrec.run_load import evaluate_run, load_run
 
     cached = run_dir / "test_metrics.json"
     if cached.is_file():

@@ -63,29 +63,78 @@ class Explanation:
 
 
 class Recommender(nn.Module):
-    """Base class: build from (dataset, config, graphs); ``loss(batch)``; ``full_scores(users)``.
+    """Base class of every recommender: built from (dataset, config, graphs), trained through
+    :meth:`loss`, ranked through :meth:`full_scores`.
 
-    Subclasses implement :meth:`loss` and :meth:`compute_representations` (everything
-    ranking needs, computed once per evaluation under ``no_grad`` and cached until the
-    module is put back in training mode or its weights are loaded), and override
-    :meth:`full_scores` when ranking is not a plain dot product.
+    What to write (each hook's docstring says what it must do and when it is called):
 
-    Cold items (a dataset split with ``--protocol cold-items``): ``cold_start`` says whether the
-    model can score an item without interactions. ``"content"`` models declare in
-    :meth:`cold_overrides` the per-item tensors (ID rows, trainable feature copies) whose cold
-    rows are replaced by a value that owes nothing to the item's own training — the warm-item
-    mean, zero, or the raw features — while evaluation representations are computed, so a cold
-    item's score comes from its features and the shared weights only; a model whose content
-    path needs more overrides :meth:`compute_cold_representations`. ``"unable"`` (ID-only)
-    models get random scores for cold items in :meth:`ranking_scores`.
+    - ``__init__(dataset, config, graphs)``: call ``super().__init__(dataset, config, graphs)`` first,
+      then build the parameters, reading settings from ``config`` (a model's own keys come from its
+      ``settings`` / ``config_file``), features from ``dataset.features`` (or
+      :meth:`register_feature_buffers`) and graphs from ``graphs``. A setting the model cannot use on
+      this dataset raises :meth:`setting_error`.
+    - Required: :meth:`loss` and :meth:`compute_representations` (everything ranking needs, computed
+      once per evaluation under ``no_grad`` and cached until the module is put back in training mode
+      or its weights are loaded).
+    - Optional: :meth:`full_scores` (when ranking is not the dot product of a (users, items) pair),
+      :meth:`pre_epoch`, :meth:`extra_state` / :meth:`load_extra_state`, :meth:`explain`,
+      :meth:`score_pairs`, :meth:`candidate_scores`, :meth:`ranking_block_size`,
+      :meth:`used_modalities`, :meth:`item_representation`, and for cold items :meth:`cold_overrides` /
+      :meth:`compute_cold_representations`. A model whose :meth:`full_scores` is a fast rewrite may add
+      ``naive_pair_scores(users, items)``, the literal per-pair formula, as its test reference.
+    - Class attributes: ``name`` (default: the class name), ``description``, ``min_modalities`` (the
+      content modalities it needs; above 0, :meth:`used_modalities` lists them), ``cold_start`` and
+      ``cold_rule``.
+
+    ``modalrec check-model`` (:func:`modalrec.testing.check_model`) checks this contract.
+
+    Cold items (a dataset split with ``--protocol cold-items``: items held out with every interaction,
+    none in training). ``cold_start`` declares how the model scores them:
+
+    - ``COLD_UNABLE`` (``"unable"``, the default): ID only. A cold item has nothing but its untrained
+      rows, so :meth:`ranking_scores` gives cold items random scores; runs and the benchmark report the
+      model as "unable (random)" and recommendations leave cold items out. A model that reads features
+      but keeps this default is reported so too (``check-model`` warns).
+    - ``COLD_CONTENT`` (``"content"``): a cold item's score comes from its features and the shared
+      weights only — it changes when the item's features change, and not when anything stored for the
+      item (its ID rows, trainable feature copies) does. The model declares in :meth:`cold_overrides`
+      the per-item tensors whose cold rows are replaced, while evaluation representations are computed,
+      by a value that owes nothing to the item's own training — the warm-item mean
+      (:meth:`cold_mean`), zero (:meth:`cold_zero`) or the raw features (:meth:`cold_raw_features`); a
+      model whose content path needs more overrides :meth:`compute_cold_representations`. ``cold_rule``
+      is the one-line rule shown in logs, ``metrics.json`` and ``/info``.
     """
 
     name: ClassVar[str] = ""
+    """The registered name (case-insensitive); a subclass that does not set it is named after its class."""
+    # Settings: the model's keys with their defaults, and its sections (search_space: the grid of
+    # --grid/sweep; search_ranges: tune's ranges; presets; bounds; compat; only_with; description), on
+    # top of the keys of configs/overall.yaml. A class states them in ONE of the next three attributes
+    # (read by modalrec.config.model_settings); the model's own keys then work with --set, --config,
+    # --grid, tune and sweep, checked against their defaults' types and their bounds.
     config_name: ClassVar[str] = ""
+    """A YAML inside modalrec, ``configs/<config_name>.yaml`` (the built-in models)."""
+    config_file: ClassVar[str] = ""
+    """A YAML of your own: a path relative to the file of the module defining the class (or absolute)."""
+    settings: ClassVar[Mapping[str, Any] | None] = None
+    """The same sections as a YAML, in the class: ``{"proj_scale": 0.5, "search_space": {"proj_scale": [0.0, 0.5]}}``.
+
+    Inheritance: a subclass that states none of the three has its base model's settings (``class
+    ImgLightGCN(LightGCN)`` keeps ``n_layers``, LightGCN's grid and presets). One that states its own
+    has them merged over its base's: its keys and defaults are added to or replace the base's, its
+    ``presets``, ``bounds``, ``compat`` and ``only_with`` extend the base's (a preset of the same name
+    setting by setting), and its ``search_space`` / ``search_ranges``, when given, replace the base's
+    whole (the base's grid is kept when it gives none).
+    """
     description: ClassVar[str] = ""
     min_modalities: ClassVar[int] = 0
     cold_start: ClassVar[str] = COLD_UNABLE
     cold_rule: ClassVar[str] = "ID only: no representation for an item without interactions (scored at random)"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # not inherited: a subclass of LightGCN is not "LightGCN"
+            cls.name = cls.__name__
 
     def __init__(self, dataset: Dataset, config: Config, graphs: GraphStore) -> None:
         super().__init__()
@@ -109,7 +158,13 @@ class Recommender(nn.Module):
         self._cold_seed = int(config.get("seed", 0) or 0)
 
     def used_modalities(self) -> list[str]:
-        """The content modalities this model reads (none for an ID-only model)."""
+        """The content modalities this model reads (none for an ID-only model). Optional.
+
+        Shown in the head of ``train.log``; ``check-model`` warns when a model that reads features
+        declares ``cold_start = "unable"``. The default lists every modality of the dataset when
+        ``min_modalities`` > 0 and none otherwise: override it when the model reads only some of them
+        (a setting that switches modalities off), or set ``min_modalities`` for a content model.
+        """
         return list(self.modalities) if self.min_modalities > 0 else []
 
     # ----------------------------------------------------------- building blocks for subclasses
@@ -178,11 +233,14 @@ class Recommender(nn.Module):
                 self.train()
 
     def ranking_block_size(self, n_columns: int) -> int:
-        """Users per block when full ranking forms (block × ``n_columns``) arrays per user block.
+        """Users per block when full ranking forms (block × ``n_columns``) arrays per user block. Optional.
 
-        The ``ranking_block_size`` setting when the model has one and it is set; otherwise 1024
-        on a GPU and 32 per CPU thread (blocks whose score matrices stay cache-sized). A model
-        that sizes its blocks by pairs overrides this (MAML).
+        Not called by the trainer or the evaluator (the evaluator ranks ``eval_batch_size`` users per
+        call of :meth:`ranking_scores`): a model's own :meth:`full_scores` / :meth:`candidate_scores`
+        call it to cut a user block into smaller ones when scoring forms per-pair or per-modality
+        arrays (MARIO, MeAIM, MAML). The ``ranking_block_size`` setting when the model has one and it
+        is set; otherwise 1024 on a GPU and 32 per CPU thread (blocks whose score matrices stay
+        cache-sized). A model that sizes its blocks by pairs overrides this (MAML).
         """
         value = self.config.get("ranking_block_size")
         if value is not None:
@@ -191,22 +249,53 @@ class Recommender(nn.Module):
 
     # ----------------------------------------------------------- interface
     def loss(self, batch: Batch) -> torch.Tensor:
+        """The training objective on one batch, a scalar tensor to minimise. Required.
+
+        Called by the trainer once per batch, in training mode with gradients on. ``batch`` holds
+        ``train_batch_size`` index tensors on the model's device: users, their positive items (training
+        interactions, shuffled every epoch) and one negative item each (drawn uniformly among the
+        training items the user has not interacted with). The trainer back-propagates the result and
+        steps the optimiser over every parameter; regularisers belong in it. A NaN/inf loss ends
+        training at that epoch (no step is taken; the best epoch so far is kept).
+        """
         raise NotImplementedError
 
     def compute_representations(self) -> Any:
-        """Whatever full ranking needs (by default a (user table, item table) pair)."""
+        """Whatever full ranking needs: by default a (user table, item table) pair. Required.
+
+        Read it through :meth:`representations`, never directly: in training mode that recomputes
+        it on every call (so :meth:`loss` may use it, with gradients); in evaluation mode it is
+        computed once under ``no_grad`` and cached until :meth:`train` or :meth:`load_state_dict`
+        (on a cold-items split a content model's goes through :meth:`compute_cold_representations`).
+        Anything the scores depend on must come from parameters, persistent buffers or the data:
+        a model saved and loaded again must give the same scores.
+        """
         raise NotImplementedError
 
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of the given users on all items, (len(users), n_items)."""
+        """Scores of the given users on all items, (len(users), n_items). Optional.
+
+        The default is the dot product of the pair :meth:`compute_representations` returns; override
+        it when ranking is anything else. Called in evaluation mode under ``no_grad``: through
+        :meth:`ranking_scores` by the evaluator (``eval_batch_size`` users at a time) and by
+        ``recommend``, directly by ``serve`` (one user at a time). Scoring a block must equal scoring
+        its users one by one (no dependence on the block), and agree with :meth:`score_pairs`.
+        """
         user_repr, item_repr = self.representations()
         return dot_scores(user_repr[users], item_repr)
 
     def pre_epoch(self, epoch: int) -> None:
-        """Hook called by the trainer before every epoch (graph re-sampling etc.)."""
+        """Prepare epoch ``epoch`` (0-based): re-sample a graph, rebuild a structure. Optional.
+
+        Called by the trainer at the start of every epoch, in training mode, after the epoch's
+        random state is captured and before its batches are drawn; a resume mid-epoch calls it
+        again with that same random state. Random draws must come from torch's, NumPy's or
+        Python's global generators (the trainer seeds and saves them), and nothing may depend on
+        the ``epochs`` cap: the same seed must give the same epochs whatever their number.
+        """
 
     def extra_state(self) -> dict[str, Any]:
-        """Training state outside :meth:`state_dict` that a resumed run needs to continue exactly.
+        """Training state outside :meth:`state_dict` that a resumed run needs to continue exactly. Optional.
 
         E.g. an optimiser the model steps itself, or counters and caches kept across the batches
         of an epoch. Called by the trainer when it writes a resume state — at an epoch boundary
@@ -218,18 +307,34 @@ class Recommender(nn.Module):
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` returned (after the weights were loaded)."""
+        """Restore what :meth:`extra_state` returned. Optional (needed when :meth:`extra_state` is).
+
+        Called by the trainer when resuming a run, after the weights were loaded (and, mid-epoch,
+        after the epoch's :meth:`pre_epoch` was replayed).
+        """
 
     def item_representation(self) -> torch.Tensor:
         """The item embedding used for analyses (modality preservation, similar items)."""
         return self.representations()[1]
 
     def explain(self, users: torch.Tensor, items: torch.Tensor) -> Explanation | None:
-        """Per-(user, item) influence of each modality; None when the model has none."""
+        """Per-(user, item) influence of each modality, or None when the model has none (the default). Optional.
+
+        For aligned pairs (``users[i]``, ``items[i]``): an :class:`Explanation` whose ``weights`` are
+        (pairs, parts), one column per name in ``parts``; ``extra["item_weights"]`` may add
+        (pairs, parts, item parts) weights named by ``extra["item_parts"]``. Called in evaluation
+        mode by ``recommend --explain`` and ``serve`` (whose start-up probes it once on a pair),
+        never during training or evaluation.
+        """
         return None
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scores of aligned (user, item) pairs (through the full-ranking path)."""
+        """Scores of aligned (user, item) pairs, (len(users),). Optional.
+
+        The default goes through :meth:`full_scores` of the distinct users. A model may override it
+        with a cheaper per-pair path, which must give the same scores as the full ranking (the
+        contract kit compares them). Not used by the trainer or the evaluator.
+        """
         uniq, inverse = torch.unique(users, return_inverse=True)
         return self.full_scores(uniq)[inverse, items]
 
@@ -242,7 +347,13 @@ class Recommender(nn.Module):
     def cold_overrides(self) -> list[ColdOverride]:
         """Per-item tensors whose cold rows are replaced while evaluation representations are computed.
 
-        A content model returns e.g. ``[self.cold_mean(self.item_emb.weight)]``; the base returns none.
+        Needed by a ``cold_start = COLD_CONTENT`` model with anything stored per item (ID rows, item
+        biases, trainable feature copies): each entry is (tensor, rows, values), made by
+        :meth:`cold_mean`, :meth:`cold_zero` or :meth:`cold_raw_features` (:meth:`cold_feature_copies`) — e.g.
+        ``[self.cold_mean(self.item_emb.weight)]``; a node table (users then items) passes
+        ``offset=self.n_users``. Called, in evaluation mode, whenever the representations are
+        computed on a dataset with cold items (:meth:`compute_cold_representations`); the tensors
+        hold their trained values again afterwards. The base returns none (an ID-only model needs none).
         """
         return []
 
@@ -270,6 +381,11 @@ class Recommender(nn.Module):
         raw = feature_tensor(self._raw_features, modality)[self.cold_items]
         return table, rows, raw.to(device=table.device, dtype=table.dtype)
 
+    def cold_feature_copies(self, tables: Sequence[torch.Tensor]) -> list[ColdOverride]:
+        """:meth:`cold_raw_features` of every modality's trainable feature copy (``tables`` in the order of
+        ``self.modalities``)."""
+        return [self.cold_raw_features(t, m) for t, m in zip(tables, self.modalities, strict=True)]
+
     @contextlib.contextmanager
     def cold_substitution(self) -> Iterator[None]:
         """Within the block, the tensors of :meth:`cold_overrides` hold the cold values; restored after."""
@@ -286,7 +402,12 @@ class Recommender(nn.Module):
                     table[rows] = old
 
     def compute_cold_representations(self) -> Any:
-        """:meth:`compute_representations` with the cold rows of :meth:`cold_overrides` in place."""
+        """:meth:`compute_representations` with the cold rows of :meth:`cold_overrides` in place.
+
+        What :meth:`representations` computes in evaluation mode for a ``COLD_CONTENT`` model on a
+        dataset with cold items. Optional: override it when the content path needs more than row
+        replacements (e.g. cold items' graph neighbours taken from feature similarity).
+        """
         with self.cold_substitution():
             return self.compute_representations()
 
@@ -312,11 +433,12 @@ class Recommender(nn.Module):
         return scores
 
     def candidate_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """:meth:`ranking_scores` on the ``items`` columns only, (len(users), len(items)).
+        """:meth:`ranking_scores` on the ``items`` columns only, (len(users), len(items)). Optional.
 
-        What a cold-item evaluation ranks by. The default slices the full ranking (so an ID-only
-        model's random cold scores are the same draws); a model that pays per scored pair
-        (MAML) overrides it to score only these columns.
+        What a cold-item evaluation ranks by: the evaluator calls it, in evaluation mode under
+        ``no_grad``, with a block of users and the split's cold items. The default slices the full
+        ranking (so an ID-only model's random cold scores are the same draws); a model that pays per
+        scored pair (MAML) overrides it to score only these columns, which must equal the ranking's.
         """
         scores = self.ranking_scores(users)
         return scores[:, items.to(scores.device)]

@@ -60,10 +60,7 @@ class BM3(Recommender):
     )
 
     def cold_overrides(self) -> list[ColdOverride]:
-        return [
-            self.cold_mean(self.item_emb.weight),
-            *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
-        ]
+        return [self.cold_mean(self.item_emb.weight), *self.cold_feature_copies(self.features)]
 
     def compute_cold_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """BM3 ranks with q(H) where H is ID-only; its content branch is trained so that q(Φ_m(x_j))

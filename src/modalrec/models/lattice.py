@@ -53,10 +53,7 @@ class LATTICE(Recommender):
     cold_rule = "E_i row at the warm-item mean, trainable feature rows at the raw features; content enters through S"
 
     def cold_overrides(self) -> list[ColdOverride]:
-        return [
-            self.cold_mean(self.item_emb.weight),
-            *(self.cold_raw_features(f, m) for f, m in zip(self.features, self.modalities, strict=True)),
-        ]
+        return [self.cold_mean(self.item_emb.weight), *self.cold_feature_copies(self.features)]
 
     def __init__(self, dataset, config, graphs) -> None:
         super().__init__(dataset, config, graphs)

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from modalrec.config.settings import use_model_resolver
 from modalrec.errors import ConfigError
 from modalrec.models.base import Recommender
 
@@ -149,7 +150,7 @@ def resolve_model(spec: str | type[Recommender]) -> type[Recommender]:
     target, colon, class_name = spec.rpartition(":")
     if not colon:
         target, class_name = spec, ""
-    if _is_file_target(target):
+    if spec_file(spec) is not None:
         return _from_file(spec, target, class_name)
     if colon:
         return _from_module(spec, target, class_name)
@@ -168,8 +169,18 @@ def resolve_model(spec: str | type[Recommender]) -> type[Recommender]:
     )
 
 
-def _is_file_target(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or "\\" in target
+# modalrec.config takes a model spec wherever it takes a model class; it sits below this layer, so it is told how
+use_model_resolver(resolve_model)
+
+
+def spec_file(spec: str) -> Path | None:
+    """The ``.py`` file a file spec (``path/file.py:Class`` or ``path/file.py``) names; None for any other spec."""
+    target, colon, _ = spec.strip().rpartition(":")
+    if not colon:
+        target = spec.strip()
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return Path(target).expanduser()
+    return None
 
 
 def _check_class(obj: object, spec: str) -> type[Recommender]:
@@ -343,7 +354,7 @@ def model_source_hash(cls: type[Recommender]) -> str:
 
     For an installed plugin (entry point) the ``.py`` files its distribution lists; otherwise the
     bytes of the file that defines the class (built-in models: their own module; modalrec's own
-    code is covered by ``runs.code_version``); for a class without a file (a notebook cell) the
+    code is covered by ``run_files.code_version``); for a class without a file (a notebook cell) the
     source of the class itself.
     """
     h = hashlib.sha256()

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import modalrec
 from modalrec.errors import ModalrecError
-from modalrec.recommend import NotFoundError
+from modalrec.recommendation import NotFoundError
 from modalrec.serve.engine import MAX_K, Engine
 from modalrec.serve.schemas import (
     ErrorResponse,
@@ -47,17 +47,17 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
     return f"{first['loc']}: {first['msg']}".replace("\n", " "), errors
 
 
-def create_app(run_dir: str | Path | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(run_dir: str | Path | None = None, engine: Engine | None = None, model: str | None = None) -> FastAPI:
     """Build the app for one run directory (loaded and precomputed here, once).
 
     Raises :class:`~modalrec.errors.RunError` with a one-line reason when the run
     directory is missing or corrupt — before any server starts. Pass ``engine`` to reuse
-    an already loaded one (tests).
+    an already loaded one (tests). ``model`` (a spec) replaces the model the run recorded.
     """
     if engine is None:
         if run_dir is None:
             raise ModalrecError("create_app needs a run directory")
-        engine = Engine.from_run_dir(run_dir)
+        engine = Engine.from_run_dir(run_dir, model=model)
     info = engine.info()
     app = FastAPI(
         title="modalrec",
@@ -201,7 +201,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", threads: int = 1
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    threads: int = 1,
+    model: str | None = None,
 ) -> None:
     """Load ``run_dir`` (refusing to start on a bad one) and serve it with uvicorn until interrupted.
 
@@ -216,7 +221,7 @@ def serve(
     torch.set_num_threads(max(1, threads))
     sock = bind_socket(host, port)
     try:
-        app = create_app(run_dir)
+        app = create_app(run_dir, model=model)
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
         print(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs)", flush=True)
         server.run(sockets=[sock])

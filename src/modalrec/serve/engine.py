@@ -11,9 +11,9 @@ representations are computed and cached; the engine then keeps
 * the L2-normalised item representation and L2-normalised raw feature matrices, so a
   similar-items request is one GEMV and a top-k.
 
-A training user's list is :func:`modalrec.recommend.recommend_user` (the same answer as
+A training user's list is :func:`modalrec.recommendation.recommend_user` (the same answer as
 ``modalrec recommend``) fed with these precomputed scores. No request ever recomputes
-representations: explanations run under :func:`~modalrec.recommend.frozen_cache`, which stops
+representations: explanations run under :func:`~modalrec.recommendation.frozen_cache`, which stops
 a model's ``eval()`` call (MeAIM's ``explain`` makes one) from dropping them.
 """
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from modalrec.errors import ModalrecError, RunError
-from modalrec.recommend import (
+from modalrec.recommendation import (
     check_items,
     check_user,
     cold_note,
@@ -41,17 +41,18 @@ from modalrec.recommend import (
     training_items,
     unscorable_items,
 )
-from modalrec.runs import LoadedRun, load_run
+from modalrec.run_load import LoadedRun, load_run
 from modalrec.serve.foldin import FoldIn, dot_tables
 
 MAX_K = 1000
 MAX_HISTORY = 10_000
 
 
-def open_run(run_dir: str | Path, data_dir: str | Path | None = None) -> LoadedRun:
-    """Load a run directory for serving; every failure is a one-line :class:`RunError`."""
+def open_run(run_dir: str | Path, data_dir: str | Path | None = None, model: str | None = None) -> LoadedRun:
+    """Load a run directory for serving (``model``: a spec replacing the recorded one); every failure is a
+    one-line :class:`RunError`."""
     try:
-        return load_run(run_dir, data_dir=data_dir, cache_dir=False)
+        return load_run(run_dir, data_dir=data_dir, cache_dir=False, model=model)
     except ModalrecError:
         raise
     except Exception as exc:  # corrupt config/metrics/state dict: one line, no traceback
@@ -92,9 +93,9 @@ class Engine:
         self.explanation_kind = probe.kind if probe is not None else None
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, data_dir: str | Path | None = None) -> Engine:
+    def from_run_dir(cls, run_dir: str | Path, data_dir: str | Path | None = None, model: str | None = None) -> Engine:
         """Load ``run_dir`` and precompute; raises :class:`RunError` with a one-line reason."""
-        run = open_run(run_dir, data_dir)
+        run = open_run(run_dir, data_dir, model)
         try:
             with torch.no_grad():
                 return cls(run)
@@ -154,7 +155,7 @@ class Engine:
     def recommend(self, user: int, k: int = 10, exclude_seen: bool = True, explain: bool = False) -> dict[str, Any]:
         """Top-k of a training user; with ``explain`` the model's per-modality influence per item.
 
-        :func:`modalrec.recommend.recommend_user` on the precomputed scores: a user without training
+        :func:`modalrec.recommendation.recommend_user` on the precomputed scores: a user without training
         interactions gets the most popular items, marked by ``fallback``; ``k`` above the number of
         items is capped, with a ``note``.
         """

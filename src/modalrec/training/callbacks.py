@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from modalrec.train.progress import EpochClock, ProgressReporter, format_duration
-from modalrec.train.trainer import Callback, Trainer
+from modalrec.training.progress import EpochClock, ProgressReporter, format_duration
+from modalrec.training.trainer import Callback, Trainer
 
 
 class ProgressCallback(Callback):
@@ -52,7 +52,7 @@ class ProgressCallback(Callback):
 
 
 class CheckpointSchedule(Callback):
-    """Writes the resume state every ``checkpoint_every`` epochs (:func:`modalrec.train.checkpoint_interval`)."""
+    """Writes the resume state every ``checkpoint_every`` epochs (:func:`modalrec.training.checkpoint_interval`)."""
 
     def on_epoch_boundary(self, trainer: Trainer, epoch: int) -> None:
         if (epoch + 1) % trainer.checkpoint_every == 0:

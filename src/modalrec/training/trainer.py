@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from modalrec.errors import ConfigError, ModalrecError
-from modalrec.evaluate import EvalResult, Evaluator
+from modalrec.evaluation import EvalResult, Evaluator
 from modalrec.models.base import Batch
-from modalrec.train.rng import capture_rng_state, restore_rng_state
-from modalrec.train.runtime import deterministic_cpu_kernels, keep_freed_memory_in_process, peak_memory_mb
-from modalrec.train.sampler import NegativeSampler
-from modalrec.train.state import TrainingStopped, TrainResult, TrainState
+from modalrec.training.rng import capture_rng_state, restore_rng_state
+from modalrec.training.runtime import deterministic_cpu_kernels, keep_freed_memory_in_process, peak_memory_mb
+from modalrec.training.sampler import NegativeSampler
+from modalrec.training.state import TrainingStopped, TrainResult, TrainState
 
 if TYPE_CHECKING:
     from modalrec.config import Config

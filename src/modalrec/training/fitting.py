@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from modalrec.train.callbacks import CheckpointSchedule, InterruptPoll, ProgressCallback, PruningCallback
-from modalrec.train.state import TrainResult
-from modalrec.train.trainer import Callback, Trainer
+from modalrec.training.callbacks import CheckpointSchedule, InterruptPoll, ProgressCallback, PruningCallback
+from modalrec.training.state import TrainResult
+from modalrec.training.trainer import Callback, Trainer
 
 if TYPE_CHECKING:
     from modalrec.config import Config

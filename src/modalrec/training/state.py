@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from modalrec.errors import ModalrecError
-from modalrec.evaluate import EvalResult
+from modalrec.evaluation import EvalResult
 
 
 @dataclass
@@ -62,7 +62,7 @@ TRAINER_KEYS: tuple[str, ...] = tuple(TrainState().to_dict())  # in the order a 
 
 @dataclass
 class TrainResult:
-    """What :func:`modalrec.train.fit` returns: the best epoch's validation and test results, and the run's record."""
+    """What :func:`modalrec.training.fit` returns: the best epoch's validation and test results, the run's record."""
 
     best_epoch: int
     valid: EvalResult

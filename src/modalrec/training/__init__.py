@@ -2,16 +2,16 @@
 
 :func:`fit` is the entry point; :class:`Trainer` holds the loop (one method per phase) and its
 :class:`TrainState`; :class:`Callback` hooks in (progress, resume states, interrupts, pruning —
-:mod:`modalrec.train.callbacks`). The sampler, RNG and process settings live in their own modules.
+:mod:`modalrec.training.callbacks`). The sampler, RNG and process settings live in their own modules.
 """
 
-from modalrec.train.fitting import fit
-from modalrec.train.progress import format_duration
-from modalrec.train.rng import capture_rng_state, restore_rng_state, seed_everything
-from modalrec.train.runtime import deterministic_cpu_kernels, keep_freed_memory_in_process, peak_memory_mb
-from modalrec.train.sampler import NegativeSampler
-from modalrec.train.state import TRAINER_KEYS, TrainingStopped, TrainResult, TrainState
-from modalrec.train.trainer import Callback, Trainer, checkpoint_interval, make_optimizer
+from modalrec.training.fitting import fit
+from modalrec.training.progress import format_duration
+from modalrec.training.rng import capture_rng_state, restore_rng_state, seed_everything
+from modalrec.training.runtime import deterministic_cpu_kernels, keep_freed_memory_in_process, peak_memory_mb
+from modalrec.training.sampler import NegativeSampler
+from modalrec.training.state import TRAINER_KEYS, TrainingStopped, TrainResult, TrainState
+from modalrec.training.trainer import Callback, Trainer, checkpoint_interval, make_optimizer
 
 __all__ = [
     "TRAINER_KEYS",

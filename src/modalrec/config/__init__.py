@@ -22,6 +22,13 @@ Either form may add ``note: why`` (printed after the range). An error is one lin
 source, the key, the value and what is allowed, e.g. ``override: dropout = 1.0 must be in [0, 1)``.
 Checks that need the data (``knn_k`` against the items, modality counts) or relate two keys stay
 in the models (:meth:`modalrec.models.base.Recommender.setting_error`).
+
+Whose settings. Every function here takes the *model*: its class, a model spec string (resolved by
+:func:`modalrec.models.spec.resolve_model`), or None for overall.yaml's keys alone. A model class
+states its own keys and sections in ``config_name`` (a YAML of this package), ``config_file`` (a YAML
+beside its module) or ``settings`` (the same sections as a dict); :func:`model_settings`
+(:mod:`modalrec.config.settings`) reads them, a subclass's merged over its bases'. A model's own keys
+are checked like the shared ones: known, of their default's type, within their bounds.
 """
 
 from __future__ import annotations
@@ -31,63 +38,74 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from modalrec.config.bounds import Bound, parse_bound, parse_range
+from modalrec.config.settings import (
+    OVERALL,
+    ModelRef,
+    OwnSettings,
+    config_keys,
+    model_class,
+    model_settings,
+    read_overall,
+    read_yaml,
+    settings_of,
+)
 from modalrec.errors import ConfigError
 
-# Top-level YAML sections that are not configuration keys (each is read by its own function).
-RESERVED_SECTIONS = ("presets", "search_space", "search_ranges", "description", "compat", "only_with", "bounds")
+__all__ = [
+    "NEUTRAL_KEYS",
+    "NO_PRESET",
+    "Bound",
+    "Config",
+    "ModelRef",
+    "SettingInfo",
+    "compat_defaults",
+    "config_drift",
+    "describe_preset",
+    "describe_settings",
+    "load_bounds",
+    "load_defaults",
+    "load_override_file",
+    "load_search_ranges",
+    "model_settings",
+    "parse_overrides",
+    "parse_range",
+    "resolve_config",
+    "topk_list",
+]
+
 NO_PRESET = "none"  # --preset none: no preset, not even the one matching the dataset's name
 
 
-def _read_yaml(path: Path | Any, what: str) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what}: invalid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what}: expected a mapping of key: value")
-    return data
+def load_defaults(model: ModelRef) -> tuple[dict, dict, dict]:
+    """(defaults, presets, search_space) of a model: overall.yaml's keys merged with the model's own settings."""
+    own = settings_of(model_class(model)).data
+    # the grid; search_ranges (tune) is read by load_search_ranges
+    return (
+        {**config_keys(read_overall()), **config_keys(own)},
+        dict(own.get("presets") or {}),
+        dict(own.get("search_space") or {}),
+    )
 
 
-def config_file(name: str) -> Any:
-    return resources.files("modalrec.models").joinpath("configs", f"{name}.yaml")
-
-
-def load_defaults(model_file: str) -> tuple[dict, dict, dict]:
-    """(defaults, presets, search_space) of a model: overall.yaml merged with ``<model>.yaml``."""
-    overall = _read_yaml(config_file("overall"), "configs/overall.yaml")
-    path = config_file(model_file)
-    if not path.is_file():
-        raise ConfigError(f"no configuration file configs/{model_file}.yaml")
-    own = _read_yaml(path, f"configs/{model_file}.yaml")
-    presets = own.get("presets") or {}
-    search = own.get("search_space") or {}  # the grid; search_ranges (tune) is read by load_search_ranges
-    for section in RESERVED_SECTIONS:
-        overall.pop(section, None)
-        own.pop(section, None)
-    return {**overall, **own}, presets, search
-
-
-def compat_defaults(model_file: str) -> dict[str, Any]:
-    """The ``compat:`` sections of overall.yaml and ``<model>.yaml``: for each key added after runs
+def compat_defaults(model: ModelRef) -> dict[str, Any]:
+    """The ``compat:`` sections of overall.yaml and the model's settings: for each key added after runs
     were already made, the value that reproduces what those runs did (they were made without it).
 
     A stored run whose configuration lacks such a key is taken to have had this value; a key
     that is missing and has no compat entry makes the run incomparable (see
     :func:`config_drift`).
     """
-    return _section(model_file, "compat")
+    return _section(model, "compat")
 
 
-def _section(model_file: str, name: str) -> dict[str, Any]:
-    overall = _read_yaml(config_file("overall"), "configs/overall.yaml").get(name) or {}
-    own = _read_yaml(config_file(model_file), f"configs/{model_file}.yaml").get(name) or {}
-    return {**overall, **own}
+def _section(model: ModelRef, name: str) -> dict[str, Any]:
+    return {**(read_overall().get(name) or {}), **(settings_of(model_class(model)).data.get(name) or {})}
 
 
 # Keys that change neither what a run learns nor how it is evaluated (speed and bookkeeping only).
@@ -95,7 +113,7 @@ NEUTRAL_KEYS = frozenset({"checkpoint_every", "eval_batch_size", "ranking_block_
 
 
 def config_drift(
-    model_file: str, stored: Mapping[str, Any], current: Mapping[str, Any], epochs_run: int | None = None
+    model: ModelRef, stored: Mapping[str, Any], current: Mapping[str, Any], epochs_run: int | None = None
 ) -> list[str]:
     """How a stored run's resolved configuration differs from the one the same command resolves now.
 
@@ -106,8 +124,8 @@ def config_drift(
     back: given the stored run's ``epochs_run``, a run that started with a smaller value and
     stopped at or after the current one is exactly the run the current value gives.
     """
-    compat = compat_defaults(model_file)
-    only_with = _section(model_file, "only_with")  # key → {other key: value it needs to matter}
+    compat = compat_defaults(model)
+    only_with = _section(model, "only_with")  # key → {other key: value it needs to matter}
     missing = object()
     changes = []
     for key, new in current.items():
@@ -126,7 +144,7 @@ def config_drift(
     return changes
 
 
-def load_search_ranges(model_file: str) -> dict[str, dict[str, Any]]:
+def load_search_ranges(model: ModelRef) -> dict[str, dict[str, Any]]:
     """A model's ``search_ranges``: continuous or integer ranges that ``modalrec tune`` samples from.
 
     Each entry is ``key: {low: L, high: H}`` with optional ``log: true`` (log-uniform, for learning
@@ -134,35 +152,18 @@ def load_search_ranges(model_file: str) -> dict[str, dict[str, Any]]:
     integer range (layers). The grid (``benchmark --grid``) never reads this section: it searches the
     finite lists of ``search_space``. Returns ``{key: {"low", "high", "log", "int"}}``, validated.
     """
-    path = config_file(model_file)
-    own = _read_yaml(path, f"configs/{model_file}.yaml") if path.is_file() else {}
-    raw = own.get("search_ranges") or {}
-    where = f"configs/{model_file}.yaml search_ranges"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of key: {{low, high, log}}")
-    defaults = load_defaults(model_file)[0]
-    bounds = _bounds(model_file, defaults)
+    cls = model_class(model)
+    settings = settings_of(cls)
+    raw = settings.data.get("search_ranges") or {}
+    where = f"{settings.source} search_ranges"
+    defaults = load_defaults(cls)[0]
+    bounds = _bounds(settings, defaults)
     out: dict[str, dict[str, Any]] = {}
     for key, spec in raw.items():
         out[key] = parse_range(key, spec, f"{where}: {key}")
-        _validated(defaults, bounds, {key: out[key]["low"]}, where)
-        _validated(defaults, bounds, {key: out[key]["high"]}, where)
+        _validated(defaults, bounds, {key: out[key]["low"]}, where, settings)
+        _validated(defaults, bounds, {key: out[key]["high"]}, where, settings)
     return out
-
-
-def parse_range(key: str, spec: Any, where: str) -> dict[str, Any]:
-    """``{low, high, log?}`` → ``{"low", "high", "log", "int"}`` (see :func:`load_search_ranges`)."""
-    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log"}:
-        raise ConfigError(f"{where}: give {{low: L, high: H}} and optionally log: true")
-    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
-        raise ConfigError(f"{where}: low and high must be numbers")
-    if not low < high:
-        raise ConfigError(f"{where}: low {low!r} must be below high {high!r}")
-    if log and low <= 0:
-        raise ConfigError(f"{where}: a log range needs low > 0 (got {low!r})")
-    is_int = isinstance(low, int) and isinstance(high, int) and not log
-    return {"low": low, "high": high, "log": log, "int": is_int}
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -179,97 +180,28 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-BOUND_FIELDS = frozenset({"low", "high", "low_open", "high_open", "finite", "choices", "note"})
+def load_bounds(model: ModelRef) -> dict[str, Bound]:
+    """The allowed values of a model's keys: the ``bounds:`` of overall.yaml and the model's settings, merged.
 
-
-@dataclass(frozen=True)
-class Bound:
-    """The allowed values of one key: a numeric range or a list of choices (a ``bounds:`` entry, see above)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[Any, ...] | None = None
-    note: str | None = None
-
-    def describe(self) -> str:
-        """What is allowed, in words: ``in [0, 1)``, ``> 0``, ``a positive integer``, ``one of a, b``."""
-        if self.choices is not None:
-            return f"one of {', '.join('null' if c is None else str(c) for c in self.choices)}"
-        low, high = self.low, self.high
-        if low is not None and high is not None:
-            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
-        if low is not None:
-            if low == 1 and isinstance(low, int) and not self.low_open:
-                return "a positive integer"
-            return f"{'>' if self.low_open else '>='} {low}"
-        if high is not None:
-            return f"{'<' if self.high_open else '<='} {high}"
-        return "a finite number"
-
-    def _admits(self, v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            return False
-        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
-            return False
-        return self.high is None or (v < self.high if self.high_open else v <= self.high)
-
-    def problem(self, value: Any) -> str | None:
-        """Why ``value`` is not allowed, worded to follow the key (None when it is allowed)."""
-        note = f" ({self.note})" if self.note else ""
-        if self.choices is not None:
-            return None if value in self.choices else f"must be {self.describe()}; got {value!r}{note}"
-        if value is None:
-            return None
-        for v in value if isinstance(value, list | tuple) else [value]:
-            if not self._admits(v):
-                if v is value:
-                    return f"= {value!r} must be {self.describe()}{note}"
-                return f"= {value!r} every entry must be {self.describe()}; got {v!r}{note}"
-        return None
-
-
-def _parse_bound(spec: Any, where: str) -> Bound:
-    """One ``bounds:`` entry → :class:`Bound` (a malformed entry is a :class:`ConfigError` naming it)."""
-    if not isinstance(spec, dict) or not spec or set(spec) - BOUND_FIELDS:
-        raise ConfigError(f"{where}: give {{low, high, low_open, high_open}}, {{finite: true}} or {{choices: [..]}}")
-    ends = [spec.get(k) for k in ("low", "high") if spec.get(k) is not None]
-    if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in ends):
-        raise ConfigError(f"{where}: low and high must be finite numbers")
-    if "choices" in spec:
-        if set(spec) - {"choices", "note"} or not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise ConfigError(f"{where}: choices must be a non-empty list, without a range")
-        return Bound(choices=tuple(spec["choices"]), note=spec.get("note"))
-    if not ends and spec.get("finite") is not True:
-        raise ConfigError(f"{where}: give low and/or high, or finite: true")
-    if len(ends) == 2 and not spec["low"] < spec["high"]:
-        raise ConfigError(f"{where}: low {spec['low']!r} must be below high {spec['high']!r}")
-    low, high, note = spec.get("low"), spec.get("high"), spec.get("note")
-    return Bound(low, high, low_open=bool(spec.get("low_open")), high_open=bool(spec.get("high_open")), note=note)
-
-
-def load_bounds(model_file: str) -> dict[str, Bound]:
-    """The allowed values of a model's keys: the ``bounds:`` of overall.yaml and ``<model>.yaml``, merged.
-
-    A model's entry replaces overall.yaml's for the same key; a bound on a key that the YAML (or,
-    for overall.yaml, the shared defaults) does not define is an error.
+    A model's entry replaces overall.yaml's for the same key; a bound on a key that the model's
+    settings (or, for overall.yaml, the shared defaults) do not define is an error.
     """
-    return _bounds(model_file, load_defaults(model_file)[0])
+    cls = model_class(model)
+    return _bounds(settings_of(cls), load_defaults(cls)[0])
 
 
-def _bounds(model_file: str, defaults: Mapping[str, Any]) -> dict[str, Bound]:
+def _bounds(settings: OwnSettings, defaults: Mapping[str, Any]) -> dict[str, Bound]:
     out: dict[str, Bound] = {}
-    for name in dict.fromkeys(("overall", model_file)):  # overall.yaml first: a model's entry replaces its
-        data = _read_yaml(config_file(name), f"configs/{name}.yaml")
-        known = defaults if name == model_file else [k for k in data if k not in RESERVED_SECTIONS]
+    overall = read_overall()
+    # overall.yaml first: a model's entry replaces its
+    for where, data, known in ((OVERALL, overall, config_keys(overall)), (settings.source, settings.data, defaults)):
         raw = data.get("bounds") or {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"configs/{name}.yaml bounds: expected a mapping of key: {{low, high}} or {{choices}}")
+            raise ConfigError(f"{where} bounds: expected a mapping of key: {{low, high}} or {{choices}}")
         for key, spec in raw.items():
             if key not in known:
-                raise ConfigError(f"configs/{name}.yaml bounds: {key!r} is not a configuration key")
-            out[key] = _parse_bound(spec, f"configs/{name}.yaml bounds: {key}")
+                raise ConfigError(f"{where} bounds: {key!r} is not a configuration key")
+            out[key] = parse_bound(spec, f"{where} bounds: {key}")
     return out
 
 
@@ -363,7 +295,7 @@ class Config(Mapping):
 
 
 def resolve_config(
-    model_file: str,
+    model: ModelRef,
     dataset_name: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     preset: str | None = None,
@@ -371,14 +303,17 @@ def resolve_config(
 ) -> Config:
     """Merge defaults ← preset ← overrides and validate every key, type and range.
 
+    ``model`` is the model's class, a model spec, or None for overall.yaml's keys alone.
     ``preset`` picks an entry of the model's ``presets:`` section; when it is None and a
     preset's name equals the dataset name (case-insensitive), that preset applies
     (``Config.preset_auto``); ``"none"`` applies no preset at all. The keys the preset set
     are kept in ``Config.preset_overrides`` (see :func:`describe_preset`).
     """
-    defaults, presets, _ = load_defaults(model_file)
-    bounds = _bounds(model_file, defaults)
-    _validated(defaults, bounds, defaults, f"configs/{model_file}.yaml")
+    cls = model_class(model)
+    settings = settings_of(cls)
+    defaults, presets, _ = load_defaults(cls)
+    bounds = _bounds(settings, defaults)
+    _validated(defaults, bounds, defaults, settings.source, settings)
     values = dict(defaults)
     chosen, auto = preset, False
     if chosen is not None and chosen.lower() == NO_PRESET:
@@ -387,13 +322,15 @@ def resolve_config(
         chosen = next((p for p in presets if p.lower() == dataset_name.lower()), None)
         auto = chosen is not None
     elif chosen is not None and chosen not in presets:
+        available = ", ".join(presets) or "none"
         raise ConfigError(
-            f"{model_file}: no preset {chosen!r} (available: {', '.join(presets) or 'none'}; {NO_PRESET!r} for none)"
+            f"{settings.owner or OVERALL}: no preset {chosen!r} (available: {available}; {NO_PRESET!r} for none)"
         )
     preset_values = presets[chosen] if chosen is not None else {}
     if chosen is not None:
-        values.update(_validated(defaults, bounds, preset_values, f"configs/{model_file}.yaml preset {chosen!r}"))
-    values.update(_validated(defaults, bounds, dict(overrides or {}), source))
+        where = f"{settings.source} preset {chosen!r}"
+        values.update(_validated(defaults, bounds, preset_values, where, settings))
+    values.update(_validated(defaults, bounds, dict(overrides or {}), source, settings))
     _check_valid_metric(values, source)
     values["preset"] = chosen
     return Config(values, preset_values, auto)
@@ -423,13 +360,18 @@ def _check_valid_metric(values: dict[str, Any], source: str) -> None:
         )
 
 
-def _validated(defaults: dict, bounds: Mapping[str, Bound], updates: Mapping[str, Any], source: str) -> dict:
+def _validated(
+    defaults: dict, bounds: Mapping[str, Bound], updates: Mapping[str, Any], source: str, settings: OwnSettings
+) -> dict:
     """``updates`` after checking each key is known, has the default's type and lies in its bounds."""
     for key, value in updates.items():
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{source}: unknown configuration key {key!r}{hint}")
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            whose = f"{settings.owner}'s keys" if settings.owner else "the shared keys"
+            raise ConfigError(
+                f"{source}: unknown configuration key {key!r} ({hint}{whose} are those of {settings.keys_from()})"
+            )
         if not _type_ok(defaults[key], value):
             raise ConfigError(
                 f"{source}: {key} = {value!r} has type {type(value).__name__}, expected "
@@ -452,4 +394,38 @@ def _validated(defaults: dict, bounds: Mapping[str, Bound], updates: Mapping[str
 
 
 def load_override_file(path: str | Path) -> dict[str, Any]:
-    return _read_yaml(Path(path), str(path))
+    return read_yaml(Path(path), str(path))
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One key of a model's configuration, as ``modalrec models --details`` lists it."""
+
+    key: str
+    default: Any
+    type: str  # what a value must be: int, float, bool, str, list, any (a null default takes any value)
+    bound: str  # what is allowed, in words ("" when the key has no bound)
+    grid: list | None  # the values the grid (--grid, sweep) searches; None when it does not search the key
+    tune: str  # the range tune samples ("" when only the grid's list, or nothing, is searched)
+    source: str  # where the default is defined: overall.yaml or the model's own settings
+    own: bool  # a key of the model's own settings (not only overall.yaml's)
+
+
+def describe_settings(model: ModelRef) -> tuple[list[SettingInfo], dict[str, dict[str, Any]]]:
+    """Every key of a model's configuration (the model's own first) and its presets, checked as a run would."""
+    cls = model_class(model)
+    settings = settings_of(cls)
+    defaults, presets, grid = load_defaults(cls)
+    bounds = _bounds(settings, defaults)
+    ranges = load_search_ranges(cls)
+    own = config_keys(settings.data)
+    rows = []
+    for key in sorted(defaults, key=lambda k: (k not in own, k)):
+        value = defaults[key]
+        kind = "any" if value is None else "list" if isinstance(value, list | tuple) else type(value).__name__
+        span = ranges.get(key)
+        tune = f"{span['low']}..{span['high']}{' (log)' if span['log'] else ''}" if span else ""
+        bound = bounds[key].describe() if key in bounds else ""
+        where = settings.source if key in own else OVERALL
+        rows.append(SettingInfo(key, value, kind, bound, grid.get(key), tune, where, key in own))
+    return rows, presets

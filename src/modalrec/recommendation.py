@@ -1,4 +1,4 @@
-"""Top-k recommendations of one training user: the one implementation behind :func:`modalrec.runs.recommend`,
+"""Top-k recommendations of one training user: the one implementation behind :func:`modalrec.run_load.recommend`,
 ``modalrec recommend`` and the server's ``GET /users/{user}/recommendations``.
 
 The answer is a JSON-ready dict ``{model, dataset, user, k, exclude_seen, [note], [fallback], items,
