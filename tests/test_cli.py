@@ -98,6 +98,20 @@ def test_module_entry_point_exit_codes(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_the_command_list_and_a_light_import():
+    """``python -m modalrec --help`` lists the commands in their order (the package registers them by hand);
+    importing the CLI loads no heavy library (each command imports what it calls when it runs)."""
+    env = {**os.environ, **ENV}
+    res = subprocess.run([sys.executable, "-m", "modalrec", "--help"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    names = "models check-model train evaluate recommend serve demo benchmark ablate sweep tune data analyze".split()
+    listed = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("│ ") and line.split()[1] in names]
+    assert listed == names
+    heavy = "import sys, modalrec.cli; print([m for m in ('torch', 'numpy', 'optuna') if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", heavy], capture_output=True, text=True, env=env)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
 # ================================================================ data
 def test_synth_then_validate_prints_the_summary(cli_data):
     res = invoke("data", "validate", cli_data)

@@ -219,3 +219,46 @@ def test_tune_cli_errors_are_one_line(optuna, syn_dir, tmp_path):
     )
     res = run("--trials", "2", "--storage", "postgresql://u:secret@127.0.0.1:1/none")
     assert "secret" not in res.output
+
+
+def test_grid_sampler_runs_the_whole_grid_and_stops_when_it_is_exhausted(optuna, syn_dir, tmp_path):
+    """--trials as large as the grid (or larger) runs every point once and ends cleanly.
+
+    Optuna's grid sampler stops ``Study.optimize`` when its grid is done, which raised ``RuntimeError`` on the
+    ask-and-tell driver's last ``tell``. A failed trial takes a grid point for good: the driver then stops
+    asking before the budget instead of running a tried point again.
+    """
+    from modalrec.experiments.study import make_sampler
+    from modalrec.experiments.tune import run_tune, tune_space
+
+    fixed = {"epochs": 1, "reg_weight": 0.001, "train_batch_size": 512}  # the grid: learning_rate's 3 values
+    space = tune_space("BPR", fixed, "grid")
+    assert list(space) == ["learning_rate"] and len(space["learning_rate"]["choices"]) == 3
+
+    def tune(out, trials):
+        lines: list[str] = []
+        kwargs = dict(out=out, storage=f"sqlite:///{out / 'study.db'}", study_name="g", sampler="grid")
+        report = run_tune("BPR", syn_dir, trials, overrides=fixed, log=lines.append, **kwargs)
+        return report, lines
+
+    report, lines = tune(tmp_path / "all", 5)
+    assert report.ran_here == report.finished == 3
+    assert "grid sampler: the grid has 3 points; --trials 5 → 3" in lines
+    assert "grid sampler: all 3 grid points have been tried; no more trials to run" in lines
+    tried = sorted(float(r["learning_rate"]) for r in _trials_csv(tmp_path / "all"))
+    assert tried == sorted(space["learning_rate"]["choices"])  # each point once
+
+    # a study whose first grid point failed: the other two run, then the driver stops (3 asked, 2 finished)
+    out = tmp_path / "failed"
+    out.mkdir()
+    study = optuna.create_study(
+        study_name="g",
+        storage=f"sqlite:///{out / 'study.db'}",
+        direction="maximize",
+        sampler=make_sampler(optuna, "grid", 0, space, 3),
+    )
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    report, lines = tune(out, 3)
+    assert report.ran_here == report.finished == 2
+    assert any(x.startswith("grid sampler: all 3 grid points have been tried (1 of them failed") for x in lines)
+    assert len(optuna.load_study(study_name="g", storage=f"sqlite:///{out / 'study.db'}").trials) == 3  # none again

@@ -92,8 +92,25 @@ def make_sampler(optuna: Any, kind: str, seed: int, space: dict[str, dict[str, A
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
-        return optuna.samplers.GridSampler({k: [encode(c) for c in d["choices"]] for k, d in space.items()}, seed=seed)
+        grid = {k: [encode(c) for c in d["choices"]] for k, d in space.items()}
+        return _ask_tell_grid_sampler(optuna)(grid, seed=seed)
     raise ConfigError(f"--sampler {kind!r}: choose from {', '.join(SAMPLERS)}")
+
+
+def _ask_tell_grid_sampler(optuna: Any) -> type:
+    """Optuna's ``GridSampler`` for a study driven by ask and tell, as ``modalrec tune``'s driver drives it.
+
+    Optuna's grid sampler ends ``Study.optimize`` when a told trial finishes the grid, by calling
+    ``Study.stop`` from ``after_trial`` — which raises ``RuntimeError`` outside ``optimize``, i.e. on
+    the ``tell`` of the last grid point. Here ``after_trial`` does nothing: the driver stops asking
+    for trials itself once the grid is exhausted (``GridSampler.is_exhausted``).
+    """
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            """Nothing (see :func:`_ask_tell_grid_sampler`): the driver, not the sampler, ends the study."""
+
+    return AskTellGridSampler
 
 
 def make_pruner(optuna: Any, kind: str, max_epochs: int, startup: int, warmup: int) -> Any:

@@ -4,10 +4,11 @@ The space is the model's ``search_space`` (finite lists → categorical choices)
 ``search_ranges`` taking over the keys they name (log-uniform learning rates and regularisers,
 integer layers); keys fixed with ``--set`` are not searched. Samplers: ``tpe`` (default, with
 the constant liar so that parallel trials do not all try the same point), ``random`` and
-``grid`` (the finite ``search_space`` only). Each trial trains with early stopping and reports
-its validation metric after every evaluation; the pruner (``median``, ``hyperband`` or
-``none``) stops a trial that does badly. A trial's value is its best validation metric
-(``valid_metric``, Recall@20 by default) and a trial never evaluates test; when the study
+``grid`` (the finite ``search_space`` only; the budget is at most the grid's size, and the driver
+stops asking for trials once every grid point has been tried). Each trial trains with early
+stopping and reports its validation metric after every evaluation; the pruner (``median``,
+``hyperband`` or ``none``) stops a trial that does badly. A trial's value is its best validation
+metric (``valid_metric``, Recall@20 by default) and a trial never evaluates test; when the study
 has finished, the best trial's saved best-epoch weights are loaded and evaluated on test once.
 
 The study lives in an Optuna storage: ``sqlite:///<report>/study.db`` by default; a
@@ -201,10 +202,15 @@ def _checked_space(cls: Any, dataset_name: str, fixed: dict[str, Any], sampler: 
     return space
 
 
+def _grid_size(space: dict[str, dict[str, Any]]) -> int:
+    """How many points the grid sampler's grid has: every combination of the finite choices."""
+    return math.prod(len(d["choices"]) for d in space.values())
+
+
 def _grid_budget(space: dict[str, dict[str, Any]], sampler: str, trials: int, log: Callable[[str], None]) -> int:
     """The trial budget: with the grid sampler, at most the number of grid points."""
     if sampler == "grid":
-        size = math.prod(len(d["choices"]) for d in space.values())
+        size = _grid_size(space)
         if trials > size:
             log(f"grid sampler: the grid has {size} points; --trials {trials} → {size}")
             return size
@@ -237,7 +243,7 @@ class _TuneDriver:
         self.finished_states = (self.states.COMPLETE, self.states.PRUNED)
         self.inflight: dict[int, Any] = {}
         self.ran_here = self.failures = 0
-        self.budget_taken = False
+        self.asking_done = False  # the budget is taken, or the grid has no point left: ask for no more trials
 
     def count(self, upto: int | None = None, which: tuple | None = None) -> int:
         """Trials of the study in the states ``which`` (default: finished), those numbered below ``upto`` only."""
@@ -256,8 +262,10 @@ class _TuneDriver:
             with graceful_interrupts() as flag:
                 while True:
                     self.optuna.storages.fail_stale_trials(self.study)
-                    while not self.budget_taken and executor.in_flight() < executor.capacity and flag() is None:
-                        if self.count() + len(self.inflight) >= self.budget or not self._start_one():
+                    while not self.asking_done and executor.in_flight() < executor.capacity and flag() is None:
+                        if self._grid_exhausted() or self.count() + len(self.inflight) >= self.budget:
+                            break
+                        if not self._start_one():
                             break
                     if not executor.in_flight():
                         break
@@ -281,7 +289,7 @@ class _TuneDriver:
         if claimed >= self.budget:  # other processes hold the rest of the budget: this trial is not run
             trial.set_user_attr("surplus", True)
             self.study.tell(trial, state=states.FAIL)
-            self.budget_taken = True
+            self.asking_done = True
             return False
         params = suggest(trial, self.space)
         run_dir = self.out / "trials" / f"trial-{trial.number:04d}"
@@ -303,6 +311,22 @@ class _TuneDriver:
         self.heartbeat.add(trial._trial_id)
         self.inflight[trial.number] = trial
         self.executor.submit(spec)
+        return True
+
+    def _grid_exhausted(self) -> bool:
+        """With the grid sampler: has every grid point been tried (True: ask for no more trials, and say so)?
+
+        The budget is at most the grid's size, so this stops the driver before the budget only when
+        failed trials took grid points (Optuna's grid sampler does not try a failed point again); asked
+        past that, the sampler would run an already tried point a second time.
+        """
+        sampler = self.study.sampler
+        if not isinstance(sampler, self.optuna.samplers.GridSampler) or not sampler.is_exhausted(self.study):
+            return False
+        size, finished = _grid_size(self.space), self.count()
+        failed = f" ({size - finished} of them failed; a failed point is not tried again)" if finished < size else ""
+        self.log(f"grid sampler: all {size} grid points have been tried{failed}; no more trials to run")
+        self.asking_done = True
         return True
 
     def _take(self, outcome: TrialOutcome) -> None:
