@@ -584,8 +584,9 @@ def test_meta_without_matching_ids_is_an_error(tmp_path):
     reviews = write_ratings_csv(tmp_path / "r.csv")
     meta = tmp_path / "m.json"
     meta.write_text(json.dumps({"asin": "OTHER", "title": "x"}) + "\n")
-    with pytest.raises(DataError, match=r"m\.json: none of the 6 items has a record"):
+    with pytest.raises(DataError, match=r"m\.json: none of the 6 items has a record") as err:
         prepare_dataset(reviews, tmp_path / "o", PrepareOptions(meta=meta), text_encoder=FakeText())
+    assert "first item: '" in str(err.value) and "np.str_" not in str(err.value), str(err.value)
 
 
 def test_bad_options(tmp_path):

@@ -96,7 +96,7 @@ def _spread(encoded: np.ndarray, found: np.ndarray) -> np.ndarray:
 def _none_found(path: Path, kept: KeptInteractions, what: str, hint: str, tail: str = "") -> DataError:
     """The error when not one kept item has ``what`` in an input (most likely its ids are not the
     interactions'): ``hint`` says how they must match; the first item id shows what was expected."""
-    first = kept.item_names[0]
+    first = str(kept.item_names[0])  # a NumPy string's repr would read np.str_('…')
     return DataError(path, f"none of the {kept.n_items:,} items has {what} ({hint}first item: {first!r}{tail})")
 
 
