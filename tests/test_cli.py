@@ -136,6 +136,19 @@ def test_synth_refuses_existing_and_bad_arguments(cli_data, tmp_path):
     assert tree_bytes(cli_data) == before
     assert_one_line_error(invoke("data", "synth", tmp_path / "x", "--modalities", "image:0"), "name:dim")
     assert not (tmp_path / "x").exists()
+    bad = invoke("data", "synth", tmp_path / "x", "--interactions-per-user", "2")
+    assert_one_line_error(bad, "--interactions-per-user")
+    assert not (tmp_path / "x").exists()
+
+
+def test_synth_interactions_per_user_sets_the_mean(tmp_path):
+    sizes = {}
+    for mean in (6, 20):
+        out = tmp_path / f"m{mean}"
+        res = invoke("data", "synth", out, "--users", "300", "--items", "400", "--interactions-per-user", str(mean))
+        assert res.exit_code == 0, res.output
+        sizes[mean] = load_dataset(out).summary()["interactions"] / 300
+    assert 5 <= sizes[6] < 8 and 16 < sizes[20] < 24, sizes
 
 
 @pytest.mark.parametrize(

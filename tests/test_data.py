@@ -530,3 +530,48 @@ def test_load_dataset_succeeds_consistently_or_raises_data_error(rows, blank_eve
     all_train_users = {u for u, _, x in parsed if x == TRAIN}
     assert {(u, i) for u, i, _ in parsed if u in all_train_users} == pairs
     assert sum(ds.summary()["per_split"].values()) == len(ds.users)
+
+
+def test_synthetic_top_items_equal_the_first_columns_of_a_stable_descending_sort():
+    from modalrec.data.synth import _top_items
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(40, 500))
+    for k in (1, 7, 499, 500, 600):
+        expected = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(_top_items(logits, k)[:, :k], expected)
+
+
+def test_default_synthetic_dataset_is_the_one_the_reproduction_record_was_trained_on(tmp_path):
+    """The built-in data are pinned by their content fingerprint (the record's synthetic runs name it):
+    a faster generator must produce the same bytes."""
+    from modalrec.data.dataset import load_dataset
+    from modalrec.data.synth import write_synthetic_dataset
+
+    folder = write_synthetic_dataset(tmp_path / "syn")
+    assert load_dataset(folder).fingerprint == "7e60521b4179faf4bf9170dd"
+
+
+def test_large_catalogue_generator_draws_from_candidate_pools_with_the_same_structure():
+    """Above exact_limit user–item pairs each user draws from a pool (topics + popularity) instead of every
+    item: deterministic, no repeated pair, about the asked interactions per user, and users still
+    concentrate on their preferred topics as the exact generator makes them do."""
+    from modalrec.data.synth import generate_synthetic
+
+    kw = {"n_users": 400, "n_items": 3000, "n_topics": 40, "mean_interactions": 9.0, "seed": 5}
+    pooled = generate_synthetic(**kw, exact_limit=0)
+    again = generate_synthetic(**kw, exact_limit=0)
+    exact = generate_synthetic(**kw)
+    assert np.array_equal(pooled["users"], again["users"]) and np.array_equal(pooled["items"], again["items"])
+    pairs = pooled["users"] * kw["n_items"] + pooled["items"]
+    assert np.unique(pairs).size == pairs.size
+    assert set(np.unique(pooled["items"])) == set(range(kw["n_items"]))  # every item occurs
+    per_user = np.bincount(pooled["users"], minlength=kw["n_users"])
+    assert per_user.min() >= 5 and 7 < per_user.mean() < 12
+
+    def affinity(g: dict) -> float:  # mean z_u · z_j of the drawn pairs: the planted preference signal
+        return float(np.mean(np.sum(g["z_users"][g["users"]] * g["z_items"][g["items"]], axis=1)))
+
+    shuffled = {**pooled, "items": np.random.default_rng(0).permutation(pooled["items"])}
+    assert affinity(pooled) > affinity(shuffled) + 0.2
+    assert abs(affinity(pooled) - affinity(exact)) < 0.15

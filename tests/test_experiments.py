@@ -6,8 +6,6 @@ import csv
 import io
 import json
 import math
-import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -311,75 +309,6 @@ def test_benchmark_needs_models_or_plan(syn_dir, tmp_path):
     assert res.exit_code == 1 and "either --models or --plan" in res.stderr
 
 
-def test_reproduction_script_runs_end_to_end_on_synthetic_data(tmp_path):
-    """benchmarks/reproduce.py --quick: every part on a tiny synthetic set, 1 epoch, then the report."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path / "r")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = (tmp_path / "r" / "reproduction.md").read_text()
-    for title in ("Amazon Baby", "all 17 models", "best peer toolbox", "content scale control", "Cold-start items"):
-        assert title in report
-    assert "Not run" not in report
-    for label in ("| BPR |", "| LightGCN |", "| MARIO |", "| MeAIM |", "| MMSSL |", "| MARIO (paper) |"):
-        assert label in report, label
-    assert "Paired t-test of **MARIO**" in report and "Cornac" in report
-    # cold-items parts: ID-only rows marked unable, content rows judged against the two rankers
-    assert "| unable (random) |" in report and "| from content |" in report and "| Popularity |" in report
-    assert "benchmark --plan" in report and "fingerprint" in report
-    assert "MeAIM is not in this table" in report  # a part's note: why the text-only table lacks a model
-
-    # A fresh report folder (another checkout): the committed record restores every finished run,
-    # the benchmark reuses them (trains nothing) and the tables come back identical.
-    out = tmp_path / "r"
-    for part in out.iterdir():
-        if part.name not in ("record", "data", "reproduction.md"):
-            shutil.rmtree(part) if part.is_dir() else part.unlink()
-    shutil.rmtree(out / "record" / "baby" / "results")  # one part without a record: its section is kept
-    for model in (out / "record" / "cold-items-scientific" / "results").iterdir():
-        if model.name not in ("Popularity", "Random"):  # the untrained rankers alone do not make a table
-            shutil.rmtree(model)
-
-    def render_only() -> str:
-        """Re-render the report from the report folder (and the record); returns the script's output."""
-        proc = subprocess.run(
-            [sys.executable, str(script), "--quick", "--render-only", "--out", str(out)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout
-
-    stdout = render_only()
-    assert "restored from" in stdout and "section is kept" in stdout
-    again = (out / "reproduction.md").read_text()
-
-    def tables(text: str) -> list[str]:
-        return [line for line in text.splitlines() if line.startswith("|")]
-
-    assert tables(again) == tables(report)
-    assert again.count("*Kept from an earlier report:") == 2
-    # kept again later: the mark still names the date the section was generated, not the last render
-    when = re.search(r"Generated (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", report).group(1)
-    assert again.count(f"generated on {when}.*") == 2
-    (out / "reproduction.md").write_text(again.replace(f"Generated {when}", "Generated 2099-01-01 00:00 UTC", 1))
-    render_only()
-    third = (out / "reproduction.md").read_text()
-    assert third.count(f"generated on {when}.*") == 2 and "2099" not in third
-    assert "Not run" not in again
-
-
 def test_benchmark_reuse_only_tabulates_finished_rows_and_trains_nothing(syn_dir, tmp_path, monkeypatch):
     fake, calls = fake_trainer(lambda m, o: (0.5, 0.4))
     monkeypatch.setattr(trials_mod, "train_run", fake)
@@ -467,64 +396,3 @@ def test_config_drift_counts_min_epochs_only_when_the_run_stopped_before_it():
     assert config_drift("mario", stored, current) == ["min_epochs 0 → 100"]  # unknown length: a change
     older = {k: v for k, v in stored.items() if k not in ("content_gate", "content_gate_init", "content_gate_speed")}
     assert config_drift("mario", older, {**current, "content_gate": "none"}, epochs_run=150) == []  # compat + only_with
-
-
-def test_reproduction_record_is_not_git_ignored(monkeypatch):
-    """The record exists to be committed: none of the files archive_part writes may match .gitignore."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        pytest.skip("not a git checkout: nothing to check .gitignore against")
-    reproduce = _load_reproduce(monkeypatch)
-    record = reproduce.RECORD.relative_to(root) / "part"
-    files = record / reproduce.RECORD_RUN_DIRS / "BPR-abc-seed1"
-    names = (*reproduce.RECORD_RUN_FILES, *reproduce.RECORD_NPZ_FILES)
-    paths = [str(record / "results" / "BPR" / "abc" / "seed-1.json"), *(str(files / n) for n in names)]
-    proc = subprocess.run(["git", "-C", str(root), "check-ignore", *paths], capture_output=True, text=True)
-    assert proc.returncode == 1, f"ignored by .gitignore: {proc.stdout}"
-
-
-def _load_reproduce(monkeypatch):
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
-    spec = importlib.util.spec_from_file_location("reproduce", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "reproduce", module)  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize(
-    ("options", "expected"),
-    [
-        ([], ["--executor", "local"]),
-        (["--executor", "ray"], ["--executor", "ray"]),
-        (["--executor", "ray", "--cpus-per-trial", "2"], ["--executor", "ray", "--cpus-per-trial", "2"]),
-        (["--cpus-per-trial", "2"], ["--executor", "local", "--threads", "2"]),
-    ],
-)
-def test_reproduction_script_passes_the_executor_to_training_runs_only(tmp_path, monkeypatch, options, expected):
-    """--executor ray trains a part's runs side by side; the re-render (--render-only) and the
-    command the report prints carry no executor option, as it changes no result."""
-    reproduce = _load_reproduce(monkeypatch)
-    calls = []
-
-    class Done:
-        returncode, stdout, stderr = 0, "", ""
-
-    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append(list(cmd)) or Done())
-    (tmp_path / "data" / "amazon_scientific").mkdir(parents=True)
-    common = ["--parts", "cold-items-scientific", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "r")]
-    common += ["--report", str(tmp_path / "r.md"), "--record", str(tmp_path / "record")]
-    reproduce.main([*common, *options])
-    bench = [c for c in calls if "benchmark" in c]
-    assert len(bench) == 1 and bench[0][-2 - len(expected) :] == ["--cold-ratio", "0.2", *expected]
-    assert "--executor" not in json.loads((tmp_path / "r" / "commands.json").read_text())["cold-items-scientific"]
-    calls.clear()
-    reproduce.main([*common, *options, "--render-only"])
-    bench = [c for c in calls if "benchmark" in c]
-    assert len(bench) == 1 and "--reuse-only" in bench[0]
-    assert "--executor" not in bench[0] and "--threads" not in bench[0]

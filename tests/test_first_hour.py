@@ -283,17 +283,39 @@ def baby_folder(tmp_path):
     return write_folder(tmp_path / "baby", toy_rows(), name="baby")
 
 
-def test_automatic_preset_is_printed_and_recorded(baby_folder, tmp_path):
+def test_a_preset_named_like_the_dataset_is_only_mentioned(baby_folder, tmp_path):
     res = invoke("train", "--model", "LightGCN", "--data", baby_folder, "--epochs", 1, "--out", tmp_path / "a")
     assert res.exit_code == 0, res.output
-    assert "preset 'baby' (chosen automatically: it matches the dataset's name) sets" in res.stdout
-    assert "n_layers=3" in res.stdout and "--preset none turns it off" in res.stdout
+    assert "preset: none (model defaults and your overrides); this model has a preset 'baby'" in res.stdout
+    assert "name it with --preset baby to use it" in res.stdout and "n_layers=3" not in res.stdout
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
-    assert saved["preset"]["name"] == "baby" and saved["preset"]["automatic"] is True
+    defaults, _, _ = load_defaults("lightgcn")
+    assert saved["preset"] == {"name": None, "overrides": {}}
+    assert saved["config"]["n_layers"] == defaults["n_layers"] != 3
+
+
+def test_a_named_preset_is_printed_and_recorded(baby_folder, tmp_path):
+    res = invoke(
+        "train",
+        "--model",
+        "LightGCN",
+        "--data",
+        baby_folder,
+        "--epochs",
+        1,
+        "--preset",
+        "baby",
+        "--out",
+        tmp_path / "b",
+    )
+    assert res.exit_code == 0, res.output
+    assert "preset 'baby' (asked for) sets" in res.stdout and "n_layers=3" in res.stdout
+    saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert saved["preset"]["name"] == "baby" and set(saved["preset"]) == {"name", "overrides"}
     assert saved["preset"]["overrides"]["n_layers"] == 3 and saved["config"]["n_layers"] == 3
 
 
-def test_preset_none_turns_the_automatic_choice_off(baby_folder, tmp_path):
+def test_preset_none_applies_none(baby_folder, tmp_path):
     res = invoke(
         "train",
         "--model",
@@ -308,10 +330,10 @@ def test_preset_none_turns_the_automatic_choice_off(baby_folder, tmp_path):
         tmp_path / "n",
     )
     assert res.exit_code == 0, res.output
-    assert "preset: none" in res.stdout
+    assert "preset: none" in res.stdout and "this model has a preset" not in res.stdout
     saved = yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())
     defaults, _, _ = load_defaults("lightgcn")
-    assert saved["preset"] == {"name": None, "automatic": False, "overrides": {}}
+    assert saved["preset"] == {"name": None, "overrides": {}}
     assert saved["config"]["n_layers"] == defaults["n_layers"]
 
 
@@ -322,5 +344,6 @@ def test_benchmark_logs_the_preset_of_each_model(baby_folder, tmp_path):
     run_benchmark(
         ["LightGCN", "BPR"], baby_folder, [1], out=tmp_path / "rep", overrides={"epochs": 1}, log=lines.append
     )
-    assert any(line.startswith("LightGCN: preset 'baby' (chosen automatically") for line in lines)
-    assert any(line.startswith("BPR: preset") for line in lines)
+    hint = "preset: none (model defaults and your overrides); this model has a preset 'baby'"
+    assert any(line.startswith(f"LightGCN: {hint}") for line in lines)
+    assert any(line.startswith(f"BPR: {hint}") for line in lines)

@@ -63,7 +63,7 @@ def test_registered_and_configured():
     assert set(presets) == {"baby", "sports", "clothing"}
     sports = resolve_config("meaim", preset="sports")
     assert (sports.content_layers, sports.dropout, sports.lambda_kl, sports.stopping_step) == ([2, 4], 0.7, 10000, 30)
-    clothing = resolve_config("meaim", dataset_name="clothing")
+    clothing = resolve_config("meaim", dataset_name="clothing", preset="clothing")
     assert (clothing.content_layers, clothing.beta_cl, clothing.gamma_bpr) == ([3, 3], 0.0001, 1.0)
     assert {"beta_cl", "lambda_kl", "gamma_bpr", "dropout"} <= set(search)
 

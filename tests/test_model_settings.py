@@ -112,12 +112,15 @@ def test_the_own_grid_ranges_bounds_and_presets(model_file):
     assert load_bounds(cls)["proj_scale"].describe() == "in [0.0, 1.0]" and "n_layers" in load_bounds(cls)
     # presets extend LightGCN's: its "baby" keeps LightGCN's settings and adds proj_scale
     assert presets["baby"] == {"n_layers": 3, "reg_weight": 0.0, "train_batch_size": 4096, "proj_scale": 0.25}
-    baby = resolve_config(cls, dataset_name="Baby")
-    assert baby.preset == "baby" and baby.n_layers == 3 and baby.proj_scale == 0.25 and baby.preset_auto
+    assert resolve_config(cls, dataset_name="Baby").preset is None  # named like the dataset: not applied
+    baby = resolve_config(cls, dataset_name="Baby", preset="baby")
+    assert baby.preset == "baby" and baby.n_layers == 3 and baby.proj_scale == 0.25
     assert "proj_scale=0.25" in describe_preset(baby)
     mine = resolve_config(cls, dataset_name="baby", preset="mine")
     assert (mine.proj_scale, mine.n_layers) == (0.75, 1)
-    assert resolve_config(cls, dataset_name="sports").proj_scale == 0.5  # LightGCN's sports preset, own default
+    sports = resolve_config(cls, preset="sports")
+    # LightGCN's sports preset, and the own default
+    assert (sports.train_batch_size, sports.reg_weight, sports.proj_scale) == (4096, 0.0, 0.5)
     with pytest.raises(ConfigError, match=r"^ImgLightGCN: no preset 'nope' \(available: baby, sports, clothing, mine"):
         resolve_config(cls, preset="nope")
     rows = {r.key: r for r in describe_settings(cls)[0]}
@@ -157,7 +160,7 @@ class OnlyOwn(Recommender):
 def test_a_subclass_without_settings_has_its_parents():
     assert Subclassed.name == "Subclassed"
     assert load_defaults(Subclassed) == load_defaults(LightGCN)
-    assert resolve_config(Subclassed, dataset_name="baby").to_dict() == resolve_config(LightGCN, "baby").to_dict()
+    assert resolve_config(Subclassed, preset="baby").to_dict() == resolve_config(LightGCN, preset="baby").to_dict()
     assert resolve_config(Subclassed, overrides={"n_layers": 3}).n_layers == 3
 
 

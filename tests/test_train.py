@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modalrec.config import Config, parse_overrides, resolve_config
+from modalrec.config import Config, describe_preset, parse_overrides, resolve_config
 from modalrec.data.dataset import Dataset
 from modalrec.errors import ConfigError, ModalrecError
 from modalrec.evaluation import Evaluator
@@ -386,16 +386,48 @@ def test_compatible_values_are_accepted():
     assert cfg.preset is None
 
 
-def test_preset_by_dataset_name_and_by_explicit_name():
+def test_a_preset_applies_only_by_its_name():
     defaults = resolve_config("lightgcn")
-    by_name = resolve_config("lightgcn", dataset_name="Baby")  # case-insensitive match
-    assert by_name.preset == "baby" and by_name.n_layers == 3 and by_name.train_batch_size == 4096
+    by_name = resolve_config("lightgcn", dataset_name="Baby")  # named like a preset: only hinted at
+    assert by_name.preset is None and by_name.to_dict() == defaults.to_dict() and by_name.preset_overrides == {}
+    assert by_name.preset_hint == "baby"  # case-insensitive match
     explicit = resolve_config("lightgcn", dataset_name="synthetic", preset="sports")
     assert explicit.preset == "sports" and explicit.n_layers == 2 and explicit.reg_weight == 0.0
     assert resolve_config("lightgcn", dataset_name="synthetic").to_dict() == defaults.to_dict()
-    # an explicit preset wins over the dataset name; overrides win over the preset
+    # the named preset applies whatever the dataset's name; overrides win over the preset
     mixed = resolve_config("lightgcn", dataset_name="baby", preset="sports", overrides={"n_layers": 4})
     assert mixed.preset == "sports" and mixed.n_layers == 4 and mixed.train_batch_size == 4096
+    assert mixed.preset_hint is None
+
+
+def test_a_dataset_named_baby_gets_no_bpr_preset_unless_it_is_named():
+    defaults = resolve_config("bpr")
+    baby_preset = {"reg_weight": 0.1, "train_batch_size": 4096}  # bpr.yaml's presets: baby
+    assert any(defaults[k] != v for k, v in baby_preset.items())  # so applying it would show
+    for preset in (None, "none"):
+        unnamed = resolve_config("bpr", dataset_name="baby", preset=preset)
+        assert unnamed.preset is None and unnamed.preset_overrides == {}
+        assert unnamed.to_dict() == defaults.to_dict()
+    named = resolve_config("bpr", dataset_name="baby", preset="baby")
+    assert named.preset == "baby" and named.preset_overrides == baby_preset
+    assert {k: named[k] for k in baby_preset} == baby_preset
+
+
+def test_the_start_line_names_the_preset_it_did_not_apply():
+    hint = describe_preset(resolve_config("bpr", dataset_name="Baby"))
+    assert hint == (
+        "preset: none (model defaults and your overrides); this model has a preset 'baby' (settings copied from "
+        "published runs, not validated here) — name it with --preset baby to use it"
+    )
+    # no hint without a matching preset, nor when a preset (or none) is named
+    assert describe_preset(resolve_config("bpr", dataset_name="synthetic")) == (
+        "preset: none (model defaults and your overrides)"
+    )
+    assert describe_preset(resolve_config("bpr", dataset_name="baby", preset="none")) == (
+        "preset: none (model defaults and your overrides)"
+    )
+    named = describe_preset(resolve_config("bpr", dataset_name="baby", preset="baby"))
+    assert named == "preset 'baby' (asked for) sets reg_weight=0.1, train_batch_size=4096"
 
 
 def test_unknown_preset_is_an_error():

@@ -64,7 +64,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--factors", default="64,128,256")
-    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--seeds", default="999,1000,1001")  # the reproduction's seeds
+    ap.add_argument("--no-xavier", action="store_true", help="skip the Xavier-start runs at k = 64")
     ap.add_argument("--epochs", type=int, default=400)
     args = ap.parse_args()
     split = read_split(args.data)
@@ -76,7 +77,7 @@ def main() -> None:
         valid_items.setdefault(u, set()).add(i)
     runs = []
     for k in (int(x) for x in args.factors.split(",")):
-        for xavier in (False, True) if k == 64 else (False,):
+        for xavier in (False, True) if k == 64 and not args.no_xavier else (False,):
             for seed in (int(s) for s in args.seeds.split(",")):
                 train = CornacDataset.from_uir(split[0], seed=seed)
                 init = None

@@ -262,7 +262,6 @@ def write_run_config(run_dir: Path, cls: type[Recommender], dataset: Dataset, co
             },
             "preset": {
                 "name": config.get("preset"),
-                "automatic": config.preset_auto,
                 "overrides": config.preset_overrides,
             },
             "config": config.to_dict(),
@@ -384,9 +383,29 @@ def _write_finished_run(
             "test": result.test.metrics if result.test is not None else None,
             "timings": result.timings,
             "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds},
+            "environment": run_environment(model.device),
             "history": result.history,
         },
     )
+
+
+def run_environment(device: torch.device) -> dict[str, Any]:
+    """What a run's numbers depend on besides its configuration and data: the code, library versions,
+    the torch thread count and the device. The same seed, code, versions and threads give the same
+    numbers on CPU; a different thread count may change float sums and so the last digits."""
+    import platform
+
+    import numpy
+
+    return {
+        "modalrec": code_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "machine": platform.machine(),
+    }
 
 
 def describe_position(state: dict[str, Any]) -> str:

@@ -64,7 +64,7 @@ def benchmark_cmd(
     device: DeviceOption = "cpu",
     preset: Annotated[
         str | None,
-        typer.Option(help="Preset of every model's YAML (default: the one named like the dataset; none: no preset)."),
+        typer.Option(help="Preset of every model's YAML; applied only when named (default, or none: no preset)."),
     ] = None,
     reuse_only: Annotated[
         bool, typer.Option("--reuse-only", help="Train nothing: tabulate the rows whose runs have all finished.")

@@ -87,7 +87,7 @@ def _print_model_settings(spec: str) -> None:
     if not presets:
         out.print("presets: none")
         return
-    out.print(f"presets (--preset NAME; the one named like the dataset applies by itself; --preset {NO_PRESET}):")
+    out.print(f"presets (applied only when named, --preset NAME; none by default or with --preset {NO_PRESET}):")
     for name, values in presets.items():
         out.print(f"  {name}: {', '.join(f'{k}={shown(v)}' for k, v in values.items()) or 'nothing'}")
 
@@ -123,7 +123,7 @@ def train_cmd(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Per-dataset preset of the model's YAML (default: the one named like the dataset; none: no preset)."
+            help="Per-dataset preset of the model's YAML; applied only when named (default, or none: no preset)."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (must not exist).")] = None,

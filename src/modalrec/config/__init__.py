@@ -79,7 +79,7 @@ __all__ = [
     "topk_list",
 ]
 
-NO_PRESET = "none"  # --preset none: no preset, not even the one matching the dataset's name
+NO_PRESET = "none"  # --preset none: no preset (the same as naming none)
 
 
 def load_defaults(model: ModelRef) -> tuple[dict, dict, dict]:
@@ -259,12 +259,13 @@ class Config(Mapping):
     """A resolved, validated, read-only configuration with attribute access."""
 
     def __init__(
-        self, values: dict[str, Any], preset_overrides: Mapping[str, Any] | None = None, preset_auto: bool = False
+        self, values: dict[str, Any], preset_overrides: Mapping[str, Any] | None = None, preset_hint: str | None = None
     ) -> None:
         self._values = dict(values)
-        # What the preset named in values["preset"] changed, and whether it was picked by the dataset's name.
+        # What the preset named in values["preset"] changed; and, when none was named, the model's preset
+        # named like the dataset (not applied: describe_preset mentions it).
         self.__dict__["preset_overrides"] = dict(preset_overrides or {})
-        self.__dict__["preset_auto"] = preset_auto
+        self.__dict__["preset_hint"] = preset_hint
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -288,7 +289,7 @@ class Config(Mapping):
         unknown = [k for k in changes if k not in self._values]
         if unknown:
             raise ConfigError(f"unknown configuration key {unknown[0]!r}")
-        return Config({**self._values, **changes}, self.preset_overrides, self.preset_auto)
+        return Config({**self._values, **changes}, self.preset_overrides, self.preset_hint)
 
     def __repr__(self) -> str:
         return f"Config({self._values})"
@@ -304,10 +305,13 @@ def resolve_config(
     """Merge defaults ← preset ← overrides and validate every key, type and range.
 
     ``model`` is the model's class, a model spec, or None for overall.yaml's keys alone.
-    ``preset`` picks an entry of the model's ``presets:`` section; when it is None and a
-    preset's name equals the dataset name (case-insensitive), that preset applies
-    (``Config.preset_auto``); ``"none"`` applies no preset at all. The keys the preset set
-    are kept in ``Config.preset_overrides`` (see :func:`describe_preset`).
+    ``preset`` picks an entry of the model's ``presets:`` section; None or ``"none"`` applies
+    no preset. A preset never applies by itself, not even one named like the dataset: a preset
+    would apply by itself only once it is the best setting measured here on that dataset's
+    validation split, and none is (they are settings copied from published runs). When none is
+    named and a preset's name equals ``dataset_name`` (case-insensitive), its name is kept in
+    ``Config.preset_hint`` so that :func:`describe_preset` can mention it. The keys the preset
+    set are kept in ``Config.preset_overrides``.
     """
     cls = model_class(model)
     settings = settings_of(cls)
@@ -315,12 +319,11 @@ def resolve_config(
     bounds = _bounds(settings, defaults)
     _validated(defaults, bounds, defaults, settings.source, settings)
     values = dict(defaults)
-    chosen, auto = preset, False
+    chosen, hint = preset, None
     if chosen is not None and chosen.lower() == NO_PRESET:
         chosen = None
-    elif chosen is None and dataset_name is not None:
-        chosen = next((p for p in presets if p.lower() == dataset_name.lower()), None)
-        auto = chosen is not None
+    elif chosen is None and dataset_name is not None:  # not applied: only mentioned (describe_preset)
+        hint = next((p for p in presets if p.lower() == dataset_name.lower()), None)
     elif chosen is not None and chosen not in presets:
         available = ", ".join(presets) or "none"
         raise ConfigError(
@@ -333,18 +336,24 @@ def resolve_config(
     values.update(_validated(defaults, bounds, dict(overrides or {}), source, settings))
     _check_valid_metric(values, source)
     values["preset"] = chosen
-    return Config(values, preset_values, auto)
+    return Config(values, preset_values, hint)
 
 
 def describe_preset(config: Config) -> str:
-    """One line saying which preset applied, why, and what it set (printed at the start of a run)."""
+    """One line saying which preset applied and what it set (printed at the start of a run); with none
+    named, the model's preset named like the dataset, if it has one, as a hint (it is not applied)."""
     name = config.get("preset")
     if name is None:
-        return "preset: none (the model's defaults and your overrides)"
-    why = "chosen automatically: it matches the dataset's name" if config.preset_auto else "asked for"
+        line = "preset: none (model defaults and your overrides)"
+        hint = config.preset_hint
+        if hint is not None:
+            line += (
+                f"; this model has a preset {hint!r} (settings copied from published runs, not validated here)"
+                f" — name it with --preset {hint} to use it"
+            )
+        return line
     sets = ", ".join(f"{k}={v}" for k, v in config.preset_overrides.items()) or "nothing"
-    hint = f"; --preset {NO_PRESET} turns it off" if config.preset_auto else ""
-    return f"preset {name!r} ({why}) sets {sets}{hint}"
+    return f"preset {name!r} (asked for) sets {sets}"
 
 
 def _check_valid_metric(values: dict[str, Any], source: str) -> None:

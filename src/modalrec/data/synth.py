@@ -50,12 +50,16 @@ def generate_synthetic(
     popularity_exponent: float = 0.3,
     sharpness: float = 10.0,
     user_block: int = 2048,
+    exact_limit: float = 4e9,
 ) -> dict:
     """Generate a deterministic synthetic dataset (arrays only; see :func:`write_synthetic_dataset`).
 
     Interaction probability of user u on item j ∝ exp(β z_u·z_j + b_j) (β = ``sharpness``) with item bias
     b_j from a Zipf-like popularity; each user's items are drawn without replacement by
-    the Gumbel-top-k trick, in user blocks so memory stays O(block × items).
+    the Gumbel-top-k trick, in user blocks so memory stays O(block × items). That costs
+    O(users × items); above ``exact_limit`` user–item pairs (a catalogue well beyond the public
+    datasets) each user draws instead from a candidate pool — items of the user's preferred topics
+    and popularity-weighted items (:func:`_candidate_pools`) — so the cost is O(users × pool).
     """
     modalities = dict(DEFAULT_MODALITIES if modalities is None else modalities)
     rng = np.random.default_rng(seed)
@@ -78,13 +82,28 @@ def generate_synthetic(
     extra = rng.geometric(1.0 / max(1.0, mean_interactions - min_interactions + 1), size=n_users) - 1
     counts = np.minimum(min_interactions + extra, max(min_interactions, n_items // 4))
     users_out, items_out = [], []
+    # Rows per block so that one block of logits stays near 1 GB whatever the catalogue size; the Gumbel
+    # draws are consumed row after row, so the data do not depend on the block size.
+    exact = float(n_users) * n_items <= exact_limit
+    pool = None if exact else _CandidatePools(topic, item_bias, n_topics, int(counts.max()))
+    width = n_items if exact else pool.size
+    user_block = max(1, min(user_block, (1 << 27) // max(1, width)))
     for start in range(0, n_users, user_block):
         stop = min(n_users, start + user_block)
-        logits = sharpness * z_users[start:stop] @ z_items.T + item_bias
-        logits += rng.gumbel(size=logits.shape)
-        order = np.argsort(-logits, axis=1, kind="stable")
+        if exact:
+            logits = sharpness * z_users[start:stop] @ z_items.T + item_bias
+            logits += rng.gumbel(size=logits.shape)
+            order = _top_items(logits, int(counts[start:stop].max()))
+        else:
+            cand = pool.draw(rng, pref_a[start:stop], np.where(n_pref[start:stop] == 2, pref_b[start:stop], -1))
+            logits = sharpness * np.einsum("bd,bpd->bp", z_users[start:stop], z_items[cand]) + item_bias[cand]
+            logits += rng.gumbel(size=logits.shape)
+            logits[:, 1:][cand[:, 1:] == cand[:, :-1]] = -np.inf  # a candidate drawn twice counts once
+            top = _top_items(logits, int(counts[start:stop].max()))
+            order = np.where(np.isfinite(np.take_along_axis(logits, top, axis=1)), np.take_along_axis(cand, top, 1), -1)
         for row, u in enumerate(range(start, stop)):
             chosen = order[row, : counts[u]]
+            chosen = chosen[chosen >= 0]  # a pool with fewer distinct items than the user's count
             users_out.append(np.full(chosen.size, u, dtype=np.int64))
             items_out.append(chosen.astype(np.int64))
     users = np.concatenate(users_out)
@@ -120,6 +139,44 @@ def generate_synthetic(
         "n_users": n_users,
         "n_items": n_items,
     }
+
+
+class _CandidatePools:
+    """Per user, a sorted pool of candidate items for the large-catalogue generator: ``size // 3`` items
+    drawn from each preferred topic (a user with one topic: twice from it) and the rest by popularity
+    (∝ exp(b_j)), with replacement; duplicates are adjacent after sorting and counted once."""
+
+    def __init__(self, topic: np.ndarray, item_bias: np.ndarray, n_topics: int, max_count: int) -> None:
+        self.size = max(96, 8 * max_count)
+        order = np.argsort(topic, kind="stable")
+        self.by_topic = order
+        self.topic_start = np.searchsorted(topic[order], np.arange(n_topics + 1))
+        weights = np.exp(item_bias - item_bias.max())
+        self.popular_cdf = np.cumsum(weights) / weights.sum()
+
+    def _from_topics(self, rng: np.random.Generator, topics: np.ndarray, n: int) -> np.ndarray:
+        lo, hi = self.topic_start[topics], self.topic_start[topics + 1]
+        size = np.maximum(hi - lo, 1)
+        picks = lo[:, None] + (rng.random((topics.size, n)) * size[:, None]).astype(np.int64)
+        return self.by_topic[np.minimum(picks, self.by_topic.size - 1)]
+
+    def draw(self, rng: np.random.Generator, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        n = self.size // 3
+        a = self._from_topics(rng, first, n)
+        b = self._from_topics(rng, np.where(second >= 0, second, first), n)
+        popular = np.searchsorted(self.popular_cdf, rng.random((first.size, self.size - 2 * n)))
+        popular = np.minimum(popular, self.popular_cdf.size - 1)
+        return np.sort(np.concatenate([a, b, popular], axis=1), axis=1)
+
+
+def _top_items(logits: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the indices of the ``k`` largest logits, largest first (ties: lower index first) — the first
+    ``k`` columns of a stable descending argsort, found in O(items) per row instead of O(items · log items)."""
+    if k >= logits.shape[1]:
+        return np.argsort(-logits, axis=1, kind="stable")
+    candidates = np.sort(np.argpartition(-logits, k - 1, axis=1)[:, :k], axis=1)
+    values = np.take_along_axis(logits, candidates, axis=1)
+    return np.take_along_axis(candidates, np.argsort(-values, axis=1, kind="stable"), axis=1)
 
 
 def write_synthetic_dataset(

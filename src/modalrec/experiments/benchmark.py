@@ -71,8 +71,8 @@ def run_benchmark(
     only for rows that name none.
 
     ``modalities`` selects the content modalities every model gets (default: all of them).
-    ``preset`` names every model's preset; by default a model's preset named like the dataset
-    applies, ``"none"`` applies none. The applied preset is logged for each model.
+    ``preset`` names every model's preset; by default (or ``"none"``) no preset applies, not even
+    one named like the dataset. The applied preset is logged for each model.
 
     ``overrides`` apply to every model (e.g. ``epochs``); with ``grid`` each model's
     ``search_space`` is searched (keys fixed by ``overrides`` are not searched). ``target``

@@ -67,7 +67,7 @@ class Experiment:
         self.seeds = [int(s) for s in seeds]
         self.base = dict(base_overrides or {})
         self.device, self.cache_dir, self.log = device, cache_dir, log
-        self.preset = preset  # None: the preset named like the dataset, if any; "none": no preset
+        self.preset = preset  # the preset every model gets; None or "none": no preset
         self.reuse_only = False  # True: never train; rows with a missing run are left out of the table
         self.store = ResultsStore(self.out)
         self.executor = executor if executor is not None else LocalExecutor()

@@ -1,0 +1,31 @@
+"""benchmarks/scale.py on a tiny size: every figure measured, growth exponents fitted, and a model predicted
+to exceed the memory limit is not started (one line says why)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+
+
+def test_scale_script_measures_fits_and_refuses_a_size_predicted_too_large(tmp_path):
+    out, figure = tmp_path / "scale.json", tmp_path / "scale.png"
+    cmd = [sys.executable, str(SCRIPT), "--models", "BPR,LightGCN", "--factors", "0.01,0.02,0.04"]
+    cmd += ["--out", str(out), "--figure", str(figure), "--data-cache", str(tmp_path / "data")]
+    cmd += ["--memory-limit-gb", "0.0001"]  # anything above the two measured sizes is "too large"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert figure.stat().st_size > 0
+    for model in ("BPR", "LightGCN"):
+        rows = result["results"][model]
+        assert [r["factor"] for r in rows] == [0.01, 0.02, 0.04]
+        for r in rows[:2]:
+            assert r["epoch_seconds"] > 0 and r["valid_seconds"] > 0 and r["peak_memory_mb"] > 0
+        assert rows[1]["train_interactions"] > rows[0]["train_interactions"]
+        assert rows[2]["skipped"].startswith("not started: predicted peak memory")
+        assert "epoch_seconds" not in rows[2]
+        assert isinstance(result["growth_exponents"][model]["epoch"], float)
