@@ -122,8 +122,31 @@ def plan_rows(plan: str) -> list[dict[str, Any]]:
     return yaml.safe_load((PLANS / plan).read_text())["rows"]
 
 
+def _filled(row: Row, rec: dict[str, Any], folder: Path) -> Row:
+    """``row`` with the recorded table entry ``rec`` (runs named relative to the part's ``folder``)."""
+    row.overrides = rec.get("overrides") or {}
+    row.grid_size = rec.get("grid_size")
+    row.cold_start = rec.get("cold_start")
+    missing = [r["run"] for r in rec["runs"] if not (folder / r["run"] / "test_per_user.npz").is_file()]
+    if missing:  # a table that names runs the record lacks: say which, do not render a half row
+        raise SystemExit(f"{folder / 'summary.json'}: row {row.label!r} names run {missing[0]!r}, not in the record")
+    row.runs = [
+        Run(
+            (folder / r["run"]).resolve(),
+            int(r["seed"]),
+            r.get("setting_id", ""),
+            int(r["best_epoch"]),
+            r["valid"],
+            r["test"],
+        )
+        for r in rec["runs"]
+    ]
+    return row
+
+
 def load_rows(part_name: str, plan: str, record: Path = RECORD) -> tuple[list[Row], dict[str, Any] | None]:
-    """The plan's rows in plan order, filled from ``record/<part>/summary.json`` where it has them."""
+    """The plan's rows in plan order, filled from ``record/<part>/summary.json`` where it has them, then the
+    rows the benchmark adds by itself (the cold-start rankers)."""
     summary_path = record / part_name / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     recorded = {r["label"]: r for r in (summary or {}).get("rows", [])}
@@ -131,38 +154,13 @@ def load_rows(part_name: str, plan: str, record: Path = RECORD) -> tuple[list[Ro
     for p in plan_rows(plan):
         label = str(p.get("label") or p["model"])
         row = Row(label, p["model"], p)
-        rec = recorded.get(label)
-        if rec is not None:
-            row.overrides = rec.get("overrides") or {}
-            row.grid_size = rec.get("grid_size")
-            row.cold_start = rec.get("cold_start")
-            row.runs = [
-                Run(
-                    (record / part_name / r["run"]).resolve(),
-                    int(r["seed"]),
-                    r.get("setting_id", ""),
-                    int(r["best_epoch"]),
-                    r["valid"],
-                    r["test"],
-                )
-                for r in rec["runs"]
-            ]
-        rows.append(row)
-    for label, rec in recorded.items():  # rows the benchmark adds by itself (the cold-start rankers)
-        if label not in {r.label for r in rows}:
-            row = Row(label, rec["model"], {}, overrides=rec.get("overrides") or {}, cold_start=rec.get("cold_start"))
-            row.runs = [
-                Run(
-                    (record / part_name / r["run"]).resolve(),
-                    int(r["seed"]),
-                    r.get("setting_id", ""),
-                    int(r["best_epoch"]),
-                    r["valid"],
-                    r["test"],
-                )
-                for r in rec["runs"]
-            ]
-            rows.append(row)
+        rows.append(_filled(row, recorded[label], record / part_name) if label in recorded else row)
+    planned = {r.label for r in rows}
+    rows += [
+        _filled(Row(label, rec["model"], {}), rec, record / part_name)
+        for label, rec in recorded.items()
+        if label not in planned
+    ]
     return rows, summary
 
 

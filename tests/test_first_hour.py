@@ -283,6 +283,10 @@ def baby_folder(tmp_path):
     return write_folder(tmp_path / "baby", toy_rows(), name="baby")
 
 
+def _train_lightgcn(folder, out, *extra):
+    return invoke("train", "--model", "LightGCN", "--data", folder, "--epochs", 1, *extra, "--out", out)
+
+
 def test_a_preset_named_like_the_dataset_is_only_mentioned(baby_folder, tmp_path):
     res = invoke("train", "--model", "LightGCN", "--data", baby_folder, "--epochs", 1, "--out", tmp_path / "a")
     assert res.exit_code == 0, res.output
@@ -295,19 +299,7 @@ def test_a_preset_named_like_the_dataset_is_only_mentioned(baby_folder, tmp_path
 
 
 def test_a_named_preset_is_printed_and_recorded(baby_folder, tmp_path):
-    res = invoke(
-        "train",
-        "--model",
-        "LightGCN",
-        "--data",
-        baby_folder,
-        "--epochs",
-        1,
-        "--preset",
-        "baby",
-        "--out",
-        tmp_path / "b",
-    )
+    res = _train_lightgcn(baby_folder, tmp_path / "b", "--preset", "baby")
     assert res.exit_code == 0, res.output
     assert "preset 'baby' (asked for) sets" in res.stdout and "n_layers=3" in res.stdout
     saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
@@ -316,19 +308,7 @@ def test_a_named_preset_is_printed_and_recorded(baby_folder, tmp_path):
 
 
 def test_preset_none_applies_none(baby_folder, tmp_path):
-    res = invoke(
-        "train",
-        "--model",
-        "LightGCN",
-        "--data",
-        baby_folder,
-        "--epochs",
-        1,
-        "--preset",
-        "none",
-        "--out",
-        tmp_path / "n",
-    )
+    res = _train_lightgcn(baby_folder, tmp_path / "n", "--preset", "none")
     assert res.exit_code == 0, res.output
     assert "preset: none" in res.stdout and "this model has a preset" not in res.stdout
     saved = yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())
