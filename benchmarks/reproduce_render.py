@@ -272,7 +272,7 @@ def baby_columns(rows: list[Row]) -> dict[str, dict[str, str]]:
     return {"Table I R@10 / N@10": pub10, "other R@20 / N@20 (A, B)": pub20, "verdict (vs Table I)": verdict}
 
 
-def baby_verdict(row: Row) -> str:
+def baby_verdict(row: Row, seeds: int = 3) -> str:
     if row.model not in PUBLISHED_BABY_AT10:
         return "no target (not in Table I)"
     if not row.recorded:
@@ -290,6 +290,9 @@ def baby_verdict(row: Row) -> str:
     word = "reached" if all(ok for *_, ok in checks) else "**below**"
     detail = ", ".join(f"{n} {m:.4f} {'≥' if ok else '<'} {t:.4f}" for n, m, t, ok in checks)
     note = f"; {' and '.join(close)} within one std of the threshold" if close else ""
+    planned = len(row.plan.get("seeds") or ()) or seeds
+    if len(row.runs) < planned:
+        note += f"; on {len(row.runs)} of {planned} seeds"
     return f"{word} ({detail}{note})"
 
 
@@ -391,15 +394,17 @@ def peer_time_table() -> list[str]:
         "Cornac trains its fixed 400 epochs; modalrec trains until early stopping, evaluating validation "
         "every epoch (included in its time):",
         "",
-        "| size | toolbox | seeds | test Recall@20 | wall seconds (mean ± sample std) |",
-        "|---:|---|---:|---:|---:|",
+        "| size | toolbox | seeds | test Recall@20 | wall seconds (mean ± sample std) | × Cornac's time |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
+    cornac_secs = {e["size"]: np.mean(e["seconds"]) for e in info["rows"] if e["toolbox"].startswith("Cornac")}
     for entry in info["rows"]:
         acc = np.array(entry["test_recall@20"])
         secs = np.array(entry["seconds"])
+        ratio = secs.mean() / cornac_secs[entry["size"]] if entry["size"] in cornac_secs else math.nan
         lines.append(
             f"| {entry['size']} | {entry['toolbox']} | {len(acc)} | {acc.mean():.4f} ± {acc.std(ddof=1):.4f} | "
-            f"{secs.mean():.1f} ± {secs.std(ddof=1):.1f} |"
+            f"{secs.mean():.1f} ± {secs.std(ddof=1):.1f} | {ratio:.1f} |"
         )
     return [*lines, ""]
 
@@ -409,7 +414,7 @@ def claim_table(claimant: Row, baselines: list[Row]) -> tuple[list[str], dict[st
     """Δ (p) of ``claimant`` against each baseline on the four metrics, valid and test.
 
     Returns the table and the baselines grouped by outcome on test: ``above`` (higher with p < 0.05 on
-    all four), ``below`` (lower with p < 0.05 on at least one), ``neither`` and ``missing`` (no record)."""
+    all four), ``below`` (lower with p < 0.05 on at least one), ``neither`` (the rest) and ``missing`` (no record)."""
     head = [f"{s} {SHORT[m]}" for s in ("valid", "test") for m in METRICS]
     lines = ["| against | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     groups: dict[str, list[str]] = {"above": [], "below": [], "neither": [], "missing": []}
@@ -451,7 +456,8 @@ def claim_verdict(name: str, groups: dict[str, list[str]]) -> str:
         + (f" ({', '.join(groups['above'])})" if groups["above"] else "")
         + f", significantly below on at least one against {len(groups['below'])}"
         + (f" ({', '.join(groups['below'])})" if groups["below"] else "")
-        + f", and not significantly different either way against {len(groups['neither'])}"
+        + f", and neither (not significantly above on all four, not significantly below on any) against "
+        f"{len(groups['neither'])}"
         + (f" ({', '.join(groups['neither'])})" if groups["neither"] else "")
         + "."
         + missing
@@ -495,7 +501,13 @@ def claims_section(parts: list[Any], record: Path) -> list[str]:
                     ]
                     continue
                 table, groups = claim_table(by_label[variant.label], baselines)
-                lines += [f"*{variant.label}*: " + claim_verdict(variant.label, groups), ""]
+                short = [b.label for b in baselines if b.recorded and len(b.runs) < len(variant.runs)]
+                lines += [
+                    f"*{variant.label}* ({len(variant.runs)} seed{'s' if len(variant.runs) != 1 else ''}): "
+                    + claim_verdict(variant.label, groups)
+                    + (f" Fewer seeds than this row: {', '.join(short)}." if short else ""),
+                    "",
+                ]
                 lines += [
                     "Δ = this row − the baseline (per-user paired t-test over users, each row's seeds averaged; "
                     "p in brackets, `*` p < 0.05):",
@@ -529,6 +541,17 @@ def render_part(part: Any, record: Path) -> list[str]:
         lines += peer_sections(rows)
     lines += metrics_table(rows, extra)
     lines.append("")
+    for r in rows:  # an exact tie across seeds reads like a copying error: show that the runs differ
+        tied = [m for m in METRICS if r.recorded and len(r.runs) > 1 and r.std(m) == 0.0]
+        if tied:
+            users = r.runs[0].per_user("test", tied[0])[0].size
+            lines += [
+                f"{r.label}: test {', '.join(tied)} is the same on every seed "
+                f"({r.runs[0].test[tied[0]]!r} = {round(r.runs[0].test[tied[0]] * users)} of {users} test users hit "
+                f"for {tied[0]}), while the runs differ (best epochs {', '.join(str(x.best_epoch) for x in r.runs)}; "
+                "test recall@10 " + ", ".join(f"{x.test['recall@10']:.4f}" for x in r.runs) + ").",
+                "",
+            ]
     seeds = summary["seeds"] if summary else part.seeds_list
     lines.append(
         f"Test metrics, mean ± sample std (n − 1) over seeds {seeds} (a row's own seeds where its plan names "
