@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,17 @@ class Run:
     valid: dict[str, float]
     test: dict[str, float]
 
+    @cached_property
     def metrics_file(self) -> dict[str, Any]:
+        """The run's metrics.json (read once: every table of the report asks for it)."""
         try:
             return json.loads((self.folder / "metrics.json").read_text())
         except (OSError, ValueError):
             return {}
 
+    @cached_property
     def config(self) -> dict[str, Any]:
+        """The run's resolved configuration (config.yaml's ``config:``), read once."""
         try:
             return (yaml.safe_load((self.folder / "config.yaml").read_text()) or {}).get("config", {})
         except (OSError, ValueError):
@@ -111,7 +116,7 @@ class Row:
         """The protocol's training-loop settings this row ran with other values of (from its runs' configs)."""
         out: dict[str, Any] = {}
         for run in self.runs:
-            cfg = run.config()
+            cfg = run.config
             for key, value in PROTOCOL.items():
                 if key in cfg and cfg[key] != value:
                     out[key] = cfg[key]
@@ -220,10 +225,8 @@ def departures_text(row: Row) -> str:
 
 
 def environment_text(row: Row) -> str:
-    envs = {
-        (e.get("torch"), e.get("threads")) for e in (run.metrics_file().get("environment") for run in row.runs) if e
-    }
-    missing = sum(1 for run in row.runs if not run.metrics_file().get("environment"))
+    envs = {(e.get("torch"), e.get("threads")) for e in (run.metrics_file.get("environment") for run in row.runs) if e}
+    missing = sum(1 for run in row.runs if not run.metrics_file.get("environment"))
     parts = [f"torch {t}, {n} thread{'s' if n != 1 else ''}" for t, n in sorted(envs, key=str)]
     if missing:
         parts.append("not recorded" if not parts else f"{missing} run(s) not recorded")
@@ -240,7 +243,7 @@ def details_table(rows: list[Row]) -> list[str]:
         if not r.recorded:
             lines.append(f"| {r.label} | {NO_RECORD} | | | | | | | |")
             continue
-        timings = [run.metrics_file().get("timings", {}) for run in r.runs]
+        timings = [run.metrics_file.get("timings", {}) for run in r.runs]
         spe = [t.get("seconds_per_epoch", math.nan) for t in timings]
         wall = [
             t.get("total_train_seconds", math.nan) + t.get("ranking_seconds", 0.0) * t.get("epochs_run", 0)
