@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -96,14 +95,13 @@ def measure_one(model_name: str, data: Path, epochs: int, overrides: list[str], 
 
 
 def growth_exponent(xs: list[float], ys: list[float]) -> float | None:
-    """Slope of log y against log x (least squares); None with fewer than two points."""
-    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0]
-    if len(pts) < 2:
+    """Slope of log y against log x (least squares); None without two distinct sizes."""
+    import numpy as np
+
+    pts = np.array([(x, y) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0], dtype=float).reshape(-1, 2)
+    if len(np.unique(pts[:, 0])) < 2:
         return None
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else None
+    return float(np.polyfit(np.log(pts[:, 0]), np.log(pts[:, 1]), 1)[0])
 
 
 def predicted_memory_mb(done: list[dict], interactions: int) -> float | None:
