@@ -177,13 +177,24 @@ def test_checkpoint_every(every, eval_step, written, syn_dataset):
     from modalrec.runs import prepare_model
     from modalrec.training import fit
 
-    overrides = {**BASE, "epochs": 5, "checkpoint_every": every, "eval_step": eval_step}
+    overrides = {**BASE, "epochs": 5, "checkpoint_every": every, "eval_step": eval_step, "checkpoint_seconds": 0}
     model, config, _ = prepare_model("BPR", syn_dataset, overrides, cache_dir=False)
     states: list[dict] = []
     fit(model, syn_dataset, config, log=lambda _: None, checkpoint=states.append)
     # the epoch to run next; none after the last epoch (the finished run's files follow at once)
     assert [s["trainer"]["epoch"] for s in states] == written
     assert all(s["trainer"]["batch"] is None for s in states)
+
+
+def test_the_every_evaluation_schedule_waits_checkpoint_seconds_between_states(syn_dataset):
+    from modalrec.runs import prepare_model
+    from modalrec.training import fit
+
+    overrides = {**BASE, "epochs": 5, "checkpoint_every": 0, "checkpoint_seconds": 3600}
+    model, config, _ = prepare_model("BPR", syn_dataset, overrides, cache_dir=False)
+    states: list[dict] = []
+    fit(model, syn_dataset, config, log=lambda _: None, checkpoint=states.append)
+    assert states == []  # a short run writes none; an explicit checkpoint_every ignores the floor (above)
 
 
 def test_negative_checkpoint_every_is_a_config_error(syn_dir, tmp_path):

@@ -118,6 +118,8 @@ class Evaluator:
 
     ``mask_valid``: at test time also mask the users' valid items (MMRec leaves them
     rankable; that is the default). ``block_size`` users are ranked per GEMM block.
+    ``user_sample`` > 0 ranks only that many of the split's users, drawn once without replacement by
+    ``numpy.random.default_rng(sample_seed)`` (``n_eligible_users`` counts them all); 0 ranks every user.
     ``mode`` (:data:`EVAL_MODES`, None = :func:`resolve_eval_mode`'s default): with ``cold``
     only the split's cold items are ranked (every other item is masked, targets on other
     items are dropped, users left without a target are not evaluated); ``all`` and ``warm``
@@ -135,6 +137,8 @@ class Evaluator:
         block_size: int = 4096,
         device: str | torch.device = "cpu",
         mode: str | None = None,
+        user_sample: int = 0,
+        sample_seed: int = 0,
     ) -> None:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
@@ -160,6 +164,12 @@ class Evaluator:
             mask.data[:] = 1.0
         counts = np.diff(target.indptr)
         self.users = np.flatnonzero(counts > 0)
+        self.n_eligible_users = int(self.users.size)
+        if user_sample < 0:
+            raise ConfigError(f"valid_user_sample = {user_sample}: must be ≥ 0 (0 = every user)")
+        if 0 < user_sample < self.users.size:  # a fixed, seeded subset, in user order
+            pick = np.random.default_rng(sample_seed).choice(self.users.size, size=user_sample, replace=False)
+            self.users = self.users[np.sort(pick)]
         target = target[self.users]
         mask = mask[self.users].tocsr()
         mask.sort_indices()

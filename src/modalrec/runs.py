@@ -33,6 +33,7 @@ from modalrec.models.base import COLD_UNABLE
 from modalrec.run_files import RESUME_FILE, RESUME_FORMAT, RESUME_VERSION, code_version, save_checkpoint
 from modalrec.run_model import model_record
 from modalrec.training import TrainingStopped, TrainResult, checkpoint_interval, fit, seed_everything
+from modalrec.training.large_data import apply_large_data_mode, large_data_active
 
 
 class RunLog:
@@ -95,10 +96,13 @@ def prepare_model(
 ) -> tuple[Recommender, Config, GraphStore]:
     """Resolve the config (or take ``config`` as resolved), seed every RNG, build graphs and the model.
 
+    The large-data mode (:mod:`modalrec.training.large_data`) is resolved into the returned config here.
+
     ``model_name`` is any model spec or the class itself (:func:`~modalrec.models.spec.resolve_model`)."""
     cls = resolve_model(model_name)
     if config is None:
         config = resolve_config(cls, dataset.name, overrides, preset)
+    config = apply_large_data_mode(config, dataset)  # before the model sees train_batch_size
     seed_everything(int(config.seed))
     graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
     model = cls(dataset, config, graphs).to(device)
@@ -382,6 +386,8 @@ def _write_finished_run(
             "valid": result.valid.metrics,
             "test": result.test.metrics if result.test is not None else None,
             "timings": result.timings,
+            "validation": result.validation,
+            "large_data": large_data_active(config, int(dataset.split("train")[0].size)),
             "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds},
             "environment": run_environment(model.device),
             "history": result.history,

@@ -109,7 +109,9 @@ def _section(model: ModelRef, name: str) -> dict[str, Any]:
 
 
 # Keys that change neither what a run learns nor how it is evaluated (speed and bookkeeping only).
-NEUTRAL_KEYS = frozenset({"checkpoint_every", "eval_batch_size", "ranking_block_size", "knn_block_size", "preset"})
+NEUTRAL_KEYS = frozenset(
+    {"checkpoint_every", "checkpoint_seconds", "eval_batch_size", "ranking_block_size", "knn_block_size", "preset"}
+)
 
 
 def config_drift(

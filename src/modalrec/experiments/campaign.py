@@ -33,6 +33,7 @@ from modalrec.io import read_yaml
 from modalrec.models import get_model_class
 from modalrec.run_files import code_version
 from modalrec.run_model import model_record
+from modalrec.training.large_data import apply_large_data_mode
 
 
 class Experiment:
@@ -162,7 +163,8 @@ class Experiment:
     def drift(self, model: str, stored: dict, overrides: dict[str, Any], metrics: dict) -> list[str]:
         """How a run's stored configuration differs from what ``overrides`` resolve to today (:func:`config_drift`)."""
         cls = get_model_class(model)
-        current = resolve_config(cls, self.dataset.name, overrides, self.preset).to_dict()
+        current = apply_large_data_mode(resolve_config(cls, self.dataset.name, overrides, self.preset), self.dataset)
+        current = current.to_dict()
         epochs_run = (metrics.get("timings") or {}).get("epochs_run")
         return config_drift(cls, stored, current, None if epochs_run is None else int(epochs_run))
 

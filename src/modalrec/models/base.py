@@ -260,6 +260,26 @@ class Recommender(nn.Module):
         """
         raise NotImplementedError
 
+    def has_closed_form_sgd_step(self) -> bool:
+        """Whether :meth:`closed_form_sgd_step` applies to this model's configuration. Optional (default False).
+
+        When it does and the run uses ``optimizer: sgd`` with ``weight_decay: 0``, the trainer calls
+        :meth:`closed_form_sgd_step` instead of back-propagating :meth:`loss` through autograd, and
+        builds no torch optimiser at all.
+        """
+        return False
+
+    def closed_form_sgd_step(self, batch: Batch, learning_rate: float) -> float | None:
+        """One plain-SGD step on :meth:`loss` of ``batch`` with the gradient written out by hand. Optional.
+
+        Must equal ``loss(batch).backward()`` followed by ``p -= learning_rate · p.grad`` for every
+        parameter (up to float summation order) and touch only the rows the batch uses, so a step
+        costs what its batch costs — not the size of the embedding tables. Returns the batch's loss
+        before the step, or None (and changes nothing) when that loss is NaN/inf. Called under
+        ``no_grad``, in training mode, only when :meth:`has_closed_form_sgd_step` is True.
+        """
+        raise NotImplementedError
+
     def compute_representations(self) -> Any:
         """Whatever full ranking needs: by default a (user table, item table) pair. Required.
 

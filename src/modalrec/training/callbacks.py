@@ -52,11 +52,27 @@ class ProgressCallback(Callback):
 
 
 class CheckpointSchedule(Callback):
-    """Writes the resume state every ``checkpoint_every`` epochs (:func:`modalrec.training.checkpoint_interval`)."""
+    """Writes the resume state every ``checkpoint_every`` epochs (:func:`modalrec.training.checkpoint_interval`).
+
+    With ``checkpoint_every: 0`` (at every evaluation) a state is written only once ``checkpoint_seconds``
+    have passed since the last one (or since training started): on small data an epoch takes milliseconds
+    and writing a state at each would cost more than the training. An interrupt still saves the state
+    where it stops, so at most ``checkpoint_seconds`` of work are lost only when the process is killed.
+    """
+
+    def __init__(self) -> None:
+        self.last_write = time.monotonic()
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.last_write = time.monotonic()
 
     def on_epoch_boundary(self, trainer: Trainer, epoch: int) -> None:
-        if (epoch + 1) % trainer.checkpoint_every == 0:
-            trainer.checkpoint()
+        if (epoch + 1) % trainer.checkpoint_every != 0:
+            return
+        if trainer.checkpoint_seconds and time.monotonic() - self.last_write < trainer.checkpoint_seconds:
+            return
+        trainer.checkpoint()
+        self.last_write = time.monotonic()
 
 
 class InterruptPoll(Callback):

@@ -49,10 +49,20 @@ def deterministic_cpu_kernels(device: torch.device) -> None:
     kernels to their serial versions; filling new uninitialised memory with NaN (part of
     that mode) is turned off as it costs time and changes no result. CPU only: on CUDA the
     mode would demand a cuBLAS workspace setting and is not promised there. Process-wide.
+
+    The switch is set on torch's core directly unless the compiler stack is already loaded:
+    ``torch.use_deterministic_algorithms`` also sets ``torch._inductor.config.deterministic``,
+    and importing that module (dynamo, inductor) cost 1.6 s of every run's start-up for
+    eager kernels that never read it. A model that compiles itself imports inductor first,
+    and then gets the full call.
     """
     if device.type != "cpu":
         return
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_core_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if "torch._inductor.config" in sys.modules or set_core_flag is None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        set_core_flag(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 

@@ -70,6 +70,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stop_reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, int] = field(default_factory=dict)  # which valid users early stopping ranked
 
 
 class TrainingStopped(Exception):

@@ -14,6 +14,7 @@ import torch
 from modalrec.errors import ConfigError, ModalrecError
 from modalrec.evaluation import EvalResult, Evaluator
 from modalrec.models.base import Batch
+from modalrec.training.large_data import describe_large_data
 from modalrec.training.rng import capture_rng_state, restore_rng_state
 from modalrec.training.runtime import deterministic_cpu_kernels, keep_freed_memory_in_process, peak_memory_mb
 from modalrec.training.sampler import NegativeSampler
@@ -38,6 +39,24 @@ def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimi
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {config.get('optimizer')!r}")
     cls = torch.optim.Adam if kind == "adam" else torch.optim.SGD
     return cls(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def uses_closed_form_step(model: Recommender, config: Config) -> bool:
+    """Whether the trainer steps ``model`` through its :meth:`~Recommender.closed_form_sgd_step`.
+
+    Only for plain SGD without weight decay (the step the method must equal) and a model that
+    says the closed form covers its configuration.
+    """
+    kind = str(config.get("optimizer", "adam")).lower()
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {config.get('optimizer')!r}")
+    return kind == "sgd" and float(config.weight_decay) == 0.0 and model.has_closed_form_sgd_step()
+
+
+def learning_rate_at(config: Config, epoch: int) -> float:
+    """The step size of epoch ``epoch`` (0-based): learning_rate · γ^(epoch / T), ``learning_rate_scheduler`` [γ, T]."""
+    gamma, period = config.learning_rate_scheduler
+    return float(config.learning_rate) * gamma ** (epoch / period)
 
 
 def checkpoint_interval(config: Config) -> int:
@@ -93,7 +112,7 @@ class Trainer:
     keeps the best result so far. The test split is evaluated exactly once, on the restored best weights,
     and is never used for any decision.
 
-    Resumable: :meth:`checkpoint` hands ``write_state`` the complete state (weights, optimiser, LR schedule,
+    Resumable: :meth:`checkpoint` hands ``write_state`` the complete state (weights, optimiser,
     :class:`TrainState`, every RNG state, the model's :meth:`extra_state`); ``fit(resume=that state)``
     continues bit-for-bit as if never stopped (same device and thread count). The random draws happen in a
     fixed order — an epoch's RNG state is captured, then ``pre_epoch``, then the sampler's permutation and
@@ -120,21 +139,32 @@ class Trainer:
         train_u, train_i = dataset.split("train")
         self.sampler = NegativeSampler(train_u, train_i, dataset.n_items, self.rng)
         self.metric = config.valid_metric.lower()
-        self.valid_eval = self._evaluator("valid")
+        # Early stopping may rank a fixed, seeded sample of the valid users (``valid_user_sample``); the
+        # best weights are then validated once more on every valid user (``finish``), so a run's valid
+        # metrics and per-user vectors always cover the whole split.
+        self.valid_eval = self._evaluator(
+            "valid", user_sample=int(config.get("valid_user_sample", 0)), sample_seed=int(config.seed)
+        )
         if self.metric not in {f"{m}@{k}" for m in config.metrics for k in config.topk}:
             raise ModalrecError(f"valid_metric {config.valid_metric!r} is not among the computed metrics/topk")
-        self.optimizer = make_optimizer(model, config)
-        gamma, period = config.learning_rate_scheduler
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: gamma ** (e / period))
+        self.closed_form = uses_closed_form_step(model, config)
+        # No torch optimiser for a closed-form step: constructing one imports torch's compiler stack
+        # (≈ 1 s of every run's start-up), which a step written out by hand never uses.
+        self.optimizer = None if self.closed_form else make_optimizer(model, config)
         self.batch_size = int(config.train_batch_size)
         self.n_batches = math.ceil(train_u.size / self.batch_size)
         self.max_epochs = int(config.epochs)
         self.checkpoint_every = checkpoint_interval(config)
+        # a floor on the time between resume states, for the at-every-evaluation schedule only
+        self.checkpoint_seconds = (
+            float(config.get("checkpoint_seconds", 0)) if not config.get("checkpoint_every") else 0.0
+        )
         self.write_state = write_state
         self.callbacks = list(callbacks)
         self.state = TrainState()
         self.stop_signal: int | None = None  # set by request_stop
         self.stop_reason = "max epochs reached"
+        self.learning_rate = learning_rate_at(config, 0)  # the step size of the epoch in progress
         self.rng_epoch_start: dict[str, Any] | None = None  # the RNG state the epoch in progress began with
         self._resume_extra: dict[str, Any] | None = None  # the model's extra state of a mid-epoch resume
         self._written_at: tuple[int, int | None] | None = None  # (epoch, batch) of the last state written
@@ -162,6 +192,15 @@ class Trainer:
         test them once (unless ``evaluate_test`` is False). Raises :class:`TrainingStopped` on a stop request."""
         if resume is not None:
             self.resume(resume)
+        mode_line = describe_large_data(self.config, self.sampler.users.size, self.n_batches)
+        if mode_line is not None:
+            self.log(mode_line)
+        if self.validation_sampled:
+            v = self.validation_record()
+            self.log(
+                f"early stopping validates on {v['users']} of the {v['of']} valid users (seed {v['seed']}); "
+                "the best epoch is then validated on all of them"
+            )
         try:
             self._fire("on_train_start")
             while self.state.epoch < self.max_epochs:
@@ -177,6 +216,10 @@ class Trainer:
         epoch = st.epoch
         self._fire("on_epoch_start", epoch)
         self.model.train()
+        self.learning_rate = learning_rate_at(self.config, epoch)
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate
         draws = self.start_epoch(epoch) if st.batch is None else self.replay_epoch(epoch)
         finite, train_seconds = self.train_batches(epoch, *draws)
         st.epoch_seconds.append(train_seconds)
@@ -187,7 +230,6 @@ class Trainer:
             self._fire("on_epoch_abort", epoch, f"epoch {epoch}: loss is NaN/inf — stopping, keeping the best epoch")
             self.stop_reason = f"non-finite loss at epoch {epoch}"
             return False
-        self.scheduler.step()
         line = f"epoch {epoch:4d}  loss {record['loss']:.5f}  {train_seconds:.2f}s"
         if (epoch + 1) % int(self.config.eval_step) == 0:
             line += self.validate(epoch, record)
@@ -242,6 +284,9 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> float | None:
         """One optimiser step on ``batch``; its loss, or None (and no step) when the loss is NaN/inf."""
+        if self.optimizer is None:
+            with torch.no_grad():
+                return self.model.closed_form_sgd_step(batch, self.learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.model.loss(batch)
         if not torch.isfinite(loss):
@@ -285,8 +330,7 @@ class Trainer:
             "trainer": self.state.to_dict(),
             "model_state": self.model.state_dict(),
             "model_extra": self.model.extra_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "rng": rng,
             "rng_epoch_start": self.rng_epoch_start if self.state.batch is not None else None,
             "device": self.device.type,
@@ -304,8 +348,8 @@ class Trainer:
         """Load a state :meth:`checkpoint` wrote: weights, optimiser, schedule, progress, RNG, model extras."""
         self.state = TrainState.from_dict(state["trainer"])
         self.model.load_state_dict({k: v.to(self.device) for k, v in state["model_state"].items()})
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.rng_epoch_start = state["rng_epoch_start"]
         restore_rng_state(state["rng"], self.rng, self.device)
         self._resume_extra = state["model_extra"]
@@ -330,9 +374,11 @@ class Trainer:
         st = self.state
         best_valid, best_epoch = st.best_valid, st.best_epoch
         if st.best_state is None:  # never evaluated (NaN in the first epoch or eval_step > epochs)
-            best_valid, best_epoch = self.valid_eval.evaluate(self.model), -1
+            best_epoch = -1
         else:
             self.model.load_state_dict(st.best_state)
+        if st.best_state is None or self.validation_sampled:  # the reported valid metrics cover every user
+            best_valid = self._evaluator("valid").evaluate(self.model)
         self.model.eval()
         test = self.test() if evaluate_test else None
         test_text = (
@@ -341,7 +387,27 @@ class Trainer:
             else "test not evaluated (selection run)"
         )
         self.log(f"best epoch {best_epoch}: valid {self.metric} {best_valid.metrics[self.metric]:.4f}; {test_text}")
-        return TrainResult(best_epoch, best_valid, test, st.history, self.stop_reason, self.timings(best_valid, test))
+        return TrainResult(
+            best_epoch,
+            best_valid,
+            test,
+            st.history,
+            self.stop_reason,
+            self.timings(best_valid, test),
+            self.validation_record(),
+        )
+
+    @property
+    def validation_sampled(self) -> bool:
+        """Whether early stopping ranks a sample of the valid users rather than all of them."""
+        return self.valid_eval.users.size < self.valid_eval.n_eligible_users
+
+    def validation_record(self) -> dict[str, Any]:
+        """Which users early stopping ranked: ``users`` of ``of`` valid users (drawn with ``seed`` when sampled)."""
+        record: dict[str, Any] = {"users": int(self.valid_eval.users.size), "of": self.valid_eval.n_eligible_users}
+        if self.validation_sampled:
+            record["seed"] = int(self.config.seed)
+        return record
 
     def test(self) -> EvalResult:
         """The one test pass, on the model as it is (the restored best weights)."""

@@ -1,0 +1,83 @@
+"""The large-data mode: an epoch whose cost grows linearly with the data (docs/scale.md#large-data-mode).
+
+Under MMRec's protocol a graph model recomputes the whole propagation (O(E·d·L)) for every mini-batch of a
+fixed size B, so an epoch costs (E / B) · O(E·d·L) — quadratic in the number of training interactions E;
+BPR's dense Adam step over the (U + I) × d tables makes its epoch (E / B) · O((U + I)·d), quadratic too.
+The large-data mode fixes the number of optimiser steps per epoch instead of the batch size:
+
+    B = max(train_batch_size, ⌈E / large_data_steps⌉),
+
+so an epoch is ``large_data_steps`` steps whatever E, each linear in the data; and early stopping
+validates on a fixed, seeded sample of ``large_data_valid_users`` valid users (the best epoch is then
+validated on all of them, and test always ranks everyone).
+
+``large_data: auto`` (the default) turns it on when the training split has at least ``large_data_from``
+interactions — above every dataset of the MMRec papers, so their protocol and reproduced numbers are
+untouched; ``always`` / ``never`` force it. The mode is resolved once, into the run's configuration
+(``train_batch_size``, ``valid_user_sample``), before the model is built, so what a run stores is what it
+used; resolving an already resolved configuration changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from modalrec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modalrec.config import Config
+    from modalrec.data.dataset import Dataset
+
+LARGE_DATA_CHOICES = ("auto", "always", "never")
+
+
+def large_data_active(config: Config | dict[str, Any], n_train: int) -> bool:
+    """Whether the large-data mode applies to a run of ``config`` on ``n_train`` training interactions."""
+    mode = str(config.get("large_data", "never")).lower()
+    if mode not in LARGE_DATA_CHOICES:
+        raise ConfigError(
+            f"large_data must be one of {', '.join(LARGE_DATA_CHOICES)}; got {config.get('large_data')!r}"
+        )
+    if mode == "auto":
+        return n_train >= int(config.get("large_data_from", 1_000_000))
+    return mode == "always"
+
+
+def large_data_settings(config: Config | dict[str, Any], n_train: int) -> dict[str, int]:
+    """The (``train_batch_size``, ``valid_user_sample``) the large-data mode gives; {} when it is off."""
+    if not large_data_active(config, n_train):
+        return {}
+    steps = int(config.get("large_data_steps", 64))
+    if steps < 1:
+        raise ConfigError(f"large_data_steps = {steps}: must be ≥ 1")
+    out = {"train_batch_size": max(int(config["train_batch_size"]), math.ceil(n_train / steps))}
+    if not int(config.get("valid_user_sample", 0)):
+        out["valid_user_sample"] = int(config.get("large_data_valid_users", 0))
+    return out
+
+
+def apply_large_data_mode(config: Config, dataset: Dataset) -> Config:
+    """``config`` with the large-data mode's batch size and validation sample filled in when the mode is on.
+
+    Idempotent: a configuration it already resolved (a stored run's) comes back unchanged.
+    """
+    n_train = int(dataset.split("train")[0].size)
+    changes = large_data_settings(config, n_train)
+    changes = {k: v for k, v in changes.items() if config.get(k) != v}
+    return config.replace(**changes) if changes else config
+
+
+def describe_large_data(config: Config, n_train: int, n_batches: int) -> str | None:
+    """The log line announcing the large-data mode (None when it is off)."""
+    if not large_data_active(config, n_train):
+        return None
+    why = (
+        f"{n_train:,} training interactions ≥ large_data_from {int(config.large_data_from):,}"
+        if str(config.large_data).lower() == "auto"
+        else "large_data: always"
+    )
+    return (
+        f"large-data mode ({why}; --set large_data=never for MMRec's protocol): {n_batches} steps per epoch of "
+        f"{int(config.train_batch_size):,} pairs (docs/scale.md#large-data-mode)"
+    )

@@ -1,0 +1,88 @@
+"""The large-data mode: a fixed number of steps per epoch and a sampled early-stopping validation, by a size rule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import modalrec.api as mr
+from modalrec.config import resolve_config
+from modalrec.errors import ConfigError
+from modalrec.models import get_model_class
+from modalrec.training.large_data import apply_large_data_mode, large_data_active, large_data_settings
+
+
+def _config(**overrides):
+    return resolve_config(get_model_class("BPR"), overrides=overrides)
+
+
+def test_the_size_rule_and_its_overrides():
+    default = _config()
+    assert default.large_data == "auto"
+    assert not large_data_active(default, 999_999) and large_data_active(default, 1_000_000)
+    assert large_data_active(_config(large_data="always"), 10)
+    assert not large_data_active(_config(large_data="never"), 10**9)
+    assert large_data_active(_config(large_data_from=500), 500)
+    with pytest.raises(ConfigError, match="large_data"):
+        _config(large_data="on")
+
+
+def test_the_batch_grows_with_the_data_and_the_steps_stay_fixed():
+    config = _config(large_data_steps=64)
+    for n_train in (1_000_000, 4_000_000, 16_000_000):
+        batch = large_data_settings(config, n_train)["train_batch_size"]
+        assert batch == math.ceil(n_train / 64) and math.ceil(n_train / batch) == 64
+    small = large_data_settings(_config(large_data="always", train_batch_size=4096), 10_000)
+    assert small["train_batch_size"] == 4096  # never below the configured batch
+    assert large_data_settings(config, 10) == {}  # off: nothing changes
+    assert large_data_settings(config, 2_000_000)["valid_user_sample"] == 10_000
+    assert "valid_user_sample" not in large_data_settings(_config(valid_user_sample=300), 2_000_000)  # the user's own
+
+
+def test_applying_twice_changes_nothing(syn_dataset):
+    once = apply_large_data_mode(_config(large_data="always", large_data_steps=3), syn_dataset)
+    assert apply_large_data_mode(once, syn_dataset) is once
+    plain = _config()
+    assert apply_large_data_mode(plain, syn_dataset) is plain  # the synthetic set is far below the rule
+
+
+def test_a_large_data_run_records_and_announces_its_mode(syn_dir, syn_dataset, tmp_path):
+    n_train = syn_dataset.split("train")[0].size
+    run = mr.train(
+        "BPR",
+        syn_dir,
+        settings={
+            "epochs": 2,
+            "train_batch_size": 64,
+            "large_data": "always",
+            "large_data_steps": 3,
+            "large_data_valid_users": 40,
+        },
+        seed=3,
+        out=tmp_path / "run",
+    )
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["large_data"] is True
+    assert metrics["validation"]["users"] == 40
+    config = (run.run_dir / "config.yaml").read_text()
+    assert f"train_batch_size: {math.ceil(n_train / 3)}" in config
+    log = (run.run_dir / "train.log").read_text()
+    assert "large-data mode (large_data: always" in log and "3 steps per epoch" in log
+
+    plain = mr.train("BPR", syn_dir, settings={"epochs": 1}, seed=3, out=tmp_path / "plain")
+    metrics = json.loads((plain.run_dir / "metrics.json").read_text())
+    assert metrics["large_data"] is False and "large-data" not in (plain.run_dir / "train.log").read_text()
+
+
+def test_a_model_that_reads_the_batch_size_sees_the_large_data_one(syn_dir, tmp_path):
+    # MMSSL counts its batches from train_batch_size to close an epoch: the mode is resolved before it is built
+    run = mr.train(
+        "MMSSL",
+        syn_dir,
+        settings={"epochs": 1, "train_batch_size": 64, "large_data": "always", "large_data_steps": 2},
+        seed=3,
+        out=tmp_path / "r",
+    )
+    assert run.model.n_batches == 2
