@@ -86,3 +86,62 @@ def test_a_model_that_reads_the_batch_size_sees_the_large_data_one(syn_dir, tmp_
         out=tmp_path / "r",
     )
     assert run.model.n_batches == 2
+
+
+# ---------------------------------------------------------------- models that change their own step in the mode
+def test_a_models_large_data_settings_apply_only_where_the_default_is_kept(syn_dataset):
+    from modalrec.config import large_data_settings_of
+
+    assert large_data_settings_of("MARIO") == {"graph_refresh": "epoch"}
+    assert large_data_settings_of("MeAIM") == {"cl_candidates": 4096, "kl_candidates": 4096}
+    mario = get_model_class("MARIO")
+    on = apply_large_data_mode(resolve_config(mario, overrides={"large_data": "always"}), syn_dataset, mario)
+    assert on.graph_refresh == "epoch"
+    meaim = get_model_class("MeAIM")
+    own = resolve_config(meaim, overrides={"large_data": "always", "cl_candidates": 100})
+    own = apply_large_data_mode(own, syn_dataset, meaim)
+    assert (own.cl_candidates, own.kl_candidates) == (100, 4096)  # the user's value stays, the default moves
+    off = apply_large_data_mode(resolve_config(mario), syn_dataset, mario)
+    assert off.graph_refresh == "forward"  # below the size rule nothing changes
+
+
+def test_sampled_candidates_hold_every_positive_once():
+    import torch
+
+    from modalrec.nn.losses import sampled_candidate_rows
+
+    torch.manual_seed(0)
+    positives = torch.tensor([5, 3, 5, 99, 0])
+    rows, positions = sampled_candidate_rows(positives, 100, 30)
+    assert torch.equal(rows[positions], positives)
+    assert torch.equal(rows, torch.unique(rows)) and rows.numel() <= 35
+
+
+def test_sampled_infonce_is_the_full_one_when_the_sample_covers_the_table():
+    import torch
+
+    from modalrec.nn.losses import info_nce_full, info_nce_sampled
+
+    torch.manual_seed(1)
+    anchors, table, index = torch.randn(6, 8), torch.randn(20, 8), torch.tensor([1, 4, 4, 7, 0, 19])
+    full = info_nce_full(anchors, table, index)
+    assert torch.equal(info_nce_sampled(anchors, table, index, 0), full)
+    assert torch.equal(info_nce_sampled(anchors, table, index, 20), full)
+    sampled = info_nce_sampled(anchors, table, index, 5)
+    assert 0 < float(sampled) < float(full)  # fewer candidates in the denominator: a smaller loss
+
+
+def test_meaim_trains_in_the_large_data_mode(syn_dir, tmp_path):
+    settings = {"epochs": 3, "train_batch_size": 128, "large_data": "always", "large_data_steps": 4}
+    settings |= {"large_data_valid_users": 0, "cl_candidates": 0, "kl_candidates": 0}
+    full = mr.train("MeAIM", syn_dir, settings=settings, seed=3, out=tmp_path / "full")
+    sampled = mr.train(
+        "MeAIM",
+        syn_dir,
+        settings={**settings, "cl_candidates": 16, "kl_candidates": 16},
+        seed=3,
+        out=tmp_path / "sampled",
+    )
+    losses = [h["loss"] for h in sampled.result.history]
+    assert losses[-1] < losses[0]
+    assert [h["loss"] for h in full.result.history] != losses  # the sampled terms are not the full ones

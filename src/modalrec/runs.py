@@ -102,7 +102,7 @@ def prepare_model(
     cls = resolve_model(model_name)
     if config is None:
         config = resolve_config(cls, dataset.name, overrides, preset)
-    config = apply_large_data_mode(config, dataset)  # before the model sees train_batch_size
+    config = apply_large_data_mode(config, dataset, cls)  # before the model sees train_batch_size
     seed_everything(int(config.seed))
     graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
     model = cls(dataset, config, graphs).to(device)

@@ -67,6 +67,7 @@ __all__ = [
     "compat_defaults",
     "config_drift",
     "describe_preset",
+    "large_data_settings_of",
     "describe_settings",
     "load_bounds",
     "load_defaults",
@@ -339,6 +340,20 @@ def resolve_config(
     _check_valid_metric(values, source)
     values["preset"] = chosen
     return Config(values, preset_values, hint)
+
+
+def large_data_settings_of(model: ModelRef) -> dict[str, Any]:
+    """The model's ``large_data_settings:`` section, validated like a preset: the values its keys take in the
+    large-data mode (:mod:`modalrec.training.large_data`) where the run keeps the default."""
+    cls = model_class(model)
+    settings = settings_of(cls)
+    section = dict(settings.data.get("large_data_settings") or {})
+    if not section:
+        return {}
+    defaults = load_defaults(cls)[0]
+    return _validated(
+        defaults, _bounds(settings, defaults), section, f"{settings.source} large_data_settings", settings
+    )
 
 
 def describe_preset(config: Config) -> str:

@@ -1,7 +1,8 @@
 """A model's own settings: read from its class's ``config_name``, ``config_file`` or ``settings``.
 
 A model class states its settings — its keys' defaults and the sections ``search_space`` (the grid),
-``search_ranges`` (tune), ``presets``, ``bounds``, ``compat``, ``only_with`` and ``description`` — in
+``search_ranges`` (tune), ``presets``, ``bounds``, ``compat``, ``only_with``, ``large_data_settings`` and
+``description`` — in
 one of three ways (see :class:`modalrec.models.base.Recommender`):
 
 * ``config_name = "lightgcn"``: ``configs/lightgcn.yaml`` inside modalrec (the built-in models);
@@ -28,13 +29,22 @@ import yaml
 from modalrec.errors import ConfigError
 
 # Top-level YAML sections that are not configuration keys (each is read by its own function).
-RESERVED_SECTIONS = ("presets", "search_space", "search_ranges", "description", "compat", "only_with", "bounds")
+RESERVED_SECTIONS = (
+    "presets",
+    "search_space",
+    "search_ranges",
+    "description",
+    "compat",
+    "only_with",
+    "bounds",
+    "large_data_settings",
+)
 OVERALL = "configs/overall.yaml"
 # The class attributes a model states its settings in (one of them per class).
 SETTINGS_ATTRIBUTES = ("config_name", "config_file", "settings")
 # Sections a subclass's own settings extend key by key (a preset: setting by setting); the other
 # sections, the grid (search_space) and tune's ranges among them, are replaced when it states them.
-MERGED_SECTIONS = ("presets", "bounds", "compat", "only_with")
+MERGED_SECTIONS = ("presets", "bounds", "compat", "only_with", "large_data_settings")
 
 # A model is its class, a model spec string or None (overall.yaml alone). Specs are resolved by the
 # models layer, which sits above this one and installs its resolver (use_model_resolver).

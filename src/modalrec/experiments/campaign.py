@@ -163,7 +163,8 @@ class Experiment:
     def drift(self, model: str, stored: dict, overrides: dict[str, Any], metrics: dict) -> list[str]:
         """How a run's stored configuration differs from what ``overrides`` resolve to today (:func:`config_drift`)."""
         cls = get_model_class(model)
-        current = apply_large_data_mode(resolve_config(cls, self.dataset.name, overrides, self.preset), self.dataset)
+        current = resolve_config(cls, self.dataset.name, overrides, self.preset)
+        current = apply_large_data_mode(current, self.dataset, cls)
         current = current.to_dict()
         epochs_run = (metrics.get("timings") or {}).get("epochs_run")
         return config_drift(cls, stored, current, None if epochs_run is None else int(epochs_run))

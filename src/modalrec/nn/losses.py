@@ -122,6 +122,36 @@ def info_nce_full(
     return blocked_row_sum(_info_nce_block, [x, anchor_index], [y], block_size) / max(1, anchors.shape[0])
 
 
+def sampled_candidate_rows(positives: torch.Tensor, n_rows: int, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate rows of a sampled softmax over a table of ``n_rows``, and each positive's place among them.
+
+    Candidates = the positives ∪ ``n_samples`` rows drawn uniformly with replacement (torch's global
+    generator, which the trainer seeds and saves), sorted and without repeats; so every positive is a
+    candidate exactly once, and a step costs O((B + n_samples)·d) instead of O(n_rows·d).
+    Returns ``(rows, positions)`` with ``rows[positions[k]] == positives[k]``.
+    """
+    drawn = torch.randint(0, n_rows, (n_samples,), device=positives.device)
+    rows = torch.unique(torch.cat([positives, drawn]))
+    return rows, torch.searchsorted(rows, positives)
+
+
+def info_nce_sampled(
+    anchors: torch.Tensor,
+    positives_table: torch.Tensor,
+    anchor_index: torch.Tensor,
+    n_candidates: int,
+    tau: float = 0.2,
+    block_size: int = 512,
+) -> torch.Tensor:
+    """:func:`info_nce_full` against the positives plus ``n_candidates`` sampled rows of the table
+    (:func:`sampled_candidate_rows`); the full table when ``n_candidates`` is 0 or covers it."""
+    n_rows = positives_table.shape[0]
+    if n_candidates <= 0 or n_candidates >= n_rows:
+        return info_nce_full(anchors, positives_table, anchor_index, tau, block_size)
+    rows, positions = sampled_candidate_rows(anchor_index, n_rows, n_candidates)
+    return info_nce_full(anchors, positives_table[rows], positions, tau, block_size)
+
+
 def bernoulli_kl_symmetric(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Element-wise symmetric KL between Bernoulli(p) and Bernoulli(q): kl(p‖q) + kl(q‖p).
 

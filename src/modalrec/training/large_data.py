@@ -9,7 +9,9 @@ The large-data mode fixes the number of optimiser steps per epoch instead of the
 
 so an epoch is ``large_data_steps`` steps whatever E, each linear in the data; and early stopping
 validates on a fixed, seeded sample of ``large_data_valid_users`` valid users (the best epoch is then
-validated on all of them, and test always ranks everyone).
+validated on all of them, and test always ranks everyone). A model whose step grows faster than the data
+for reasons of its own states, in its settings' ``large_data_settings:`` section, what it changes in the
+mode (MARIO: learned graphs refreshed once per epoch; MeAIM: sampled contrastive and KL candidates).
 
 ``large_data: auto`` (the default) turns it on when the training split has at least ``large_data_from``
 interactions — above every dataset of the MMRec papers, so their protocol and reproduced numbers are
@@ -23,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from modalrec.config import ModelRef, large_data_settings_of, load_defaults
 from modalrec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,13 +60,20 @@ def large_data_settings(config: Config | dict[str, Any], n_train: int) -> dict[s
     return out
 
 
-def apply_large_data_mode(config: Config, dataset: Dataset) -> Config:
-    """``config`` with the large-data mode's batch size and validation sample filled in when the mode is on.
+def apply_large_data_mode(config: Config, dataset: Dataset, model: ModelRef = None) -> Config:
+    """``config`` with the large-data mode's batch size and validation sample filled in when the mode is on,
+    and ``model``'s ``large_data_settings:`` (e.g. MARIO's graph refresh per epoch) on every key where the
+    configuration keeps the model's default — a value the user set is never replaced.
 
     Idempotent: a configuration it already resolved (a stored run's) comes back unchanged.
     """
     n_train = int(dataset.split("train")[0].size)
     changes = large_data_settings(config, n_train)
+    if changes and model is not None:
+        defaults = load_defaults(model)[0]
+        for key, value in large_data_settings_of(model).items():
+            if config.get(key) == defaults.get(key):
+                changes[key] = value
     changes = {k: v for k, v in changes.items() if config.get(k) != v}
     return config.replace(**changes) if changes else config
 
