@@ -7,11 +7,13 @@ For each size factor f it generates (once, into ``--data-cache``) a synthetic se
 × f — ``round(19,445 f)`` users, ``round(7,050 f)`` items, Baby's 8.27 interactions per user,
 image 256-d and text 128-d features (``modalrec data synth``) — and, for each model, in a fresh
 process (so that its peak memory is its own): builds the model (graphs included), trains
-``--epochs`` epochs exactly as ``modalrec train`` does (sampler, batches, Adam), and runs one full
-validation pass. It records seconds per epoch (median), seconds per validation pass, build seconds
-and peak memory, then fits, per model, the growth exponent of each against the number of training
-interactions (least squares on log–log; 1 = linear). Before a model runs at a size it predicts its
-peak memory from its two previous sizes; above ``--memory-limit-gb`` it is not started and the
+``--epochs`` epochs through modalrec's trainer, exactly as ``modalrec train`` does (sampler, batches,
+its optimiser or closed-form step, the large-data mode where the size rule or ``--set large_data=...``
+turns it on), runs the early-stopping validation pass the trainer would (a user sample in the
+large-data mode) and one full test pass. It records seconds per epoch (median), per validation and
+test pass, build seconds and peak memory, then fits, per model, the growth exponent of each against
+the number of training interactions (least squares on log–log; 1 = linear). Before a model runs at
+a size it predicts its peak memory from its two previous sizes; above ``--memory-limit-gb`` it is not started and the
 table says why in one line, instead of the machine's OOM killer ending it. One job at a time:
 the figures are only meaningful on an otherwise idle machine, which the output records.
 """
@@ -46,48 +48,48 @@ def dataset_for(factor: float, cache: Path) -> Path:
 
 
 def measure_one(model_name: str, data: Path, epochs: int, overrides: list[str], device: str = "cpu") -> dict:
-    """Build, train ``epochs`` epochs and validate once, in this process; returns the figures."""
+    """Build, train ``epochs`` epochs and validate once, in this process, through modalrec's own
+    :class:`~modalrec.training.Trainer` (its optimiser or closed-form step, the large-data mode when the
+    size rule or ``--set`` turns it on, the early-stopping validation it would run); returns the figures."""
     import numpy as np
     import torch
 
     from modalrec.config import parse_overrides
     from modalrec.data.dataset import load_dataset
     from modalrec.evaluation import Evaluator
-    from modalrec.models.base import Batch
     from modalrec.runs import prepare_model
-    from modalrec.training import NegativeSampler, keep_freed_memory_in_process, peak_memory_mb
+    from modalrec.training import Trainer, peak_memory_mb
+    from modalrec.training.large_data import large_data_active
 
-    keep_freed_memory_in_process()
     ds = load_dataset(data)
-    u, i = ds.split("train")
+    n_train = int(ds.split("train")[0].size)
     start = time.perf_counter()
     model, config, _ = prepare_model(model_name, ds, parse_overrides(overrides), device=device, cache_dir=False)
+    trainer = Trainer(model, ds, config, log=lambda _: None, device=device)
     build = time.perf_counter() - start
-    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    sampler = NegativeSampler(u, i, ds.n_items, np.random.default_rng(0))
     times = []
     for epoch in range(epochs):
         start = time.perf_counter()
         model.train()
-        model.pre_epoch(epoch)
-        for bu, bp, bn in sampler.epoch(config.train_batch_size):
-            batch = Batch(*(torch.from_numpy(a).to(device) for a in (bu, bp, bn)))
-            opt.zero_grad(set_to_none=True)
-            model.loss(batch).backward()
-            opt.step()
+        draws = trainer.start_epoch(epoch)
+        trainer.train_batches(epoch, *draws)
         times.append(time.perf_counter() - start)
+    valid = trainer.valid_eval.evaluate(model)  # what early stopping pays per evaluation
     start = time.perf_counter()
-    model.eval()
-    with torch.no_grad():
-        Evaluator(ds, "valid", block_size=model.ranking_block_size(ds.n_items), device=device).evaluate(model)
-    valid = time.perf_counter() - start
+    Evaluator(ds, "test", block_size=int(config.eval_batch_size), device=device).evaluate(model)
+    test = time.perf_counter() - start
     return {
         "users": ds.n_users,
         "items": ds.n_items,
-        "train_interactions": int(u.size),
+        "train_interactions": n_train,
+        "large_data": large_data_active(config, n_train),
+        "train_batch_size": int(config.train_batch_size),
+        "steps_per_epoch": trainer.n_batches,
         "build_seconds": round(build, 3),
         "epoch_seconds": round(float(np.median(times)), 3),
-        "valid_seconds": round(valid, 3),
+        "valid_seconds": round(valid.seconds, 3),
+        "valid_users": int(valid.users.size),
+        "test_seconds": round(test, 3),
         "peak_memory_mb": round(peak_memory_mb(torch.device(device)), 1),
         "device": device,
         "threads": torch.get_num_threads(),
@@ -154,7 +156,12 @@ def run_all(args: argparse.Namespace) -> dict:
         xs = [r["train_interactions"] for r in ok]
         summary[model] = {
             key: growth_exponent(xs, [r[field] for r in ok])
-            for key, field in (("epoch", "epoch_seconds"), ("valid", "valid_seconds"), ("memory", "peak_memory_mb"))
+            for key, field in (
+                ("epoch", "epoch_seconds"),
+                ("valid", "valid_seconds"),
+                ("test", "test_seconds"),
+                ("memory", "peak_memory_mb"),
+            )
         }
     import torch
 

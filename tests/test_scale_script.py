@@ -29,3 +29,15 @@ def test_scale_script_measures_fits_and_refuses_a_size_predicted_too_large(tmp_p
         assert rows[2]["skipped"].startswith("not started: predicted peak memory")
         assert "epoch_seconds" not in rows[2]
         assert isinstance(result["growth_exponents"][model]["epoch"], float)
+
+
+def test_scale_script_measures_the_large_data_mode_through_the_trainer(tmp_path):
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, str(SCRIPT), "--models", "BPR", "--factors", "0.01", "--out", str(out)]
+    cmd += ["--data-cache", str(tmp_path / "data"), "--set", "large_data=always", "--set", "large_data_steps=3"]
+    cmd += ["--set", "train_batch_size=64", "--set", "large_data_valid_users=20"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["results"]["BPR"]
+    assert row["large_data"] is True and row["steps_per_epoch"] == 3 and row["valid_users"] == 20
+    assert row["test_seconds"] > 0
