@@ -172,6 +172,33 @@ def test_non_finite_features(make_folder, value, word):
     assert word in str(err) and "row 4" in str(err) and "column 2" in str(err)
 
 
+def test_float32_features_are_memory_mapped_and_other_dtypes_converted(make_folder, monkeypatch):
+    import modalrec.data.files as files_module
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(6, 5)).astype(np.float32)
+    text = rng.normal(size=(6, 4)).astype(np.float16)
+    folder = make_folder(toy_rows(4, 6), features={"image": image, "text": text})
+    ds = load_dataset(folder)
+    assert isinstance(ds.features["image"], np.memmap)  # mapped, not read into memory
+    np.testing.assert_array_equal(ds.features["image"], image)
+    assert ds.features["text"].dtype == np.float32 and not isinstance(ds.features["text"], np.memmap)
+    np.testing.assert_array_equal(ds.features["text"], text.astype(np.float32))
+    whole = ds.feature_hash("image")
+    monkeypatch.setattr(files_module, "FEATURE_BLOCK_BYTES", 1)  # one row per block: the same hash
+    assert load_dataset(folder).feature_hash("image") == whole
+
+
+def test_a_non_finite_value_is_found_in_a_later_row_block(make_folder, monkeypatch):
+    import modalrec.data.files as files_module
+
+    monkeypatch.setattr(files_module, "FEATURE_BLOCK_BYTES", 8)  # two rows of 3 float32 per block
+    x = np.ones((6, 3), dtype=np.float32)
+    x[5, 1] = np.nan
+    err = _raises_data_error(make_folder(toy_rows(4, 6), features={"image": x}))
+    assert "row 5" in str(err) and "column 1" in str(err)
+
+
 def test_feature_file_not_2d_or_unreadable(make_folder):
     folder = make_folder(toy_rows(4, 6), features={"image": np.ones(6, dtype=np.float32)})
     assert "2-D" in str(_raises_data_error(folder))
