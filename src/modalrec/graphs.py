@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from modalrec.ann import ann_knn_topk, resolve_knn_method
 from modalrec.io import atomic_write
 
 if TYPE_CHECKING:
@@ -138,21 +139,37 @@ def knn_graph_coo(
     return rows, cols, normalize_sparse_rows(rows, cols, vals, n, normalization)
 
 
+# Bytes of the per-block temporaries of the exact kNN build (similarities, sorted values, int64 indices:
+# 16 bytes per item pair): 1,024 rows below ~33k items, fewer above, so memory stays flat as I grows.
+KNN_BLOCK_BYTES = 512 * 2**20
+
+
+def knn_block_rows(n_items: int) -> int:
+    """Rows per block of the exact kNN build over ``n_items`` items (at most 1,024)."""
+    return int(max(1, min(1024, KNN_BLOCK_BYTES // (16 * max(1, n_items)))))
+
+
 def build_knn_graph(
     features: np.ndarray | torch.Tensor,
     k: int = 10,
     weighted: bool = False,
     normalization: str = "sym",
-    block_size: int = 1024,
+    block_size: int | None = None,
+    neighbours: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> sp.csr_matrix:
     """The normalised kNN item graph of a feature matrix, as a SciPy CSR matrix.
 
-    Similarities are computed in item blocks; ties are broken by lowest item id.
+    Similarities are computed exactly in item blocks (:func:`knn_block_rows` rows unless ``block_size``);
+    ties are broken by lowest item id. ``neighbours`` = (indices, similarities) found elsewhere (the
+    approximate index of :mod:`modalrec.ann`) replaces that search.
     """
-    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
-    idx, sims = knn_topk(x, k, block_size=block_size, stable_ties=True)
+    n = int(features.shape[0])
+    if neighbours is None:
+        x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+        idx, sims = knn_topk(x, k, block_size=block_size or knn_block_rows(n), stable_ties=True)
+    else:
+        idx, sims = neighbours
     rows, cols, vals = knn_graph_coo(idx, sims, weighted, normalization)
-    n = x.shape[0]
     g = sp.csr_matrix((vals.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n), dtype=np.float32)
     g.sort_indices()
     return g
@@ -371,10 +388,16 @@ class GraphStore:
     """
 
     def __init__(
-        self, dataset: Dataset, cache_dir: str | Path | bool | None = None, device: str | torch.device = "cpu"
+        self,
+        dataset: Dataset,
+        cache_dir: str | Path | bool | None = None,
+        device: str | torch.device = "cpu",
+        knn_method: str = "auto",
     ):
         self.dataset = dataset
         self.device = torch.device(device)
+        self.knn_method = resolve_knn_method(knn_method, dataset.n_items)  # exact | ann for the raw-feature graphs
+        self.notes: list[str] = []  # what a run should log about its graphs (an approximate graph's recall)
         if cache_dir is False:
             self.cache_dir: Path | None = None
         else:
@@ -440,11 +463,20 @@ class GraphStore:
         self, modality: str, k: int = 10, weighted: bool = False, normalization: str = "sym"
     ) -> sp.csr_matrix:
         ds = self.dataset
-        return self.cached(
-            "knn",
-            (ds.feature_hash(modality), k, weighted, normalization),
-            lambda: build_knn_graph(ds.features[modality], k, weighted, normalization),
-        )
+        key = (ds.feature_hash(modality), k, weighted, normalization)
+        if self.knn_method == "exact":
+            return self.cached("knn", key, lambda: build_knn_graph(ds.features[modality], k, weighted, normalization))
+
+        def build_approximate() -> sp.csr_matrix:
+            idx, sims, info = ann_knn_topk(ds.features[modality], k)
+            self.notes.append(info.describe(f"{modality} features"))
+            return build_knn_graph(ds.features[modality], k, weighted, normalization, neighbours=(idx, sims))
+
+        before = self.builds
+        graph = self.cached("knn-ann", key, build_approximate)
+        if self.builds == before and not any(n.startswith(f"{modality} features") for n in self.notes):
+            self.notes.append(f"{modality} features: approximate kNN graph (FAISS HNSW) read from the graph cache")
+        return graph
 
     def knn(self, modality: str, k: int = 10, weighted: bool = False, normalization: str = "sym") -> SparseOperator:
         """kNN item graph of a modality's raw features (I × I), normalised."""

@@ -104,7 +104,7 @@ def prepare_model(
         config = resolve_config(cls, dataset.name, overrides, preset)
     config = apply_large_data_mode(config, dataset, cls)  # before the model sees train_batch_size
     seed_everything(int(config.seed))
-    graphs = GraphStore(dataset, cache_dir=cache_dir, device=device)
+    graphs = GraphStore(dataset, cache_dir=cache_dir, device=device, knn_method=str(config.get("knn_method", "auto")))
     model = cls(dataset, config, graphs).to(device)
     return model, config, graphs
 
@@ -163,6 +163,8 @@ def train_run(
     try:
         runlog = RunLog(run_dir / "train.log", echo=not quiet)
         _log_run_start(runlog, model, dataset, config, device, notes, cold_note)
+        for line in graphs.notes:
+            runlog(line)
         write_run_config(run_dir, cls, dataset, config)
         return train_into(
             run_dir,
@@ -388,7 +390,8 @@ def _write_finished_run(
             "timings": result.timings,
             "validation": result.validation,
             "large_data": large_data_active(config, int(dataset.split("train")[0].size)),
-            "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds},
+            "graph_cache": {"hits": graphs.cache_hits, "builds": graphs.builds, "knn_method": graphs.knn_method},
+            "graph_notes": graphs.notes,
             "environment": run_environment(model.device),
             "history": result.history,
         },

@@ -1,0 +1,64 @@
+"""Approximate item–item kNN graphs (FAISS HNSW) past a size: recall against exact, determinism, the size rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modalrec.ann import ANN_FROM_ITEMS, ann_knn_topk, neighbour_recall, resolve_knn_method
+from modalrec.errors import ConfigError
+from modalrec.graphs import GraphStore, build_knn_graph, knn_block_rows, knn_topk
+
+pytest.importorskip("faiss", reason="FAISS is in the scale extra (pip install -e '.[scale]'), which CI installs")
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Rows around 40 centres: features with structure, as real item features have."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, d))
+    return (centres[rng.integers(0, 40, n)] + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_the_approximate_graph_finds_the_exact_neighbours_and_says_how_well():
+    x = _clustered(3000, 24)
+    idx, sims, info = ann_knn_topk(x, 10)
+    exact_idx, _ = knn_topk(torch.from_numpy(x), 10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx.numpy(), exact_idx.numpy(), strict=True)])
+    assert overlap >= 0.95 and info.recall >= 0.95
+    assert abs(info.recall - overlap) < 0.03  # the sampled recall estimates the whole graph's
+    assert "neighbour recall@10" in info.describe("image features")
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(sims.numpy(), np.take_along_axis(unit @ unit.T, idx.numpy(), axis=1), atol=1e-4)
+    again, _, _ = ann_knn_topk(x, 10)
+    assert torch.equal(idx, again)  # built on one thread: the same graph every time
+
+
+def test_recall_counts_misses():
+    unit = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
+    exact_like = np.array([[0], [1], [2], [3], [4], [5]])  # each row's own index: similarity 1, the top
+    assert neighbour_recall(unit, exact_like, 1)[0] == 1.0
+    wrong = np.array([[1], [2], [3], [0], [1], [2]])
+    assert neighbour_recall(unit, wrong, 1)[0] == 0.0
+
+
+def test_the_size_rule_and_the_graph_store(syn_dataset):
+    assert resolve_knn_method("auto", ANN_FROM_ITEMS - 1) == "exact"
+    assert resolve_knn_method("auto", ANN_FROM_ITEMS) == "ann"
+    with pytest.raises(ConfigError, match="knn_method"):
+        resolve_knn_method("fast", 10)
+    exact = GraphStore(syn_dataset, cache_dir=False).knn_matrix("image", 5)
+    store = GraphStore(syn_dataset, cache_dir=False, knn_method="ann")
+    approx = store.knn_matrix("image", 5)
+    assert approx.shape == exact.shape and approx.nnz == exact.nnz
+    assert len(store.notes) == 1 and "approximate kNN graph" in store.notes[0]
+    same_rows = np.mean([set(approx[i].indices) == set(exact[i].indices) for i in range(exact.shape[0])])
+    assert same_rows > 0.9
+
+
+def test_the_exact_build_keeps_its_memory_flat():
+    assert knn_block_rows(7_050) == 1024 and knn_block_rows(300_000) < 120
+    x = _clustered(500, 8)
+    a = build_knn_graph(x, 5, block_size=7)
+    b = build_knn_graph(x, 5)
+    assert (a != b).nnz == 0  # the block size changes nothing but memory
