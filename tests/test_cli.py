@@ -104,7 +104,9 @@ def test_the_command_list_and_a_light_import():
     env = {**os.environ, **ENV}
     res = subprocess.run([sys.executable, "-m", "modalrec", "--help"], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
-    names = "models check-model train evaluate recommend serve demo benchmark ablate sweep tune data analyze".split()
+    names = (
+        "models check-model train evaluate index recommend serve demo benchmark ablate sweep tune data analyze".split()
+    )
     listed = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("│ ") and line.split()[1] in names]
     assert listed == names
     heavy = "import sys, modalrec.cli; print([m for m in ('torch', 'numpy', 'optuna') if m in sys.modules])"

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"evaluation"},
     {"training"},
-    {"runs", "run_files", "run_model", "run_resume", "run_load", "recommendation"},
+    {"runs", "run_files", "run_model", "run_resume", "run_load", "run_index", "run_distributed", "recommendation"},
     {"reporting"},
     {"experiments", "analysis", "serve"},
     {"testing", "api"},

@@ -189,15 +189,29 @@ class Evaluator:
         scores[:, self._candidates] = cand
         return scores
 
+    def block_starts(self) -> list[int]:
+        """First user index (into :attr:`users`) of every ranking block, in order."""
+        return list(range(0, len(self.users), self.block_size))
+
+    def shard_blocks(self, rank: int, world: int) -> list[int]:
+        """The contiguous run of :meth:`block_starts` worker ``rank`` of ``world`` ranks: every user is scored in
+        the very block a single process scores it in, so per-user results are identical, and concatenating the
+        workers' results in rank order gives the single-process per-user vectors."""
+        starts = self.block_starts()
+        per = -(-len(starts) // world)
+        return starts[rank * per : (rank + 1) * per]
+
     @torch.no_grad()
-    def evaluate(self, model: Recommender) -> EvalResult:
+    def evaluate(self, model: Recommender, blocks: list[int] | None = None) -> EvalResult:
+        """Rank every user (or only the users of ``blocks``, starts from :meth:`shard_blocks`) and score them."""
         start = time.perf_counter()
         was_training = model.training
         model.eval()
         k_max = max(self.ks)
         chunks: dict[str, list[torch.Tensor]] = {}
         n = len(self.users)
-        for lo in range(0, n, self.block_size):
+        starts = self.block_starts() if blocks is None else blocks
+        for lo in starts:
             hi = min(n, lo + self.block_size)
             scores = self._block_scores(model, self._users_t[lo:hi])
             rows, cols = block_coo(*self._mask, lo, hi)
@@ -211,10 +225,26 @@ class Evaluator:
             hits = torch.isin(top_keys, target_keys)
             for name, vals in ranking_metrics(hits, self._n_targets[lo:hi], self.ks, self.metrics).items():
                 chunks.setdefault(name, []).append(vals.cpu())
-        per_user = {name: torch.cat(v).numpy() for name, v in chunks.items()}
-        means = {name: float(v.mean()) if v.size else 0.0 for name, v in per_user.items()}
+        users = (
+            self.users
+            if blocks is None
+            else np.concatenate([self.users[lo : lo + self.block_size] for lo in starts] or [self.users[:0]])
+        )
+        empty = torch.zeros(0, k_max, dtype=torch.bool)  # the metric names in ranking_metrics' order
+        names = list(ranking_metrics(empty, torch.zeros(0), self.ks, self.metrics))
+        per_user = {
+            name: torch.cat(chunks[name]).numpy() if name in chunks else np.zeros(0, np.float32) for name in names
+        }
         model.train(was_training)
-        return EvalResult(self.split, means, per_user, self.users, time.perf_counter() - start, self.mode)
+        return result_from_per_user(self.split, per_user, users, time.perf_counter() - start, self.mode)
+
+
+def result_from_per_user(
+    split: str, per_user: dict[str, np.ndarray], users: np.ndarray, seconds: float, mode: str
+) -> EvalResult:
+    """An :class:`EvalResult` whose means are the per-user vectors' (the one place a mean over users is taken)."""
+    means = {name: float(v.mean()) if v.size else 0.0 for name, v in per_user.items()}
+    return EvalResult(split, means, per_user, users, seconds, mode)
 
 
 def top_k_items(

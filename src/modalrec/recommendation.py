@@ -1,8 +1,8 @@
 """Top-k recommendations of one training user: the one implementation behind :func:`modalrec.run_load.recommend`,
 ``modalrec recommend`` and the server's ``GET /users/{user}/recommendations``.
 
-The answer is a JSON-ready dict ``{model, dataset, user, k, exclude_seen, [note], [fallback], items,
-[explanation]}``:
+The answer is a JSON-ready dict ``{model, dataset, user, k, exclude_seen, [note], [retrieval], [fallback],
+items, [explanation]}``:
 
 * ``k`` above the number of items is capped at it, and ``note`` says so;
 * a user without training interactions gets the most popular items, marked by ``fallback`` (the model
@@ -13,7 +13,9 @@ The answer is a JSON-ready dict ``{model, dataset, user, k, exclude_seen, [note]
 
 Callers choose where the scores come from (``scores``: the server's precomputed tables) and which fields
 describe an item (``describe``: the server adds training counts and the cold flag); the ranking, the
-exclusions, the fallback, the notes and the explanations are the same for all of them.
+exclusions, the fallback, the notes and the explanations are the same for all of them. A ``retrieve``
+function replaces the full ranking by a retrieval of its own (``--ann``: candidates from an item index,
+re-ranked exactly; :mod:`modalrec.run_index`), and the list then says so in ``retrieval``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from modalrec.models.base import COLD_UNABLE, Explanation, Recommender
 ItemFields = Callable[[int], dict[str, Any]]
 # item ids (a long tensor on the model's device) → the model's explanation of them, or None
 Explainer = Callable[[torch.Tensor], Explanation | None]
+# (user, k, items to leave out or None) → the k best (items, scores) and how they were found (``retrieval``)
+Retriever = Callable[[int, int, torch.Tensor | None], tuple[list[int], list[float], dict[str, Any]]]
 
 
 class NotFoundError(ModalrecError):
@@ -233,12 +237,16 @@ def recommend_user(
     scores: Callable[[int], torch.Tensor] | None = None,
     describe: ItemFields | None = None,
     degree: np.ndarray | None = None,
+    retrieve: Retriever | None = None,
 ) -> dict[str, Any]:
     """Top-k items of training user ``user`` as a JSON-ready dict (see the module docstring).
 
     ``scores`` maps a user to the scores of all items (default: the model's ``ranking_scores``);
     ``describe`` gives an item's fields (default :func:`item_fields`); ``degree`` is
-    :func:`item_degree`, when the caller keeps it. The model must be in eval mode.
+    :func:`item_degree`, when the caller keeps it. ``retrieve``, when given, finds the list instead of
+    ranking every item (the same exclusions are passed to it) and its account of how becomes the answer's
+    ``retrieval``; a user without training interactions still gets the popularity fallback. The model
+    must be in eval mode.
     """
     check_user(dataset, user)
     if k < 1:
@@ -258,12 +266,16 @@ def recommend_user(
         return {**out, **popularity_fallback(dataset, user, min(k, n), explain, describe, degree)}
     unscorable = unscorable_items(model, dataset)
     seen = torch.from_numpy(training_items(dataset, user)) if exclude_seen else None
+    retrieval: dict[str, Any] | None = None
     with torch.no_grad():
-        if scores is not None:
-            row = scores(user)
+        if retrieve is not None:
+            items, values, retrieval = retrieve(user, k, excluded(seen, unscorable))
         else:
-            row = model.ranking_scores(torch.tensor([user], device=model.device)).float()[0]
-        items, values = top_items(row, k, excluded(seen, unscorable))
+            if scores is not None:
+                row = scores(user)
+            else:
+                row = model.ranking_scores(torch.tensor([user], device=model.device)).float()[0]
+            items, values = top_items(row, k, excluded(seen, unscorable))
 
         def explainer(idx: torch.Tensor) -> Explanation | None:
             return model.explain(torch.full_like(idx, user), idx)
@@ -273,4 +285,6 @@ def recommend_user(
         )
     if "note" not in out:
         out.update(cold_note(model, unscorable))
+    if retrieval is not None:
+        out["retrieval"] = retrieval
     return {**out, **body}

@@ -17,7 +17,7 @@ from modalrec.errors import RunError
 from modalrec.evaluation import EvalResult, Evaluator
 from modalrec.graphs import GraphStore
 from modalrec.models import Recommender
-from modalrec.recommendation import recommend_user
+from modalrec.recommendation import Retriever, recommend_user
 from modalrec.run_files import load_recorded_dataset, read_checkpoint
 from modalrec.run_model import load_weights, recorded_spec, run_model_class, source_change
 from modalrec.runs import check_device
@@ -99,14 +99,22 @@ def evaluate_run(
     return ev.evaluate(run.model)
 
 
-def recommend(run: LoadedRun, user: int, k: int = 10, explain: bool = False, exclude_seen: bool = True) -> dict:
+def recommend(
+    run: LoadedRun,
+    user: int,
+    k: int = 10,
+    explain: bool = False,
+    exclude_seen: bool = True,
+    retrieve: Retriever | None = None,
+) -> dict:
     """Top-k items of one user as a JSON-ready dict, with per-modality explanations if asked.
 
     :func:`modalrec.recommendation.recommend_user` on the run's model: ``k`` above the number of items is
     capped with a ``note``; a user without training interactions gets the most popular items, marked by
-    ``fallback`` (also logged as a warning).
+    ``fallback`` (also logged as a warning). ``retrieve``: candidates from the run's item index instead
+    of ranking every item (``--ann``; :meth:`modalrec.run_index.ItemIndex.retrieve`).
     """
-    out = recommend_user(run.model, run.dataset, user, k, exclude_seen, explain)
+    out = recommend_user(run.model, run.dataset, user, k, exclude_seen, explain, retrieve=retrieve)
     if "fallback" in out:
         log.warning(out["fallback"]["reason"])
     return out

@@ -369,9 +369,16 @@ def train_into(
 
 
 def _write_finished_run(
-    run_dir: Path, model: Recommender, dataset: Dataset, config: Config, graphs: GraphStore, result: TrainResult
+    run_dir: Path,
+    model: Recommender,
+    dataset: Dataset,
+    config: Config,
+    graphs: GraphStore,
+    result: TrainResult,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """A finished run's files: ``model.pt``, the per-user metric vectors and, last, ``metrics.json``."""
+    """A finished run's files: ``model.pt``, the per-user metric vectors and, last, ``metrics.json`` (with
+    ``extra`` entries, e.g. how many data-parallel workers trained it)."""
     save_checkpoint(run_dir / "model.pt", model, config, dataset)
     if result.test is not None:
         write_npz(run_dir / "test_per_user.npz", users=result.test.users, **result.test.per_user)
@@ -394,6 +401,7 @@ def _write_finished_run(
             "graph_notes": graphs.notes,
             "environment": run_environment(model.device),
             "history": result.history,
+            **(extra or {}),
         },
     )
 

@@ -1,7 +1,7 @@
 """The ``modalrec`` command line. Thin: every command calls a library function.
 
 The commands live in modules by job — ``run_cmds`` (one model or one run: models, check-model, train,
-evaluate, recommend, serve, demo), ``data_cmds`` (``data …``) and ``experiment_cmds`` (benchmark, ablate,
+evaluate, index, recommend, serve, demo), ``data_cmds`` (``data …``) and ``experiment_cmds`` (benchmark, ablate,
 sweep, tune, ``analyze …``) — with the options they share in ``options`` and the consoles and one-line
 errors in ``output``. They are registered here, in the order ``modalrec --help`` lists them. Every module
 imports only Typer and Rich at the top, so that ``modalrec --help`` starts fast; a command imports the
@@ -31,6 +31,7 @@ app.command("models")(run_cmds.models_cmd)
 app.command("check-model")(run_cmds.check_model_cmd)
 app.command("train")(run_cmds.train_cmd)
 app.command("evaluate")(run_cmds.evaluate_cmd)
+app.command("index")(run_cmds.index_cmd)
 app.command("recommend")(run_cmds.recommend_cmd)
 app.command("serve")(run_cmds.serve_cmd)
 app.command("demo")(run_cmds.demo_cmd)

@@ -47,17 +47,20 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
     return f"{first['loc']}: {first['msg']}".replace("\n", " "), errors
 
 
-def create_app(run_dir: str | Path | None = None, engine: Engine | None = None, model: str | None = None) -> FastAPI:
+def create_app(
+    run_dir: str | Path | None = None, engine: Engine | None = None, model: str | None = None, ann: bool = False
+) -> FastAPI:
     """Build the app for one run directory (loaded and precomputed here, once).
 
     Raises :class:`~modalrec.errors.RunError` with a one-line reason when the run
     directory is missing or corrupt — before any server starts. Pass ``engine`` to reuse
     an already loaded one (tests). ``model`` (a spec) replaces the model the run recorded.
+    ``ann``: training users' lists come from the run's item index (``modalrec index RUN``).
     """
     if engine is None:
         if run_dir is None:
             raise ModalrecError("create_app needs a run directory")
-        engine = Engine.from_run_dir(run_dir, model=model)
+        engine = Engine.from_run_dir(run_dir, model=model, ann=ann)
     info = engine.info()
     app = FastAPI(
         title="modalrec",
@@ -113,7 +116,7 @@ def _add_service_routes(app: FastAPI, info: dict) -> None:
 
     @app.get("/info", response_model=Info, tags=["service"])
     async def get_info() -> dict:
-        """Model, dataset, counts, modalities, explanation parts and metrics of the served run."""
+        """Model, dataset, counts, modalities, explanation parts, metrics and retrieval (exact or ann)."""
         return info
 
 
@@ -207,13 +210,15 @@ def serve(
     log_level: str = "warning",
     threads: int = 1,
     model: str | None = None,
+    ann: bool = False,
 ) -> None:
     """Load ``run_dir`` (refusing to start on a bad one) and serve it with uvicorn until interrupted.
 
     The port is bound first and the "serving …" line printed only once it is ours, so a busy
     port fails with one line and no false announcement. A request is one user's GEMV and
     top-k, far too small for intra-op parallelism, so torch runs ``threads`` (default 1)
-    threads; concurrency comes from the event loop.
+    threads; concurrency comes from the event loop. ``ann``: serve training users' lists from
+    the run's item index (candidates re-ranked exactly).
     """
     import torch
     import uvicorn
@@ -221,7 +226,7 @@ def serve(
     torch.set_num_threads(max(1, threads))
     sock = bind_socket(host, port)
     try:
-        app = create_app(run_dir, model=model)
+        app = create_app(run_dir, model=model, ann=ann)
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
         print(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs)", flush=True)
         server.run(sockets=[sock])

@@ -12,7 +12,9 @@ representations are computed and cached; the engine then keeps
   similar-items request is one GEMV and a top-k.
 
 A training user's list is :func:`modalrec.recommendation.recommend_user` (the same answer as
-``modalrec recommend``) fed with these precomputed scores. No request ever recomputes
+``modalrec recommend``) fed with these precomputed scores — or, served with ``--ann``, with the
+candidates of the run's item index re-ranked exactly (:mod:`modalrec.run_index`; the same answer as
+``modalrec recommend --ann``). No request ever recomputes
 representations: explanations run under :func:`~modalrec.recommendation.frozen_cache`, which stops
 a model's ``eval()`` call (MeAIM's ``explain`` makes one) from dropping them.
 """
@@ -41,6 +43,7 @@ from modalrec.recommendation import (
     training_items,
     unscorable_items,
 )
+from modalrec.run_index import ItemIndex, open_item_index
 from modalrec.run_load import LoadedRun, load_run
 from modalrec.serve.foldin import FoldIn, dot_tables
 
@@ -63,7 +66,9 @@ def open_run(run_dir: str | Path, data_dir: str | Path | None = None, model: str
 class Engine:
     """A run loaded for serving; every public method returns JSON-ready dicts."""
 
-    def __init__(self, run: LoadedRun) -> None:
+    def __init__(self, run: LoadedRun, ann: bool = False) -> None:
+        """Precompute what ranking needs; ``ann``: training users' lists come from the run's item index
+        (one-line error when the model is not a dot product or the index is missing or stale)."""
         self.run = run
         self.model = model = run.model
         self.dataset = ds = run.dataset
@@ -91,14 +96,20 @@ class Engine:
         self.unscorable = unscorable_items(model, ds)
         self.explanation_parts = list(probe.parts) if probe is not None else []
         self.explanation_kind = probe.kind if probe is not None else None
+        self.index: ItemIndex | None = None
+        if ann:  # after the precompute: the index re-ranks with the cached tables (no second copy)
+            with frozen_cache(model):
+                self.index = open_item_index(run)
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, data_dir: str | Path | None = None, model: str | None = None) -> Engine:
-        """Load ``run_dir`` and precompute; raises :class:`RunError` with a one-line reason."""
+    def from_run_dir(
+        cls, run_dir: str | Path, data_dir: str | Path | None = None, model: str | None = None, ann: bool = False
+    ) -> Engine:
+        """Load ``run_dir`` and precompute (``ann``: open its item index); raises a one-line error."""
         run = open_run(run_dir, data_dir, model)
         try:
             with torch.no_grad():
-                return cls(run)
+                return cls(run, ann=ann)
         except ModalrecError:
             raise
         except Exception as exc:
@@ -120,6 +131,7 @@ class Engine:
             "has_titles": ds.item_titles is not None,
             "explanation": {"kind": self.explanation_kind, "parts": self.explanation_parts},
             "fold_in": self.fold_in.method,
+            "retrieval": self.index.summary() if self.index is not None else {"method": "exact"},
             "similar_by": ["model", *ds.features],
             "best_epoch": m.get("best_epoch"),
             "metrics": {"valid": m.get("valid") or {}, "test": m.get("test") or {}},
@@ -155,9 +167,9 @@ class Engine:
     def recommend(self, user: int, k: int = 10, exclude_seen: bool = True, explain: bool = False) -> dict[str, Any]:
         """Top-k of a training user; with ``explain`` the model's per-modality influence per item.
 
-        :func:`modalrec.recommendation.recommend_user` on the precomputed scores: a user without training
-        interactions gets the most popular items, marked by ``fallback``; ``k`` above the number of
-        items is capped, with a ``note``.
+        :func:`modalrec.recommendation.recommend_user` on the precomputed scores (with ``ann``, on the item
+        index's candidates, marked by ``retrieval``): a user without training interactions gets the most
+        popular items, marked by ``fallback``; ``k`` above the number of items is capped, with a ``note``.
         """
         with self.lock, frozen_cache(self.model):
             return recommend_user(
@@ -170,6 +182,7 @@ class Engine:
                 scores=self._user_scores,
                 describe=self.item_entry,
                 degree=self.item_degree,
+                retrieve=self.index.retrieve if self.index is not None else None,
             )
 
     def recommend_new(

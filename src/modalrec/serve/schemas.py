@@ -37,6 +37,18 @@ class ColdItemsInfo(BaseModel):
     rule: str = Field(description="The model's cold-item rule.")
 
 
+class RetrievalInfo(BaseModel):
+    method: str = Field(description="exact: every item scored; ann: candidates from the run's item index.")
+    index: str | None = Field(default=None, description="The index file in the run directory (ann).")
+    items: int | None = Field(default=None, description="Items the index holds (ann).")
+    ef_search: int | None = Field(default=None, description="HNSW efSearch of each query (ann).")
+    candidates: str | None = Field(default=None, description="How many candidates a request re-ranks (ann).")
+    recall_at_10: float | None = Field(
+        default=None, description="Recall@10 against exact ranking measured when the index was built (ann)."
+    )
+    recall_users: int | None = Field(default=None, description="Users that recall was measured on (ann).")
+
+
 class Info(BaseModel):
     model: str
     dataset: str
@@ -48,6 +60,7 @@ class Info(BaseModel):
     has_titles: bool = Field(description="Whether the dataset has item_text.tsv titles.")
     explanation: ExplanationInfo
     fold_in: str = Field(description="Fold-in method used by POST /recommendations.")
+    retrieval: RetrievalInfo = Field(description="How training users' lists are found: exact, or ann (serve --ann).")
     similar_by: list[str] = Field(description="Allowed values of ?by= for similar items.")
     best_epoch: int | None = None
     metrics: RunMetrics
@@ -93,6 +106,11 @@ class Fallback(BaseModel):
     reason: str = Field(description="Why the model's own ranking was not used.")
 
 
+class Retrieval(BaseModel):
+    method: str = Field(description="ann: candidates from the run's item index, re-ranked with exact scores.")
+    candidates: int = Field(description="Items retrieved from the index before the exclusions.")
+
+
 class Recommendations(BaseModel):
     user: int
     k: int
@@ -106,6 +124,9 @@ class Recommendations(BaseModel):
         "never learned their representation, and the items are the most popular ones instead.",
     )
     note: str | None = Field(default=None, description="E.g. k was capped at the number of items.")
+    retrieval: Retrieval | None = Field(
+        default=None, description="Present when the list came from the item index (serve --ann), not full ranking."
+    )
 
 
 class NewUserRequest(BaseModel):

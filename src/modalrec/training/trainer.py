@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from modalrec.config import Config
     from modalrec.data.dataset import Dataset
     from modalrec.models.base import Recommender
+    from modalrec.training.distributed import DataParallel
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -130,8 +131,10 @@ class Trainer:
         rng: np.random.Generator | None = None,
         write_state: Callable[[dict[str, Any]], None] | None = None,
         callbacks: Sequence[Callback] = (),
+        parallel: DataParallel | None = None,
     ) -> None:
         self.model, self.dataset, self.config, self.log = model, dataset, config, log
+        self.parallel = parallel  # data-parallel worker (training/distributed.py), or None: one process
         self.device = torch.device(device)
         keep_freed_memory_in_process()
         deterministic_cpu_kernels(self.device)
@@ -147,10 +150,11 @@ class Trainer:
         )
         if self.metric not in {f"{m}@{k}" for m in config.metrics for k in config.topk}:
             raise ModalrecError(f"valid_metric {config.valid_metric!r} is not among the computed metrics/topk")
-        self.closed_form = uses_closed_form_step(model, config)
+        self.closed_form = parallel is None and uses_closed_form_step(model, config)  # DDP needs gradients
         # No torch optimiser for a closed-form step: constructing one imports torch's compiler stack
         # (≈ 1 s of every run's start-up), which a step written out by hand never uses.
         self.optimizer = None if self.closed_form else make_optimizer(model, config)
+        self.step_module = parallel.wrap(model) if parallel is not None else None
         self.batch_size = int(config.train_batch_size)
         self.n_batches = math.ceil(train_u.size / self.batch_size)
         self.max_epochs = int(config.epochs)
@@ -266,8 +270,10 @@ class Trainer:
         st = self.state
         t0 = time.perf_counter()
         for b in range(st.batch, self.n_batches):
-            lo = b * self.batch_size
-            parts = (torch.from_numpy(a[lo : lo + self.batch_size]).to(self.device) for a in (users, pos, neg))
+            lo, hi = b * self.batch_size, min(users.size, (b + 1) * self.batch_size)
+            if self.parallel is not None:  # this worker's part of the global batch
+                lo, hi = self.parallel.batch_part(lo, hi)
+            parts = (torch.from_numpy(a[lo:hi]).to(self.device) for a in (users, pos, neg))
             value = self.train_step(Batch(*parts))
             if value is None:
                 return False, st.epoch_train_seconds + time.perf_counter() - t0
@@ -287,6 +293,8 @@ class Trainer:
         if self.optimizer is None:
             with torch.no_grad():
                 return self.model.closed_form_sgd_step(batch, self.learning_rate)
+        if self.parallel is not None:
+            return self._parallel_step(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.model.loss(batch)
         if not torch.isfinite(loss):
@@ -295,13 +303,31 @@ class Trainer:
         self.optimizer.step()
         return float(loss.detach())
 
+    def _parallel_step(self, batch: Batch) -> float | None:
+        """The data-parallel step: every worker's loss on its part, their mean decides (the same on every worker
+        whether the step is taken — a worker that skipped the backward pass would leave the others waiting)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.step_module(*batch)
+        value = self.parallel.mean(loss)
+        if not math.isfinite(value):
+            return None
+        loss.backward()  # DDP averages the gradients over the workers here
+        self.optimizer.step()
+        return value
+
+    def evaluate(self, evaluator: Evaluator) -> EvalResult:
+        """``evaluator`` on the model as it is; split among the workers and merged when data-parallel."""
+        if self.parallel is not None:
+            return self.parallel.evaluate(evaluator, self.model)
+        return evaluator.evaluate(self.model)
+
     def validate(self, epoch: int, record: dict[str, Any]) -> str:
         """Evaluate on the validation split, keep the best weights, count evaluations without improvement.
 
         Adds the rounded metrics to the epoch's history ``record``; returns the text for the epoch's line.
         """
         st = self.state
-        result = self.valid_eval.evaluate(self.model)
+        result = self.evaluate(self.valid_eval)
         st.eval_seconds.append(result.seconds)
         record["valid"] = result.rounded()
         score = result.metrics[self.metric]
@@ -378,7 +404,7 @@ class Trainer:
         else:
             self.model.load_state_dict(st.best_state)
         if st.best_state is None or self.validation_sampled:  # the reported valid metrics cover every user
-            best_valid = self._evaluator("valid").evaluate(self.model)
+            best_valid = self.evaluate(self._evaluator("valid"))
         self.model.eval()
         test = self.test() if evaluate_test else None
         test_text = (
@@ -411,7 +437,7 @@ class Trainer:
 
     def test(self) -> EvalResult:
         """The one test pass, on the model as it is (the restored best weights)."""
-        return self._evaluator("test", mask_valid=self.config.mask_valid_at_test).evaluate(self.model)
+        return self.evaluate(self._evaluator("test", mask_valid=self.config.mask_valid_at_test))
 
     def timings(self, best_valid: EvalResult, test: EvalResult | None) -> dict[str, float]:
         """Mean seconds per epoch and per ranking, the test ranking, the total, epochs run and peak memory."""
