@@ -393,7 +393,9 @@ def peer_time_table() -> list[str]:
     lines = [
         "Wall time to the reported accuracy, both toolboxes in one run of `benchmarks/peers/bpr_peer_time.py` "
         f"on one machine ({info['machine']}; {info['versions']}; {info['threads']} thread(s) each: Cornac "
-        "trains on one thread whenever it is seeded). "
+        "trains on one thread whenever it is seeded"
+        + (f"; modalrec code {info['modalrec_code']}" if info.get("modalrec_code") else "")
+        + "). "
         "Cornac trains its fixed 400 epochs; modalrec trains until early stopping, evaluating validation "
         "every epoch (included in its time):",
         "",

@@ -102,6 +102,8 @@ def main() -> None:
     import numpy
     import torch
 
+    from modalrec.run_files import code_version
+
     versions = subprocess.run(
         [args.cornac_python, "-c", "import cornac, numpy; print(cornac.__version__, numpy.__version__)"],
         capture_output=True,
@@ -112,6 +114,7 @@ def main() -> None:
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}, NumPy {numpy.__version__} "
         f"(modalrec); Cornac {versions[0] if versions else '?'} with NumPy {versions[1] if len(versions) > 1 else '?'}",
         "threads": args.threads,
+        "modalrec_code": code_version(),  # which modalrec the times belong to (its sources' hash)
         "seeds": seeds,
         "data": args.data.name,
         "rows": rows,
