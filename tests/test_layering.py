@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"errors", "io", "threads", "interrupt"},
     {"config"},
     {"data"},
-    {"graphs", "ann"},
+    {"graphs", "knn_graphs", "ann"},
     {"nn"},
     {"models"},
     {"evaluation"},

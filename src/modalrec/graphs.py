@@ -1,4 +1,6 @@
-"""Graphs every model shares: user–item adjacencies, R̂, kNN item graphs, and their cache.
+"""Graphs every model shares: user–item adjacencies, R̂, kNN item graphs and their cache.
+
+The kNN builders are written in :mod:`modalrec.knn_graphs` and re-exported here.
 
 All graphs are sparse. Data-only graphs are cached on disk under a cache directory,
 keyed by a content hash of the data they depend on and by their parameters, so a
@@ -19,6 +21,43 @@ import torch
 
 from modalrec.ann import ann_knn_topk, resolve_knn_method
 from modalrec.io import atomic_write
+from modalrec.knn_graphs import (
+    build_knn_graph,
+    co_interaction_graph,
+    cross_modal_denoised_knn,
+    knn_block_rows,
+    knn_graph_coo,
+    knn_topk,
+    learned_knn_coo,
+    normalize_sparse_rows,
+)
+
+# The kNN builders live in knn_graphs; models import them from here, with the rest of the graphs.
+__all__ = [
+    "DEGREE_EPS",
+    "EpochEdgeDropout",
+    "GraphStore",
+    "SparseOperator",
+    "bipartite_adjacency",
+    "bipartite_edge_list",
+    "build_knn_graph",
+    "co_interaction_graph",
+    "cross_modal_denoised_knn",
+    "default_cache_dir",
+    "degree_sensitive_edge_probs",
+    "knn_block_rows",
+    "knn_graph_coo",
+    "knn_topk",
+    "learned_knn_coo",
+    "left_norm_bipartite_operators",
+    "norm_interaction_matrix",
+    "normalize_sparse_rows",
+    "pruned_sym_norm_adjacency",
+    "random_edge_dropout",
+    "rw_norm_adjacency_self_loops",
+    "sample_edges_without_replacement",
+    "sym_norm_adjacency",
+]
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,105 +113,6 @@ def norm_interaction_matrix(interactions: sp.spmatrix, eps: float = DEGREE_EPS) 
     out = (sp.diags(np.power(du, -0.5)) @ r @ sp.diags(np.power(di, -0.5))).astype(np.float32).tocsr()
     out.sort_indices()
     return out
-
-
-# ====================================================================== kNN item graphs
-def knn_topk(
-    features: torch.Tensor, k: int, block_size: int = 1024, stable_ties: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k cosine neighbours of every row, computed in row blocks (memory O(block × I)).
-
-    Returns ``(indices, similarities)``, both (I, k). The row itself is normally among its
-    neighbours and is kept (docs/building-blocks.md#knn-graphs). With ``stable_ties`` exact
-    ties are broken by the lowest item id (a stable sort; slower), otherwise by
-    ``torch.topk``'s order, which is deterministic on a given device.
-    """
-    x = torch.nn.functional.normalize(features.float(), dim=1)
-    n = x.shape[0]
-    k = min(k, n)
-    idx_blocks, val_blocks = [], []
-    for start in range(0, n, block_size):
-        sims = x[start : start + block_size] @ x.T
-        if stable_ties:
-            vals, idx = torch.sort(sims, dim=1, descending=True, stable=True)
-            vals, idx = vals[:, :k], idx[:, :k]
-        else:
-            vals, idx = torch.topk(sims, k, dim=1)
-        idx_blocks.append(idx)
-        val_blocks.append(vals)
-    return torch.cat(idx_blocks), torch.cat(val_blocks)
-
-
-def normalize_sparse_rows(
-    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int, normalization: str
-) -> torch.Tensor:
-    """Normalise edge values of an n×n graph given as COO triples.
-
-    ``sym``: D^{-1/2} G D^{-1/2} with D the row sums; ``row``: D^{-1} G; ``none``: as is.
-    Rows whose sum is not positive become zero (no NaN from a negative or empty row).
-    """
-    if normalization == "none":
-        return values
-    deg = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
-    inv = torch.where(deg > 0, deg, torch.ones_like(deg))
-    if normalization == "sym":
-        inv = torch.where(deg > 0, inv.pow(-0.5), torch.zeros_like(deg))
-        return values * inv[rows] * inv[cols]
-    if normalization == "row":
-        inv = torch.where(deg > 0, inv.pow(-1.0), torch.zeros_like(deg))
-        return values * inv[rows]
-    raise ValueError(f"unknown normalization {normalization!r} (sym | row | none)")
-
-
-def knn_graph_coo(
-    indices: torch.Tensor, similarities: torch.Tensor, weighted: bool, normalization: str = "sym"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """COO triples (rows, cols, values) of a directed kNN graph from :func:`knn_topk` output.
-
-    ``weighted``: edge values are the similarities (MARIO Eq. 2, LATTICE); otherwise 1
-    (FREEDOM, MeAIM). Not symmetrised, as in the references.
-    """
-    n, k = indices.shape
-    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
-    cols = indices.reshape(-1)
-    vals = similarities.reshape(-1).float() if weighted else torch.ones(n * k, device=indices.device)
-    return rows, cols, normalize_sparse_rows(rows, cols, vals, n, normalization)
-
-
-# Bytes of the per-block temporaries of the exact kNN build (similarities, sorted values, int64 indices:
-# 16 bytes per item pair): 1,024 rows below ~33k items, fewer above, so memory stays flat as I grows.
-KNN_BLOCK_BYTES = 512 * 2**20
-
-
-def knn_block_rows(n_items: int) -> int:
-    """Rows per block of the exact kNN build over ``n_items`` items (at most 1,024)."""
-    return int(max(1, min(1024, KNN_BLOCK_BYTES // (16 * max(1, n_items)))))
-
-
-def build_knn_graph(
-    features: np.ndarray | torch.Tensor,
-    k: int = 10,
-    weighted: bool = False,
-    normalization: str = "sym",
-    block_size: int | None = None,
-    neighbours: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> sp.csr_matrix:
-    """The normalised kNN item graph of a feature matrix, as a SciPy CSR matrix.
-
-    Similarities are computed exactly in item blocks (:func:`knn_block_rows` rows unless ``block_size``);
-    ties are broken by lowest item id. ``neighbours`` = (indices, similarities) found elsewhere (the
-    approximate index of :mod:`modalrec.ann`) replaces that search.
-    """
-    n = int(features.shape[0])
-    if neighbours is None:
-        x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
-        idx, sims = knn_topk(x, k, block_size=block_size or knn_block_rows(n), stable_ties=True)
-    else:
-        idx, sims = neighbours
-    rows, cols, vals = knn_graph_coo(idx, sims, weighted, normalization)
-    g = sp.csr_matrix((vals.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n), dtype=np.float32)
-    g.sort_indices()
-    return g
 
 
 # ====================================================================== torch operator
@@ -495,96 +435,6 @@ def bipartite_edge_list(interactions: sp.spmatrix) -> tuple[torch.Tensor, torch.
     users = torch.from_numpy(r.row.astype(np.int64))
     items = torch.from_numpy(r.col.astype(np.int64)) + interactions.shape[0]
     return torch.cat([users, items]), torch.cat([items, users])
-
-
-# ====================================================================== learned kNN graphs (LATTICE)
-def learned_knn_coo(
-    features: torch.Tensor, k: int, block_size: int = 1024, stable_ties: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """COO triples (rows, cols, sims) of the directed top-k cosine graph of ``features``, differentiable.
-
-    The neighbour sets come from :func:`knn_topk` in row blocks under ``no_grad`` (never an
-    I × I matrix); the kept similarities are then recomputed from ``features`` with autograd,
-    so gradients reach ``features`` through the kept values exactly as through
-    ``topk(dense_cos_sim)`` would (LATTICE's learned graph, docs/models/lattice.md#forward-pass). Values are
-    not normalised (see :func:`normalize_sparse_rows`).
-    """
-    with torch.no_grad():
-        idx, _ = knn_topk(features.detach(), k, block_size=block_size, stable_ties=stable_ties)
-    n, kk = idx.shape
-    rows = torch.arange(n, device=idx.device).repeat_interleave(kk)
-    cols = idx.reshape(-1)
-    x = torch.nn.functional.normalize(features.float(), dim=1)
-    sims = (x.index_select(0, rows) * x.index_select(0, cols)).sum(dim=1)
-    return rows, cols, sims
-
-
-# ====================================================================== cross-modal denoised kNN (DA-MRS)
-def cross_modal_denoised_knn(
-    features: list[torch.Tensor] | list[np.ndarray], k: int, block_size: int = 1024
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """DA-MRS's denoised binary kNN item graphs, one per modality (docs/models/damrs.md#graphs, 1).
-
-    With S_m the cosine similarities of modality m and μ_m the mean of ALL entries of S_m
-    (diagonal included; computed exactly as ‖Σ_i x̂_i‖² / n² without an n×n matrix), an
-    entry (i, j) survives when S_m[i, j] ≥ μ_m in EVERY modality. Item i keeps
-    k_i = min(c_i, k) neighbours per modality, c_i = its number of surviving entries, chosen
-    as the top-k_i surviving entries of that modality's row (ties: lowest item id). Edges are
-    binary, normalised 1/sqrt(r_i · r_j) with r the row counts. Row blocks of ``block_size``:
-    memory O(block × n). Returns COO triples (rows, cols, values) per modality, in input order.
-    """
-    xs = [torch.nn.functional.normalize(torch.as_tensor(f).float(), dim=1) for f in features]
-    n = xs[0].shape[0]
-    means = [float(x.sum(0) @ x.sum(0)) / float(n) ** 2 for x in xs]
-    kk = min(k, n)
-    rows_m: list[list[torch.Tensor]] = [[] for _ in xs]
-    cols_m: list[list[torch.Tensor]] = [[] for _ in xs]
-    for start in range(0, n, block_size):
-        sims = [x[start : start + block_size] @ x.T for x in xs]
-        keep = torch.ones_like(sims[0], dtype=torch.bool)
-        for s, mu in zip(sims, means, strict=True):
-            keep &= s >= mu
-        k_i = keep.sum(1).clamp(max=kk)
-        valid = torch.arange(kk, device=k_i.device).unsqueeze(0) < k_i.unsqueeze(1)
-        row_ids = torch.arange(start, start + sims[0].shape[0], device=k_i.device).unsqueeze(1).expand(-1, kk)
-        for m, s in enumerate(sims):
-            masked = s.masked_fill(~keep, float("-inf"))
-            idx = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :kk]
-            rows_m[m].append(row_ids[valid])
-            cols_m[m].append(idx[valid])
-    out = []
-    for rs, cs in zip(rows_m, cols_m, strict=True):
-        rows, cols = torch.cat(rs), torch.cat(cs)
-        vals = normalize_sparse_rows(rows, cols, torch.ones(rows.shape[0], device=rows.device), n, "sym")
-        out.append((rows, cols, vals))
-    return out
-
-
-def co_interaction_graph(interactions: sp.spmatrix, k: int = 2, min_count: int = 2) -> sp.csr_matrix:
-    """DA-MRS's item–item behaviour graph (docs/models/damrs.md#graphs, 2), binary and normalised.
-
-    c_ij = number of users who interacted with both i and j (i ≠ j); pairs with
-    c_ij ≥ ``min_count`` are candidates; each item keeps its top-``k`` partners by c_ij (ties:
-    lowest item id); a self-loop is added to every item; counts are then discarded and the
-    edges normalised 1/sqrt(r_i · r_j) with r the row counts (self-loop included).
-    """
-    r = sp.csr_matrix(interactions, dtype=np.float32)
-    r.data[:] = 1.0
-    n = r.shape[1]
-    c = (r.T @ r).tocoo()
-    sel = (c.row != c.col) & (c.data >= min_count)
-    row, col, cnt = c.row[sel], c.col[sel], c.data[sel]
-    order = np.lexsort((col, -cnt, row))
-    row, col = row[order], col[order]
-    starts = np.searchsorted(row, np.arange(n))
-    rank = np.arange(row.size) - starts[row]
-    keep = rank < k
-    rows = np.concatenate([row[keep], np.arange(n)]).astype(np.int64)
-    cols = np.concatenate([col[keep], np.arange(n)]).astype(np.int64)
-    vals = normalize_sparse_rows(torch.from_numpy(rows), torch.from_numpy(cols), torch.ones(rows.size), n, "sym")
-    g = sp.csr_matrix((vals.numpy(), (rows, cols)), shape=(n, n), dtype=np.float32)
-    g.sort_indices()
-    return g
 
 
 # ====================================================================== left-normalised R (MMSSL)
