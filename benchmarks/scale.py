@@ -15,7 +15,10 @@ test pass, build seconds and peak memory, then fits, per model, the growth expon
 the number of training interactions (least squares on log–log; 1 = linear). Before a model runs at
 a size it predicts its peak memory from its two previous sizes; above ``--memory-limit-gb`` it is not started and the
 table says why in one line, instead of the machine's OOM killer ending it. One job at a time:
-the figures are only meaningful on an otherwise idle machine, which the output records.
+the figures are only meaningful on an otherwise idle machine; each row records the 1-minute load
+average when it started. ``--out`` is rewritten after every measurement and a (model, size) already
+in it (same epochs, overrides and device) is kept, so a campaign of several hours resumes where it
+stopped; ``--markdown`` writes the table for docs/scale.md.
 """
 
 from __future__ import annotations
@@ -119,37 +122,25 @@ def predicted_memory_mb(done: list[dict], interactions: int) -> float | None:
     return ys[-1] * (interactions / xs[-1]) ** max(slope, 0.0)
 
 
-def run_all(args: argparse.Namespace) -> dict:
-    cache = Path(args.data_cache)
-    factors = [float(f) for f in args.factors.split(",")]
-    models = args.models.split(",")
-    results: dict[str, list[dict]] = {m: [] for m in models}
-    for factor in factors:
-        data = dataset_for(factor, cache)
-        with (data / "synthetic.inter").open() as inter:  # x_label is the last column; 0 = train
-            n_train = sum(1 for line in inter if line.rstrip().endswith("\t0"))
-        for model in models:
-            entry: dict = {"factor": factor}
-            guess = predicted_memory_mb(results[model], n_train)
-            if guess is not None and guess > args.memory_limit_gb * 1024:
-                entry.update(
-                    train_interactions=n_train,
-                    skipped=f"not started: predicted peak memory {guess / 1024:.1f} GB (from its two previous "
-                    f"sizes) is above the {args.memory_limit_gb:g} GB limit",
-                )
-                print(f"{model} ×{factor:g}: {entry['skipped']}", flush=True)
-                results[model].append(entry)
-                continue
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", model, "--data", str(data)]
-            cmd += ["--epochs", str(args.epochs), "--device", args.device] + [x for s in args.set for x in ("--set", s)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            if proc.returncode != 0:
-                entry.update(train_interactions=n_train, failed=(proc.stderr.strip().splitlines() or ["?"])[-1][:200])
-                print(f"{model} ×{factor:g}: failed: {entry['failed']}", flush=True)
-            else:
-                entry.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-                print(f"{model} ×{factor:g}: {json.dumps(entry)}", flush=True)
-            results[model].append(entry)
+def settings_key(args: argparse.Namespace) -> dict:
+    """What makes two measurements of one (model, size) comparable: epochs, overrides, device."""
+    return {"epochs": args.epochs, "set": sorted(args.set), "device": args.device}
+
+
+def load_previous(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Finished (model, size) measurements of an earlier, interrupted run of the same settings (``--out``)."""
+    if not args.out or not Path(args.out).is_file():
+        return {}
+    old = json.loads(Path(args.out).read_text())
+    if old.get("settings") != settings_key(args):
+        sys.exit(f"{args.out}: written with other settings ({old.get('settings')}); use another --out")
+    return old.get("results", {})
+
+
+def finish(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+    """The whole record: per-model rows, growth exponents against training interactions, machine, versions."""
+    import torch
+
     summary = {}
     for model, rows in results.items():
         ok = [r for r in rows if "epoch_seconds" in r]
@@ -163,16 +154,95 @@ def run_all(args: argparse.Namespace) -> dict:
                 ("memory", "peak_memory_mb"),
             )
         }
-    import torch
-
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}",
+        "settings": settings_key(args),
         "epochs": args.epochs,
         "base": {**BABY, "modalities": MODALITIES},
         "results": results,
         "growth_exponents": summary,
     }
+
+
+def save(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+    """Write the record so far (atomically) when ``--out`` is given; return it."""
+    record = finish(args, results)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, args.out)
+    return record
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    """Measure every (model, size) not already in ``--out``; the record is rewritten after each one, so an
+    interrupted campaign (hours at the larger sizes) continues where it stopped when run again."""
+    cache = Path(args.data_cache)
+    factors = [float(f) for f in args.factors.split(",")]
+    models = args.models.split(",")
+    previous = load_previous(args)
+    results: dict[str, list[dict]] = {m: [] for m in models}
+    for factor in factors:
+        for model in models:
+            done = next((r for r in previous.get(model, []) if r.get("factor") == factor and "failed" not in r), None)
+            if done is not None:
+                results[model].append(done)
+                print(f"{model} ×{factor:g}: measured before, kept", flush=True)
+                continue
+            data = dataset_for(factor, cache)
+            with (data / "synthetic.inter").open() as inter:  # x_label is the last column; 0 = train
+                n_train = sum(1 for line in inter if line.rstrip().endswith("\t0"))
+            entry: dict = {"factor": factor, "load_average_before": round(os.getloadavg()[0], 2)}
+            guess = predicted_memory_mb(results[model], n_train)
+            if guess is not None and guess > args.memory_limit_gb * 1024:
+                entry.update(
+                    train_interactions=n_train,
+                    skipped=f"not started: predicted peak memory {guess / 1024:.1f} GB (from its two previous "
+                    f"sizes) is above the {args.memory_limit_gb:g} GB limit",
+                )
+                print(f"{model} ×{factor:g}: {entry['skipped']}", flush=True)
+            else:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--one", model, "--data", str(data)]
+                cmd += ["--epochs", str(args.epochs), "--device", args.device]
+                cmd += [x for s in args.set for x in ("--set", s)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                if proc.returncode != 0:
+                    why = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                    entry.update(train_interactions=n_train, failed=why)
+                    print(f"{model} ×{factor:g}: failed: {why}", flush=True)
+                else:
+                    entry.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    print(f"{model} ×{factor:g}: {json.dumps(entry)}", flush=True)
+            results[model].append(entry)
+            save(args, results)
+    return save(args, results)
+
+
+def markdown_table(record: dict) -> str:
+    """The scale table: one row per (model, size), then each model's growth exponents."""
+    lines = [
+        "| model | size | users × items | train interactions | steps / epoch | s / epoch | s / valid pass "
+        "| s / test pass | peak memory |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, rows in record["results"].items():
+        for r in rows:
+            if "epoch_seconds" not in r:
+                why = r.get("skipped") or f"failed: {r.get('failed')}"
+                lines.append(f"| {model} | ×{r['factor']:g} | | {r.get('train_interactions', 0):,} | {why} | | | | |")
+                continue
+            lines.append(
+                f"| {model} | ×{r['factor']:g} | {r['users']:,} × {r['items']:,} | {r['train_interactions']:,} | "
+                f"{r.get('steps_per_epoch', '')} | {r['epoch_seconds']:.2f} | {r['valid_seconds']:.2f} | "
+                f"{r.get('test_seconds', float('nan')):.2f} | {r['peak_memory_mb'] / 1024:.2f} GB |"
+            )
+    lines += ["", "| model | growth exponent: epoch | valid pass | test pass | memory |", "|---|---:|---:|---:|---:|"]
+    for model, g in record["growth_exponents"].items():
+        cells = [f"{g[k]:.2f}" if g.get(k) is not None else "—" for k in ("epoch", "valid", "test", "memory")]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_figure(result: dict, path: Path) -> None:
@@ -209,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-cache", default=str(ROOT / "reports" / "scale-data"))
     ap.add_argument("--out", default=None, help="JSON to write (default: print only)")
     ap.add_argument("--figure", default=None, help="log–log PNG to write")
+    ap.add_argument("--markdown", default=None, help="Markdown table to write (for docs/scale.md)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -217,11 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     result = run_all(args)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, args.out)
         print(f"wrote {args.out}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(result))
+        print(f"wrote {args.markdown}")
     if args.figure:
         write_figure(result, Path(args.figure))
         print(f"wrote {args.figure}")

@@ -41,3 +41,20 @@ def test_scale_script_measures_the_large_data_mode_through_the_trainer(tmp_path)
     (row,) = json.loads(out.read_text())["results"]["BPR"]
     assert row["large_data"] is True and row["steps_per_epoch"] == 3 and row["valid_users"] == 20
     assert row["test_seconds"] > 0
+
+
+def test_scale_script_resumes_from_its_record_and_writes_a_markdown_table(tmp_path):
+    out, table = tmp_path / "scale.json", tmp_path / "scale.md"
+    cmd = [sys.executable, str(SCRIPT), "--models", "BPR", "--factors", "0.01", "--out", str(out)]
+    cmd += ["--data-cache", str(tmp_path / "data")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    measured = json.loads(out.read_text())["results"]["BPR"][0]
+    assert "load_average_before" in measured
+    again = subprocess.run([*cmd, "--markdown", str(table)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "measured before, kept" in again.stdout
+    assert json.loads(out.read_text())["results"]["BPR"][0] == measured
+    assert "| BPR | ×0.01 |" in table.read_text() and "growth exponent" in table.read_text()
+    other = subprocess.run([*cmd, "--epochs", "2"], capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "other settings" in other.stderr  # never mixed into one record
