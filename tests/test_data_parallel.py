@@ -138,3 +138,47 @@ def test_models_that_cannot_train_data_parallel_say_why(syn_dir, tmp_path):
     with pytest.raises(ConfigError, match="at least 1"):
         train_distributed("BPR", syn_dir, 0, out=tmp_path / "r")
     assert not (tmp_path / "r").exists()  # refused before a directory is claimed
+
+
+# ---------------------------------------------------------------- trials on several workers
+def test_a_benchmark_trains_each_trial_on_n_workers(local_ray, syn_dir, tmp_path):
+    from modalrec.experiments.benchmark import run_benchmark
+    from modalrec.experiments.executors import make_executor
+
+    executor = make_executor("local", workers_per_trial=2)
+    report = run_benchmark(
+        ["BPR"], syn_dir, seeds=[1], out=tmp_path / "bench", overrides=SETTINGS, executor=executor,
+        log=lambda _: None,
+    )  # fmt: skip
+    (run,) = (tmp_path / "bench" / "runs").iterdir()
+    assert _metrics(run)["data_parallel"]["workers"] == 2
+    (record,) = (tmp_path / "bench" / "results" / "BPR").rglob("seed-1.json")
+    stored = json.loads(record.read_text())
+    assert stored["setting"]["workers"] == 2 and stored["test"] == _metrics(run)["test"]
+    assert report is not None
+
+
+def test_workers_per_trial_is_refused_where_it_cannot_run(syn_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from modalrec.cli import app
+    from modalrec.experiments.executors import make_executor
+
+    with pytest.raises(ConfigError, match="--executor local"):
+        make_executor("ray", workers_per_trial=2)
+    res = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "BPR",
+            "--data",
+            str(syn_dir),
+            "--trials",
+            "1",
+            "--workers-per-trial",
+            "2",
+            "--out",
+            str(tmp_path / "t"),
+        ],
+    )
+    assert res.exit_code == 1 and "tune prunes trials" in res.output

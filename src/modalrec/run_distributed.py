@@ -12,6 +12,7 @@ any other: nothing in it depends on how many workers trained it, except ``metric
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,10 +24,11 @@ import torch
 from modalrec.config import Config, resolve_config
 from modalrec.data.dataset import load_dataset
 from modalrec.errors import ConfigError, RunError
+from modalrec.evaluation import EvalResult
 from modalrec.graphs import default_cache_dir
 from modalrec.io import read_yaml
 from modalrec.models import Recommender, model_spec_of, resolve_model
-from modalrec.run_files import RESUME_FILE
+from modalrec.run_files import RESUME_FILE, per_user_metrics
 from modalrec.run_resume import read_resume_state
 from modalrec.runs import (
     RunLog,
@@ -40,7 +42,7 @@ from modalrec.runs import (
     prepare_model,
     write_run_config,
 )
-from modalrec.training import Callback, Trainer
+from modalrec.training import Callback, Trainer, TrainResult
 from modalrec.training.callbacks import CheckpointSchedule, ProgressCallback
 from modalrec.training.distributed import DataParallel
 from modalrec.training.large_data import apply_large_data_mode
@@ -160,6 +162,33 @@ def resume_distributed(
     runlog = RunLog(run_dir / "train.log", echo=not quiet, append=True)
     _launch(job, workers, runlog, ray_address, cpus_per_worker, gpus_per_worker, max_failures)
     return run_dir
+
+
+def finished_result(run_dir: str | Path) -> TrainResult:
+    """The :class:`TrainResult` of a finished run, read back from its files (what a data-parallel trial returns:
+    the workers trained in other processes)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    mode = metrics.get("eval_mode") or "warm"
+
+    def split_result(split: str) -> EvalResult | None:
+        if metrics.get(split) is None:
+            return None
+        per_user = per_user_metrics(run_dir, split)
+        users = per_user.pop("users")
+        return EvalResult(split, metrics[split], per_user, users, 0.0, mode)
+
+    valid = split_result("valid")
+    assert valid is not None, f"{run_dir}: metrics.json has no valid metrics"
+    return TrainResult(
+        metrics["best_epoch"],
+        valid,
+        split_result("test"),
+        metrics.get("history", []),
+        metrics.get("stop_reason", ""),
+        metrics.get("timings", {}),
+        metrics.get("validation", {}),
+    )
 
 
 def _launch(

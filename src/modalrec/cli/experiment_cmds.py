@@ -17,6 +17,7 @@ from modalrec.cli.options import (
     RayAddressOption,
     SetOverrides,
     ThreadsOption,
+    WorkersPerTrialOption,
     config_overrides,
     parse_seeds,
     set_option,
@@ -85,6 +86,7 @@ def benchmark_cmd(
     ray_address: RayAddressOption = None,
     cpus_per_trial: CpusPerTrialOption = 1,
     gpus_per_trial: GpusPerTrialOption = 0,
+    workers_per_trial: WorkersPerTrialOption = 1,
 ) -> None:
     """Train every model under one protocol; table (Markdown, CSV, LaTeX) with significance tests.
 
@@ -97,7 +99,9 @@ def benchmark_cmd(
     if (models is None) == (plan is None):
         raise ModalrecError("give either --models or --plan")
     rows = load_plan(plan) if plan is not None else None
-    with start_campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
+    with start_campaign(
+        device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads, workers_per_trial
+    ) as campaign:
         report = run_benchmark(
             split_list(models) or [],
             data,
@@ -132,12 +136,15 @@ def ablate_cmd(
     ray_address: RayAddressOption = None,
     cpus_per_trial: CpusPerTrialOption = 1,
     gpus_per_trial: GpusPerTrialOption = 0,
+    workers_per_trial: WorkersPerTrialOption = 1,
 ) -> None:
     """The paper's ablations of MARIO or MeAIM in one table."""
     configure_threads(threads)
     from modalrec.experiments.ablate import run_ablation
 
-    with start_campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
+    with start_campaign(
+        device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads, workers_per_trial
+    ) as campaign:
         report = run_ablation(model, data, parse_seeds(seeds), out, config_overrides(set_, epochs=epochs), **campaign)
     _print_report(report.table.to_markdown(), _trained_line(report), report.files)
 
@@ -158,13 +165,16 @@ def sweep_cmd(
     ray_address: RayAddressOption = None,
     cpus_per_trial: CpusPerTrialOption = 1,
     gpus_per_trial: GpusPerTrialOption = 0,
+    workers_per_trial: WorkersPerTrialOption = 1,
 ) -> None:
     """One- or two-parameter sensitivity of Recall/NDCG@10/@20 (line plots or heat maps)."""
     configure_threads(threads)
     from modalrec.experiments.sweep import run_sweep
 
     params = [param] + ([param2] if param2 else [])
-    with start_campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
+    with start_campaign(
+        device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads, workers_per_trial
+    ) as campaign:
         report = run_sweep(
             model, data, params, parse_seeds(seeds), out, config_overrides(set_, epochs=epochs), **campaign
         )
@@ -195,6 +205,7 @@ def tune_cmd(
     ray_address: RayAddressOption = None,
     cpus_per_trial: CpusPerTrialOption = 1,
     gpus_per_trial: GpusPerTrialOption = 0,
+    workers_per_trial: WorkersPerTrialOption = 1,
 ) -> None:
     """Optuna search of a model's search space, selected on validation; best config YAML, trials table, figures.
 
@@ -204,7 +215,15 @@ def tune_cmd(
     configure_threads(threads)
     from modalrec.experiments.tune import run_tune
 
-    with start_campaign(device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads) as campaign:
+    if workers_per_trial > 1:
+        raise ModalrecError(
+            "--workers-per-trial: tune prunes trials on their per-epoch validation, which data-parallel workers "
+            "do not report yet; it applies to benchmark, sweep and ablate"
+        )
+
+    with start_campaign(
+        device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads, workers_per_trial
+    ) as campaign:
         report = run_tune(
             model,
             data,

@@ -56,6 +56,13 @@ CpusPerTrialOption = Annotated[
     float, typer.Option(help="--executor ray: CPUs each trial holds (torch gets as many threads).")
 ]
 GpusPerTrialOption = Annotated[float, typer.Option(help="--executor ray: GPUs each trial holds (0: CPU only).")]
+WorkersPerTrialOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Train each trial on N data-parallel workers (Ray Train, --executor local only; needs the scale extra).",
+    ),
+]
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -88,7 +95,7 @@ def config_overrides(set_: list[str] | None, config_file: Path | None = None, **
 
 @contextlib.contextmanager
 def start_campaign(
-    device: str, kind: str, address: str | None, cpus: float, gpus: float, threads: int | None
+    device: str, kind: str, address: str | None, cpus: float, gpus: float, threads: int | None, workers: int = 1
 ) -> Iterator[dict[str, Any]]:
     """Start the --executor of a campaign command, released at the end (a local Ray it started is shut down).
 
@@ -103,7 +110,7 @@ def start_campaign(
         raise ModalrecError(
             "--threads applies to --executor local; with ray, --cpus-per-trial sets each trial's threads"
         )
-    executor = make_executor(kind, address, cpus, gpus)
+    executor = make_executor(kind, address, cpus, gpus, workers)
     if kind != "local":
         echo(f"executor: {executor.describe()}")
     try:

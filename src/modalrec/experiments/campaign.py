@@ -106,6 +106,9 @@ class Experiment:
         dataset = self.dataset.select_modalities(modalities)
         overrides = {**self.base, **overrides}
         setting = self.setting(overrides, modalities, dataset)
+        workers = int(getattr(self.executor, "workers_per_trial", 1))
+        if workers > 1:  # only then: a data-parallel run is its own trial, and one-process ids stay as they were
+            setting["workers"] = workers
         data_dir = str(self.data_dir.resolve())
         remember_dataset((data_dir, self.dataset.fingerprint), self.dataset)  # local trials reuse it
         cache = str(self.cache_dir) if isinstance(self.cache_dir, Path) else self.cache_dir
@@ -123,6 +126,7 @@ class Experiment:
             "device": self.device,
             "cache_dir": cache,
             "code": code_version(),
+            **({"workers": workers} if workers > 1 else {}),
         }
 
     def setting(self, overrides: dict[str, Any], modalities: list[str] | None, dataset: Dataset) -> dict:

@@ -64,6 +64,8 @@ class Executor(ABC):
 
     name = "executor"
     capacity = 1
+    # Data-parallel workers each trial trains on (``--workers-per-trial``; 1 = one process, the default).
+    workers_per_trial = 1
 
     def __init__(self, trial_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         # The single-trial function; tests may pass their own (e.g. one that kills its worker).
@@ -282,12 +284,27 @@ def make_executor(
     ray_address: str | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
+    workers_per_trial: int = 1,
 ) -> Executor:
-    """The executor a command's ``--executor`` names (see the module docstring)."""
+    """The executor a command's ``--executor`` names (see the module docstring).
+
+    ``workers_per_trial`` > 1 trains each trial on that many data-parallel workers (a Ray Train group of its
+    own, :mod:`modalrec.run_distributed`), one trial after another: the local executor only — a Ray task holding
+    its CPUs cannot yet start a worker group on the same cluster without waiting for itself.
+    """
+    if workers_per_trial < 1:
+        raise ConfigError(f"--workers-per-trial {workers_per_trial}: must be at least 1")
+    if workers_per_trial > 1 and kind != "local":
+        raise ConfigError(
+            "--workers-per-trial trains each trial on a Ray Train group of its own: use it with --executor local "
+            "(trials one after another, each on N workers)"
+        )
     if kind == "local":
         if ray_address is not None:
             raise ConfigError("--ray-address only applies to --executor ray")
-        return LocalExecutor()
+        executor = LocalExecutor()
+        executor.workers_per_trial = workers_per_trial
+        return executor
     if kind == "ray":
         return RayExecutor(ray_address, cpus_per_trial, gpus_per_trial)
     raise ConfigError(f"--executor {kind!r}: choose from {', '.join(EXECUTORS)}")

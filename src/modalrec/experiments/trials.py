@@ -117,6 +117,15 @@ def _resume_or_train(spec: dict[str, Any], dataset: Dataset, notes: list[str]) -
     leftover = _leftover_run(tries)
     if leftover is not None:
         try:
+            if int(spec.get("workers", 1)) > 1:  # the same workers continue it (a changed code refuses, as below)
+                from modalrec.run_distributed import finished_result, resume_distributed
+
+                resume_refusal_line = resume_refusal(leftover)
+                if resume_refusal_line is not None:
+                    raise RunError(resume_refusal_line)
+                run_dir = resume_distributed(leftover, int(spec["workers"]), device=spec["device"], quiet=True)
+                notes.append(f"resumed from {leftover.name} on {spec['workers']} workers")
+                return run_dir, finished_result(run_dir)
             run_dir, result = resume_run(
                 leftover, overrides, spec["device"], quiet=True, cache_dir=spec["cache_dir"], dataset=dataset
             )
@@ -171,6 +180,24 @@ def train_spec(
 
     The model is the spec's ``model_spec``, checked first to have the driver's source (:func:`trial_model`)."""
     trial_model(spec)
+    if int(spec.get("workers", 1)) > 1:
+        from modalrec.run_distributed import finished_result, train_distributed
+
+        if fit_options:
+            raise ConfigError("a trial on several data-parallel workers takes no pruning hook (tune): one process only")
+        run_dir = train_distributed(
+            spec.get("model_spec") or spec["model"],
+            spec["data_dir"],
+            int(spec["workers"]),
+            modalities=spec["modalities"],
+            overrides=spec["overrides"] if overrides is None else overrides,
+            preset=spec["preset"],
+            out=out,
+            device=spec["device"],
+            quiet=True,
+            cache_dir=spec["cache_dir"],
+        )
+        return run_dir, finished_result(run_dir)
     return train_run(
         spec.get("model_spec") or spec["model"],
         spec["data_dir"],
