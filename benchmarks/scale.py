@@ -183,7 +183,9 @@ def run_all(args: argparse.Namespace) -> dict:
     factors = [float(f) for f in args.factors.split(",")]
     models = args.models.split(",")
     previous = load_previous(args)
-    results: dict[str, list[dict]] = {m: [] for m in models}
+    # rows of models not asked for this time stay in the record as they are
+    results: dict[str, list[dict]] = {m: rows for m, rows in previous.items() if m not in models}
+    results.update({m: [] for m in models})
     for factor in factors:
         for model in models:
             done = next((r for r in previous.get(model, []) if r.get("factor") == factor and "failed" not in r), None)

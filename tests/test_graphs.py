@@ -467,3 +467,15 @@ def test_left_norm_bipartite_operators_dense():
     x = torch.randn(4, 3)
     torch.testing.assert_close(ui @ x, (du.pow(-0.5).unsqueeze(1) * r) @ x)
     torch.testing.assert_close(iu @ x, (di.pow(-0.5).unsqueeze(1) * r.T) @ x)
+
+
+def test_the_stable_top_k_equals_sorting_whole_rows_ties_included():
+    from modalrec.knn_graphs import stable_top_k
+
+    g = torch.Generator().manual_seed(0)
+    sims = torch.randint(0, 6, (300, 40), generator=g).float() / 5  # many exact ties, across the cut too
+    sims[::7] = torch.rand(43, 40, generator=g)  # and rows without ties
+    for k in (1, 3, 10, 40):
+        want_vals, want_idx = torch.sort(sims, dim=1, descending=True, stable=True)
+        vals, idx = stable_top_k(sims, k)
+        assert torch.equal(idx, want_idx[:, :k]) and torch.equal(vals, want_vals[:, :k]), k

@@ -28,14 +28,31 @@ def knn_topk(
     idx_blocks, val_blocks = [], []
     for start in range(0, n, block_size):
         sims = x[start : start + block_size] @ x.T
-        if stable_ties:
-            vals, idx = torch.sort(sims, dim=1, descending=True, stable=True)
-            vals, idx = vals[:, :k], idx[:, :k]
-        else:
-            vals, idx = torch.topk(sims, k, dim=1)
+        vals, idx = stable_top_k(sims, k) if stable_ties else torch.topk(sims, k, dim=1)
         idx_blocks.append(idx)
         val_blocks.append(vals)
     return torch.cat(idx_blocks), torch.cat(val_blocks)
+
+
+def stable_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` (values, columns) of a stable descending sort of each row — equal values in ascending
+    column order — without sorting whole rows.
+
+    ``topk`` finds the k largest values; ordered by (value descending, column ascending) they are the stable
+    sort's first k, unless more than k entries of the row reach its k-th value (a tie across the cut, where
+    which tied columns are kept matters): only those rows are sorted whole. Sorting every row of an
+    (items × items) block cost O(I² log I) and, kept as views, the whole sorted blocks' memory.
+    """
+    vals, idx = torch.topk(sims, k, dim=1)
+    by_col = torch.argsort(idx, dim=1)
+    vals, idx = vals.gather(1, by_col), idx.gather(1, by_col)
+    by_val = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    vals, idx = vals.gather(1, by_val), idx.gather(1, by_val)
+    across = ((sims >= vals[:, -1:]).sum(dim=1) > k).nonzero().squeeze(1)
+    if across.numel():
+        whole_vals, whole_idx = torch.sort(sims[across], dim=1, descending=True, stable=True)
+        vals[across], idx[across] = whole_vals[:, :k], whole_idx[:, :k]
+    return vals, idx
 
 
 def normalize_sparse_rows(
