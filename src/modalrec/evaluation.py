@@ -174,6 +174,9 @@ class Evaluator:
         mask = mask[self.users].tocsr()
         mask.sort_indices()
         self.n_items = dataset.n_items
+        # the metric names in ranking_metrics' order (a worker whose shard holds no block still reports them all)
+        empty = torch.zeros(0, max(self.ks), dtype=torch.bool)
+        self.metric_names = list(ranking_metrics(empty, torch.zeros(0), self.ks, self.metrics))
         self._users_t = torch.from_numpy(self.users).to(self.device)
         self._n_targets = torch.from_numpy(counts[self.users]).to(self.device)
         self._target = _csr_rows(target, self.device)
@@ -230,10 +233,9 @@ class Evaluator:
             if blocks is None
             else np.concatenate([self.users[lo : lo + self.block_size] for lo in starts] or [self.users[:0]])
         )
-        empty = torch.zeros(0, k_max, dtype=torch.bool)  # the metric names in ranking_metrics' order
-        names = list(ranking_metrics(empty, torch.zeros(0), self.ks, self.metrics))
         per_user = {
-            name: torch.cat(chunks[name]).numpy() if name in chunks else np.zeros(0, np.float32) for name in names
+            name: torch.cat(chunks[name]).numpy() if name in chunks else np.zeros(0, np.float32)
+            for name in self.metric_names
         }
         model.train(was_training)
         return result_from_per_user(self.split, per_user, users, time.perf_counter() - start, self.mode)
