@@ -183,6 +183,7 @@ def run_all(args: argparse.Namespace) -> dict:
     factors = [float(f) for f in args.factors.split(",")]
     models = args.models.split(",")
     previous = load_previous(args)
+    sizes: dict[float, tuple[Path, int]] = {}  # factor → (folder, training interactions), read once
     # rows of models not asked for this time stay in the record as they are
     results: dict[str, list[dict]] = {m: rows for m, rows in previous.items() if m not in models}
     results.update({m: [] for m in models})
@@ -193,9 +194,7 @@ def run_all(args: argparse.Namespace) -> dict:
                 results[model].append(done)
                 print(f"{model} ×{factor:g}: measured before, kept", flush=True)
                 continue
-            data = dataset_for(factor, cache)
-            with (data / "synthetic.inter").open() as inter:  # x_label is the last column; 0 = train
-                n_train = sum(1 for line in inter if line.rstrip().endswith("\t0"))
+            data, n_train = sized_dataset(factor, cache, sizes)
             entry: dict = {"factor": factor, "load_average_before": round(os.getloadavg()[0], 2)}
             guess = predicted_memory_mb(results[model], n_train)
             if guess is not None and guess > args.memory_limit_gb * 1024:
@@ -220,6 +219,15 @@ def run_all(args: argparse.Namespace) -> dict:
             results[model].append(entry)
             save(args, results)
     return save(args, results)
+
+
+def sized_dataset(factor: float, cache: Path, sizes: dict[float, tuple[Path, int]]) -> tuple[Path, int]:
+    """The synthetic set of ``factor`` (generated on first use) and its training interactions, counted once."""
+    if factor not in sizes:
+        data = dataset_for(factor, cache)
+        with (data / "synthetic.inter").open() as inter:  # x_label is the last column; 0 = train
+            sizes[factor] = data, sum(1 for line in inter if line.rstrip().endswith("\t0"))
+    return sizes[factor]
 
 
 def markdown_table(record: dict) -> str:
