@@ -158,27 +158,40 @@ def test_a_benchmark_trains_each_trial_on_n_workers(local_ray, syn_dir, tmp_path
     assert report is not None
 
 
-def test_workers_per_trial_is_refused_where_it_cannot_run(syn_dir, tmp_path):
-    from typer.testing import CliRunner
-
-    from modalrec.cli import app
+def test_workers_per_trial_is_refused_where_it_cannot_run():
     from modalrec.experiments.executors import make_executor
 
     with pytest.raises(ConfigError, match="--executor local"):
         make_executor("ray", workers_per_trial=2)
-    res = CliRunner().invoke(
-        app,
-        [
-            "tune",
-            "BPR",
-            "--data",
-            str(syn_dir),
-            "--trials",
-            "1",
-            "--workers-per-trial",
-            "2",
-            "--out",
-            str(tmp_path / "t"),
-        ],
-    )
-    assert res.exit_code == 1 and "tune prunes trials" in res.output
+
+
+def test_tune_prunes_a_data_parallel_trial_on_every_worker_at_once(local_ray, syn_dir, tmp_path):
+    """Three trials on 2 workers each; the third barely learns and is pruned at its first validation (worker 0
+    reports to Optuna, every worker stops); test is evaluated once, for the best complete trial."""
+    optuna = pytest.importorskip("optuna", reason="Optuna is in the scale extra, which CI installs")
+    from modalrec.experiments.executors import make_executor
+    from modalrec.experiments.tune import run_tune
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="dp", storage=url, direction="maximize")
+    good = {"learning_rate": 0.03, "reg_weight": 0.001, "train_batch_size": 512}
+    for params in (good, {**good, "reg_weight": 0.01}, {**good, "learning_rate": 0.0001}):
+        study.enqueue_trial(params)
+    report = run_tune(
+        "BPR", syn_dir, 3, out=tmp_path / "t", storage=url, study_name="dp", overrides={"epochs": 3},
+        executor=make_executor("local", workers_per_trial=2), log=lambda _: None, pruner_startup=2,
+        pruner_warmup=0,
+    )  # fmt: skip
+    trials = optuna.load_study(study_name="dp", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    pruned_run = Path(trials[2].user_attrs["run_dir"])
+    at = json.loads((pruned_run / "pruned.json").read_text())
+    assert at["evaluations"] == 1 and at["epoch"] == 0 and not (pruned_run / "model.pt").exists()
+    assert "pruned by the tuner after epoch 0" in (pruned_run / "train.log").read_text()
+    for t in trials[:2]:
+        meta = _metrics(Path(t.user_attrs["run_dir"]))
+        assert meta["data_parallel"]["workers"] == 2 and meta["test"] is None  # trials never evaluate test
+        assert t.value == meta["valid"]["recall@20"] and len(t.intermediate_values) == 3
+    best = max(trials[:2], key=lambda t: t.value)
+    assert report.best["trial"] == best.number
+    assert (Path(best.user_attrs["run_dir"]) / "test_per_user.npz").is_file()

@@ -26,7 +26,7 @@ from modalrec.data.dataset import load_dataset
 from modalrec.errors import ConfigError, RunError
 from modalrec.evaluation import EvalResult
 from modalrec.graphs import default_cache_dir
-from modalrec.io import read_yaml
+from modalrec.io import read_yaml, write_json
 from modalrec.models import Recommender, model_spec_of, resolve_model
 from modalrec.run_files import RESUME_FILE, per_user_metrics
 from modalrec.run_resume import read_resume_state
@@ -43,9 +43,12 @@ from modalrec.runs import (
     write_run_config,
 )
 from modalrec.training import Callback, Trainer, TrainResult
-from modalrec.training.callbacks import CheckpointSchedule, ProgressCallback
+from modalrec.training.callbacks import CheckpointSchedule, ProgressCallback, SharedPruning, TrialPruned
 from modalrec.training.distributed import DataParallel
 from modalrec.training.large_data import apply_large_data_mode
+
+# Written by worker 0 when a tuner pruned the run: {"epoch", "score", "evaluations"}.
+PRUNED_FILE = "pruned.json"
 
 # Models whose training is not a gradient step over the batch alone, so data-parallel workers would drift apart.
 NOT_DATA_PARALLEL = {
@@ -88,10 +91,16 @@ def train_distributed(
     cpus_per_worker: int = 1,
     gpus_per_worker: float = 0.0,
     max_failures: int = 1,
+    evaluate_test: bool = True,
+    pruning: dict[str, Any] | None = None,
     _fault: dict[str, int] | None = None,
 ) -> Path:
     """Train one run on ``workers`` data-parallel workers into a new run directory; returns it.
 
+    ``evaluate_test=False`` skips the test pass (a tuning trial). ``pruning`` is a ``modalrec tune`` trial's
+    spec (study, storage, trial id, pruner): worker 0 reports every validation score to that Optuna trial and,
+    when the pruner stops it, every worker stops there, the run keeps ``pruned.json`` and
+    :class:`~modalrec.training.callbacks.TrialPruned` is raised here.
     ``_fault`` (tests only): ``{"rank": r, "epoch": e}`` makes worker r exit abruptly after epoch e, once.
     """
     check_device(device)
@@ -120,9 +129,22 @@ def train_distributed(
         "threads": cpus_per_worker,
         "echo": not quiet,
         "fault": _fault,
+        "evaluate_test": evaluate_test,
+        "pruning": _pruning_spec(pruning),
     }
     _launch(job, workers, runlog, ray_address, cpus_per_worker, gpus_per_worker, max_failures)
+    pruned = run_dir / PRUNED_FILE
+    if pruned.is_file():
+        at = json.loads(pruned.read_text())
+        raise TrialPruned(at["epoch"], at["score"], at["evaluations"])
     return run_dir
+
+
+def _pruning_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a worker needs of a tuning trial's spec to report to its Optuna trial (nothing else travels)."""
+    if spec is None:
+        return None
+    return {key: spec[key] for key in ("study", "storage", "trial_id", "pruner", "prune")}
 
 
 def resume_distributed(
@@ -158,6 +180,8 @@ def resume_distributed(
         "threads": cpus_per_worker,
         "echo": not quiet,
         "fault": None,
+        "evaluate_test": True,
+        "pruning": None,
     }
     runlog = RunLog(run_dir / "train.log", echo=not quiet, append=True)
     _launch(job, workers, runlog, ray_address, cpus_per_worker, gpus_per_worker, max_failures)
@@ -236,7 +260,8 @@ def _launch(
             ray.shutdown()
     if getattr(result, "error", None) is not None:
         raise RunError(_failure_line(job["run_dir"], result.error))
-    if not (Path(job["run_dir"]) / "metrics.json").is_file():
+    ended = ("metrics.json", PRUNED_FILE)
+    if not any((Path(job["run_dir"]) / name).is_file() for name in ended):
         raise RunError(f"{job['run_dir']}: the workers ended without writing metrics.json")
 
 
@@ -284,10 +309,22 @@ def _worker_loop(job: dict[str, Any]) -> None:
     hooks: list[Callback] = [ProgressCallback(log, False), CheckpointSchedule()]
     if job.get("fault"):
         hooks.append(_ExitOnce(parallel.rank, job["fault"], run_dir.parent / f".{run_dir.name}.fault-injected"))
+    if job["pruning"] is not None:
+        from modalrec.experiments.tune_trial import optuna_pruning_hook
+
+        hooks.append(SharedPruning(optuna_pruning_hook(job["pruning"]) if lead else None, parallel.broadcast_flag))
     trainer = Trainer(
         model, dataset, config, log=log, device=device, write_state=writer, callbacks=hooks, parallel=parallel
     )
-    result = trainer.fit(resume)
+    try:
+        result = trainer.fit(resume, job["evaluate_test"])
+    except TrialPruned as pruned:  # every worker stopped at the same validation; the driver raises it again
+        log(f"pruned by the tuner after epoch {pruned.epoch} (valid score {pruned.score:.4f})")
+        if lead:
+            at = {"epoch": pruned.epoch, "score": pruned.score, "evaluations": pruned.evaluations}
+            write_json(run_dir / PRUNED_FILE, at)
+        parallel.barrier()
+        return
     if lead:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         extra = {"data_parallel": {"workers": parallel.world, "backend": backend, "threads_per_worker": job["threads"]}}

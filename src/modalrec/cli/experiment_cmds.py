@@ -215,12 +215,6 @@ def tune_cmd(
     configure_threads(threads)
     from modalrec.experiments.tune import run_tune
 
-    if workers_per_trial > 1:
-        raise ModalrecError(
-            "--workers-per-trial: tune prunes trials on their per-epoch validation, which data-parallel workers "
-            "do not report yet; it applies to benchmark, sweep and ablate"
-        )
-
     with start_campaign(
         device, executor, ray_address, cpus_per_trial, gpus_per_trial, threads, workers_per_trial
     ) as campaign:

@@ -183,8 +183,8 @@ def train_spec(
     if int(spec.get("workers", 1)) > 1:
         from modalrec.run_distributed import finished_result, train_distributed
 
-        if fit_options:
-            raise ConfigError("a trial on several data-parallel workers takes no pruning hook (tune): one process only")
+        if "on_epoch" in fit_options:  # a closure cannot reach the workers: they take the tuning spec instead
+            raise ConfigError("a trial on data-parallel workers takes pruning=<the tuning spec>, not on_epoch")
         run_dir = train_distributed(
             spec.get("model_spec") or spec["model"],
             spec["data_dir"],
@@ -196,6 +196,7 @@ def train_spec(
             device=spec["device"],
             quiet=True,
             cache_dir=spec["cache_dir"],
+            **fit_options,
         )
         return run_dir, finished_result(run_dir)
     return train_run(

@@ -123,6 +123,7 @@ def run_tune(
     study = _study(optuna, store, name, url, identity, (sampler, seed, space, trials), pruning)
     data_path = str(Path(data_dir).resolve())
     remember_dataset((data_path, dataset.fingerprint), dataset)
+    workers = int(getattr(executor, "workers_per_trial", 1))  # each trial a data-parallel run on that many workers
     template = {
         **model,
         "seed": int(config.seed),
@@ -137,6 +138,7 @@ def run_tune(
         "preset": preset,
         "device": device,
         "cache_dir": str(cache_dir) if isinstance(cache_dir, Path) else cache_dir,
+        **({"workers": workers} if workers > 1 else {}),
     }
     driver = _TuneDriver(optuna, study, executor or LocalExecutor(), trials, space, fixed, out, template, log)
     done_before = driver.count()

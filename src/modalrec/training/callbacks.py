@@ -93,6 +93,15 @@ class InterruptPoll(Callback):
         self._poll(trainer)
 
 
+class TrialPruned(Exception):
+    """A tuner's pruner stopped the trial after ``epoch`` (0-based) with validation ``score``, its
+    ``evaluations``-th validation; raised from a pruning hook, it ends training and propagates."""
+
+    def __init__(self, epoch: int, score: float, evaluations: int) -> None:
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch, self.score, self.evaluations = epoch, score, evaluations
+
+
 class PruningCallback(Callback):
     """Calls ``on_epoch(epoch, score)`` after every validation: a tuner reports the score and may stop the trial
     by raising (the exception ends training and propagates)."""
@@ -102,3 +111,19 @@ class PruningCallback(Callback):
 
     def on_validation_end(self, trainer: Trainer, epoch: int, score: float) -> None:
         self.on_epoch(epoch, score)
+
+
+class SharedPruning(Callback):
+    """The pruning hook of a data-parallel run: ``should_prune(epoch, score)`` (a tuner's report, on worker 0
+    only — ``None`` elsewhere) decides, the decision is broadcast from worker 0, and every worker raises
+    :class:`TrialPruned` at the same validation, so none is left waiting in a collective."""
+
+    def __init__(self, should_prune: Callable[[int, float], bool] | None, broadcast: Callable[[bool], bool]) -> None:
+        self.should_prune, self.broadcast = should_prune, broadcast
+        self.evaluations = 0
+
+    def on_validation_end(self, trainer: Trainer, epoch: int, score: float) -> None:
+        self.evaluations += 1
+        decided = self.should_prune(epoch, score) if self.should_prune is not None else False
+        if self.broadcast(decided):
+            raise TrialPruned(epoch, score, self.evaluations)

@@ -86,5 +86,11 @@ class DataParallel:
         per_user = {name: np.concatenate([p[1][name] for p in got]) for name in part.per_user}
         return result_from_per_user(part.split, per_user, users, max(p[2] for p in got), part.mode)
 
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Worker 0's ``flag``, on every worker (a decision only worker 0 takes, e.g. a tuner's pruning)."""
+        box = [bool(flag)]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
     def barrier(self) -> None:
         dist.barrier()
