@@ -2,18 +2,20 @@
 
     python benchmarks/ann_retrieval.py --items 100000,1000000 --out benchmarks/logs/ann_retrieval.json
 
-For each number of items it generates (seeded) a clustered item table of ``--dim`` (64) dimensions —
-``--clusters`` (200) Gaussian centres, each item a centre plus noise, its norm then scaled by e^N(0, σ)
-(``--norm-spread`` σ = 0.25; trained item tables have unequal norms, and the spread is what makes maximum
-inner product search hard for a graph index) — and ``--queries`` (1,000) query (user) vectors from the same
-clusters. It then measures what ``modalrec index`` and ``--ann`` do, through the same code
-(:mod:`modalrec.ann`, :class:`modalrec.run_index.ItemIndex`):
+For each number of items and each of ``--clusters`` (200 and 0) it generates (seeded) an item table of
+``--dim`` (64) dimensions — C Gaussian centres, each item a centre plus noise (C = 0: no clusters, every item
+N(0, I)), its norm then scaled by e^N(0, σ) (``--norm-spread`` σ = 0.25; trained item tables have unequal
+norms, and the spread is what makes maximum inner product search hard) — and ``--queries`` (1,000) query
+(user) vectors drawn the same way. For each index kind of ``--kinds`` (ivf, hnsw) it then measures what
+``modalrec index --kind …`` and ``--ann`` do, through the same code (:mod:`modalrec.ann`,
+:class:`modalrec.run_index.ItemIndex`):
 
-* the index build (FAISS HNSW over the MIPS→L2 rows, M 32, efConstruction 80, one thread): seconds,
-  ``index.ntotal``, the serialised bytes (what ``item_index.faiss`` holds) and the growth of the process's
-  resident memory during the build;
-* efSearch chosen by ``modalrec index``'s rule (the smallest of 128·2^i reaching recall@10 0.95, or
-  ``--ef-search``) and the recall@10 against exact ranking on the queries at each efSearch tried;
+* the index build (one thread; IVF: √I cells from k-means, inner product; HNSW over the MIPS→L2 rows, M 32,
+  efConstruction 80): seconds, ``index.ntotal``, the serialised bytes (what ``item_index.faiss`` holds) and
+  the growth of the process's resident memory during the build;
+* the search effort chosen by ``modalrec index``'s rule (the smallest nprobe of 1·2^i or efSearch of
+  128·2^i reaching recall@10 0.95, or ``--effort``) and the recall@10 against exact ranking on the queries
+  at each effort tried;
 * the latency of one request, p50 and p99 over ``--latency-queries`` queries, torch and FAISS on one
   thread (a server request): exact = one GEMV over every item + top-10; ANN = the search for max(100, 10·k)
   candidates + their exact re-rank + top-10 (``ItemIndex.retrieve``).
@@ -38,14 +40,17 @@ import torch
 from modalrec.ann import (
     HNSW_EF_CONSTRUCTION,
     HNSW_NEIGHBOURS,
+    INDEX_KINDS,
+    IVF_TRAIN_PER_LIST,
     RETRIEVAL_NEEDS,
     build_mips_index,
     exact_kth_scores,
     faiss_module,
     index_to_bytes,
     mips_recall,
+    search_effort_range,
     search_mips,
-    tune_ef_search,
+    tune_search_effort,
 )
 from modalrec.run_index import ItemIndex
 
@@ -55,16 +60,21 @@ K = 10
 def clustered_table(
     n_items: int, n_queries: int, dim: int, clusters: int, spread: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(items, queries) float32: cluster centres N(0, I), members centre + N(0, 0.5² I), item norms × e^N(0, spread)."""
+    """(items, queries) float32: cluster centres N(0, I), members centre + N(0, 0.5² I) (``clusters`` 0: every row
+    N(0, I), no clusters), item norms × e^N(0, spread)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres = rng.standard_normal((max(clusters, 1), dim)).astype(np.float32)
+
+    def draw(n: int) -> np.ndarray:
+        if clusters == 0:
+            return rng.standard_normal((n, dim))
+        return centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, dim))
+
     items = np.empty((n_items, dim), dtype=np.float32)
     for lo in range(0, n_items, 100_000):  # in blocks: the float64 temporaries stay small at 1M items
         n = min(100_000, n_items - lo)
-        part = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, dim))
-        items[lo : lo + n] = part * rng.lognormal(0.0, spread, (n, 1))
-    queries = centres[rng.integers(0, clusters, n_queries)] + 0.5 * rng.standard_normal((n_queries, dim))
-    return items, queries.astype(np.float32)
+        items[lo : lo + n] = draw(n) * rng.lognormal(0.0, spread, (n, 1))
+    return items, draw(n_queries).astype(np.float32)
 
 
 def rss_bytes() -> int:
@@ -81,12 +91,12 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
-def measure(n_items: int, args: argparse.Namespace) -> dict:
-    """Every figure for one table size."""
-    items, queries = clustered_table(n_items, args.queries, args.dim, args.clusters, args.norm_spread, args.seed)
+def measure(n_items: int, clusters: int, kind: str, args: argparse.Namespace) -> dict:
+    """Every figure for one table and one index kind."""
+    items, queries = clustered_table(n_items, args.queries, args.dim, clusters, args.norm_spread, args.seed)
     before = rss_bytes()
     start = time.perf_counter()
-    index = build_mips_index(items)
+    index = build_mips_index(items, kind=kind)
     build_seconds = time.perf_counter() - start
     rss_growth = rss_bytes() - before
     size = len(index_to_bytes(index))
@@ -97,10 +107,11 @@ def measure(n_items: int, args: argparse.Namespace) -> dict:
     def recall_at(ef: int) -> float:
         return mips_recall(queries, items, search_mips(index, queries, max(100, 10 * K), ef), K, kth)
 
-    if args.ef_search is None:
-        ef, tried = tune_ef_search(recall_at)
+    if args.effort is None:
+        first, last = search_effort_range(index)
+        ef, tried = tune_search_effort(recall_at, start=first, limit=last)
     else:
-        ef, tried = args.ef_search, {args.ef_search: recall_at(args.ef_search)}
+        ef, tried = args.effort, {args.effort: recall_at(args.effort)}
     table, users = torch.from_numpy(items), torch.from_numpy(queries)
     idx = ItemIndex(index, users, table, np.ones(n_items, dtype=bool), {}, ef)
     n_lat = min(args.latency_queries, args.queries)
@@ -123,14 +134,17 @@ def measure(n_items: int, args: argparse.Namespace) -> dict:
         faiss.omp_set_num_threads(threads[1])
     row = {
         "items": n_items,
+        "clusters": clusters,
+        "kind": kind,
+        **({"nlist": int(index.nlist)} if kind == "ivf" else {}),
         "dim": args.dim,
         "build_seconds": round(build_seconds, 2),
         "ntotal": int(index.ntotal),
         "index_bytes": size,
         "build_rss_growth_bytes": rss_growth,
-        "ef_search": ef,
+        "search_effort": {"name": "nprobe" if kind == "ivf" else "efSearch", "value": ef},
         "recall_at_10": round(tried[ef], 4),
-        "recall_by_ef_search": {str(e): round(r, 4) for e, r in tried.items()},
+        "recall_by_effort": {str(e): round(r, 4) for e, r in tried.items()},
         "recall_queries": args.queries,
         "exact_kth_seconds": round(exact_recall_seconds, 2),
         "latency_queries": n_lat,
@@ -139,7 +153,8 @@ def measure(n_items: int, args: argparse.Namespace) -> dict:
     }
     row["speedup_p50"] = round(row["exact_latency"]["p50_ms"] / max(row["ann_latency"]["p50_ms"], 1e-9), 2)
     print(
-        f"{n_items:>9,} items: build {build_seconds:.1f} s, {size / 2**20:.0f} MiB, efSearch {ef}, "
+        f"{n_items:>9,} items, {clusters} clusters, {kind}: build {build_seconds:.1f} s, {size / 2**20:.0f} MiB, "
+        f"{row['search_effort']['name']} {ef}, "
         f"recall@10 {tried[ef]:.3f}; p50 exact {row['exact_latency']['p50_ms']:.2f} ms vs "
         f"ANN {row['ann_latency']['p50_ms']:.2f} ms",
         flush=True,
@@ -153,16 +168,21 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--queries", type=int, default=1000, help="Seeded query sample for the recall.")
     ap.add_argument("--latency-queries", type=int, default=1000, help="Single queries timed (of the sample).")
-    ap.add_argument("--clusters", type=int, default=200)
+    ap.add_argument("--clusters", default="200,0", help="Comma-separated cluster counts (0: no clusters).")
+    ap.add_argument("--kinds", default="ivf,hnsw", help=f"Comma-separated index kinds ({', '.join(INDEX_KINDS)}).")
     ap.add_argument("--norm-spread", type=float, default=0.25, help="σ of the log item norms.")
-    ap.add_argument("--ef-search", type=int, default=None, help="Fixed efSearch (default: modalrec index's rule).")
+    ap.add_argument("--effort", type=int, default=None, help="Fixed nprobe/efSearch (default: modalrec index's rule).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write.")
     args = ap.parse_args()
     try:
         sizes = [int(x) for x in args.items.split(",") if x.strip()]
+        clusters = [int(x) for x in args.clusters.split(",") if x.strip()]
     except ValueError:
-        sys.exit(f"--items {args.items!r}: give item counts like 100000,1000000")
+        sys.exit(f"--items {args.items!r} / --clusters {args.clusters!r}: give counts like 100000,1000000")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(INDEX_KINDS) or min(clusters, default=-1) < 0:
+        sys.exit(f"--kinds: some of {', '.join(INDEX_KINDS)}; --clusters: counts ≥ 0")
     if not sizes or min(sizes) < 1 or args.queries < 1 or args.dim < 1:
         sys.exit("--items, --queries and --dim must be positive")
     faiss = faiss_module(*RETRIEVAL_NEEDS)
@@ -186,13 +206,13 @@ def main() -> None:
         },
         "settings": {
             "hnsw": {"M": HNSW_NEIGHBOURS, "ef_construction": HNSW_EF_CONSTRUCTION, "build_threads": 1},
+            "ivf": {"nlist": "round(sqrt(items))", "train_rows_per_list": IVF_TRAIN_PER_LIST, "build_threads": 1},
             "k": K,
             "candidates": "max(100, 10*k), re-ranked exactly",
-            "clusters": args.clusters,
             "norm_spread": args.norm_spread,
             "seed": args.seed,
         },
-        "results": [measure(n, args) for n in sizes],
+        "results": [measure(n, c, kind, args) for n in sizes for c in clusters for kind in kinds],
     }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

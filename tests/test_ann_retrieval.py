@@ -18,15 +18,19 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from modalrec.ann import (
+    INDEX_KINDS,
     RETRIEVAL_NEEDS,
     build_mips_index,
     faiss_module,
+    index_kind,
     index_to_bytes,
+    ivf_lists,
     mips_queries,
     mips_recall,
     mips_rows,
+    search_effort_range,
     search_mips,
-    tune_ef_search,
+    tune_search_effort,
 )
 from modalrec.cli import app as cli_app
 from modalrec.errors import ConfigError, ModalrecError
@@ -68,27 +72,41 @@ def test_the_mips_transform_turns_inner_product_into_l2():
     assert (np.argsort(l2, axis=1)[:, :10] == np.argsort(-dot, axis=1)[:, :10]).all()
 
 
-def test_recall_at_10_on_100k_clustered_items():
-    """efSearch chosen by modalrec index's rule on 500 queries; recall@10 ≥ 0.95 on 1,500 other queries."""
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_recall_at_10_on_100k_clustered_items(kind):
+    """The search effort chosen by modalrec index's rule on 500 queries; recall@10 ≥ 0.95 on 1,500 other queries."""
     items, queries = clustered(100_000, 2000)
-    index = build_mips_index(items)
-    assert index.ntotal == 100_000
+    index = build_mips_index(items, kind=kind)
+    assert index.ntotal == 100_000 and index_kind(index) == kind
     tune, check = queries[:500], queries[500:]
-    ef, tried = tune_ef_search(lambda ef: mips_recall(tune, items, search_mips(index, tune, 10, ef), 10))
+    first, last = search_effort_range(index)
+    ef, tried = tune_search_effort(
+        lambda ef: mips_recall(tune, items, search_mips(index, tune, 10, ef), 10), start=first, limit=last
+    )
     assert tried[ef] >= 0.95 and list(tried) == sorted(tried)
     recall = mips_recall(check, items, search_mips(index, check, 10, ef), 10)
     assert recall >= 0.95, (ef, tried, recall)
 
 
-def test_building_twice_gives_the_same_index_and_answers():
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_building_twice_gives_the_same_index_and_answers(kind):
     items, queries = clustered(5000, 200, seed=1)
     torch_threads = torch.get_num_threads()
-    a, b = build_mips_index(items), build_mips_index(items)
+    a, b = build_mips_index(items, kind=kind), build_mips_index(items, kind=kind)
     assert index_to_bytes(a) == index_to_bytes(b)
-    assert (search_mips(a, queries, 50, 64) == search_mips(b, queries, 50, 64)).all()
+    assert (search_mips(a, queries, 50, 8) == search_mips(b, queries, 50, 8)).all()
     assert torch.get_num_threads() == torch_threads
     ids = np.arange(5000, dtype=np.int64) * 3  # item ids other than the row numbers are answered
-    assert set(search_mips(build_mips_index(items, ids), queries[:5], 10).ravel()) <= set(ids.tolist())
+    assert set(search_mips(build_mips_index(items, ids, kind), queries[:5], 10).ravel()) <= set(ids.tolist())
+    with pytest.raises(ConfigError, match="index kind 'flat': choose from hnsw, ivf"):
+        build_mips_index(items, kind="flat")
+
+
+def test_an_ivf_index_scanning_every_cell_is_exact():
+    items, queries = clustered(4000, 50, dim=16, seed=3)
+    index = build_mips_index(items, kind="ivf")
+    assert index.nlist == ivf_lists(4000) == 63
+    assert mips_recall(queries, items, search_mips(index, queries, 10, index.nlist), 10) == 1.0
 
 
 def test_missing_faiss_is_one_line_naming_the_extra(monkeypatch):
@@ -99,7 +117,8 @@ def test_missing_faiss_is_one_line_naming_the_extra(monkeypatch):
     assert "\n" not in str(exc.value)
 
 
-def test_retrieve_searches_leaves_out_the_excluded_and_scores_exactly():
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_retrieve_searches_leaves_out_the_excluded_and_scores_exactly(kind):
     """Past the candidates' count the index is searched: the excluded items are dropped after the search (and
     counted into it), the scores are the exact dot products, best first, and the lists match exact ranking's."""
     items, queries = clustered(3000, 40, dim=16, seed=2)
@@ -107,7 +126,8 @@ def test_retrieve_searches_leaves_out_the_excluded_and_scores_exactly():
     indexed = np.zeros(3000, dtype=bool)
     indexed[ids] = True
     table = torch.from_numpy(items)
-    idx = ItemIndex(build_mips_index(items[ids], ids), torch.from_numpy(queries), table, indexed, {}, 128)
+    effort = 16 if kind == "ivf" else 128
+    idx = ItemIndex(build_mips_index(items[ids], ids, kind), torch.from_numpy(queries), table, indexed, {}, effort)
     found = 0
     for user in range(40):
         exact_scores = table @ torch.from_numpy(queries[user])
@@ -146,7 +166,8 @@ def mario_run(syn_dir, tmp_path_factory) -> Path:
 def test_index_writes_its_two_files_and_nothing_else(bpr_run, tmp_path):
     info = json.loads((bpr_run / INDEX_INFO).read_text())
     assert info["items"] == info["n_items"] == 100 and info["dim"] == 64 and info["left_out"] == 0
-    assert info["hnsw"]["M"] == 32 and info["hnsw"]["ef_construction"] == 80 and info["build_seconds"] >= 0
+    assert info["kind"] == "ivf" and info["ivf"]["nlist"] == 2 and info["build_seconds"] >= 0
+    assert info["search_effort"]["name"] == "nprobe" and info["search_effort"]["value"] == 1
     assert info["recall"]["recall"] == 1.0 and info["recall"]["users"] > 0
     assert info["model_file"]["sha256"] and info["model"]["model"] == "BPR"
     before = {p.name: p.read_bytes() for p in bpr_run.iterdir()}
@@ -155,6 +176,22 @@ def test_index_writes_its_two_files_and_nothing_else(bpr_run, tmp_path):
     after = {p.name: p.read_bytes() for p in bpr_run.iterdir()}
     assert set(after) == set(before)
     assert {n for n in after if after[n] != before[n]} <= {INDEX_INFO}  # only its "created" time may differ
+
+
+def test_an_hnsw_index_is_built_and_served_on_request(bpr_run, tmp_path):
+    run = tmp_path / "hnsw"
+    shutil.copytree(bpr_run, run)
+    res = invoke("index", run, "--kind", "hnsw", "--effort", 64)
+    assert res.exit_code == 0 and "efSearch 64: recall@10 1.000" in res.stdout, res.output
+    info = json.loads((run / INDEX_INFO).read_text())
+    assert info["kind"] == "hnsw" and info["hnsw"] == {"M": 32, "ef_construction": 80}
+    assert info["search_effort"] == {"name": "efSearch", "value": 64, "rule": "given (--effort)"}
+    served = TestClient(create_app(run, ann=True)).get("/info").json()["retrieval"]
+    assert served["kind"] == "hnsw" and served["ef_search"] == 64 and served["nprobe"] is None
+    e = json.loads(invoke("recommend", run, "--user", 3, "-k", 5).stdout)
+    a = json.loads(invoke("recommend", run, "--user", 3, "-k", 5, "--ann").stdout)
+    assert [x["item"] for x in a["items"]] == [x["item"] for x in e["items"]]
+    assert_one_line_error(invoke("index", run, "--kind", "flat"), "index kind 'flat': choose from hnsw, ivf")
 
 
 def test_recommend_ann_equals_exact_with_the_retrieval_field(bpr_run):
@@ -188,7 +225,8 @@ def test_serving_answers_through_the_index(bpr_run):
     exact, ann = TestClient(create_app(bpr_run)), TestClient(create_app(bpr_run, ann=True))
     assert exact.get("/info").json()["retrieval"]["method"] == "exact"
     info = ann.get("/info").json()["retrieval"]
-    assert info["method"] == "ann" and info["items"] == 100 and info["recall_at_10"] == 1.0 and info["ef_search"]
+    assert info["method"] == "ann" and info["items"] == 100 and info["recall_at_10"] == 1.0
+    assert info["kind"] == "ivf" and info["nprobe"] == 1 and info["ef_search"] is None
     for user in USERS:
         e = exact.get(f"/users/{user}/recommendations?k=7").json()
         a = ann.get(f"/users/{user}/recommendations?k=7").json()
@@ -240,10 +278,14 @@ def test_missing_stale_or_damaged_index_is_refused(bpr_run, tmp_path):
 def test_the_benchmark_script_measures_a_tiny_table(tmp_path):
     out = tmp_path / "ann.json"
     cmd = [sys.executable, str(SCRIPT), "--items", "2000", "--queries", "100", "--latency-queries", "20"]
+    cmd += ["--clusters", "200,0", "--kinds", "ivf,hnsw"]
     proc = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"machine", "versions", "settings", "results"} <= set(result) and result["versions"]["faiss"]
-    (row,) = result["results"]
-    assert row["items"] == row["ntotal"] == 2000 and row["index_bytes"] > 0 and row["build_seconds"] >= 0
-    assert row["recall_at_10"] >= 0.9 and row["exact_latency"]["p50_ms"] > 0 and row["ann_latency"]["p99_ms"] > 0
+    rows = result["results"]
+    assert [(r["clusters"], r["kind"]) for r in rows] == [(200, "ivf"), (200, "hnsw"), (0, "ivf"), (0, "hnsw")]
+    for row in rows:
+        assert row["items"] == row["ntotal"] == 2000 and row["index_bytes"] > 0 and row["build_seconds"] >= 0
+        assert row["recall_at_10"] >= 0.9 and row["exact_latency"]["p50_ms"] > 0 and row["ann_latency"]["p99_ms"] > 0
+    assert rows[0]["nlist"] == 45 and rows[0]["search_effort"]["name"] == "nprobe"

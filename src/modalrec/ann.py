@@ -7,9 +7,10 @@ by inner product (= cosine) in about O(I·log I·d). The graph is then approxima
 recall@k against the exact graph is measured on a seeded sample of rows and reported with it
 (docs/scale.md#item-item-graphs-past-a-size).
 
-The same index serves retrieval for dot-product models (``modalrec index``, ``recommend --ann``,
-``serve --ann``; docs/scale.md#ann-retrieval): maximum inner product search turned into an L2 search by
-one extra coordinate (:func:`mips_rows`), whose candidates the caller re-ranks exactly.
+Retrieval for dot-product models (``modalrec index``, ``recommend --ann``, ``serve --ann``;
+docs/scale.md#ann-retrieval) uses an HNSW index over maximum inner product search turned into an L2 search
+by one extra coordinate (:func:`mips_rows`), or an inner-product inverted file (IVF); the caller re-ranks
+their candidates exactly.
 
 FAISS is an optional dependency (the ``scale`` extra); the exact path needs nothing.
 """
@@ -173,36 +174,80 @@ def mips_queries(queries: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.hstack([q, np.zeros((q.shape[0], 1), dtype=np.float32)])
 
 
-def build_mips_index(items: np.ndarray | torch.Tensor, ids: np.ndarray | None = None) -> Any:
-    """A FAISS HNSW index (L2, M 32, efConstruction 80) over :func:`mips_rows` of ``items``, whose search
-    answers the ids ``ids`` (default: the row numbers) of the items of largest inner product.
+# Index kinds for retrieval: ``hnsw`` (a graph over the MIPS→L2 rows, searched with efSearch) or ``ivf`` (an
+# inverted file: k-means cells of the item rows, ranked by the inner product of the query with each cell's
+# centroid; the ``nprobe`` best cells are scanned exactly, by inner product). Measured on clustered and
+# near-isotropic 100k × 64 tables (docs/scale.md#ann-retrieval), the MIPS→L2 rows crowd long items together
+# for both kinds, while an inner-product IVF over the raw rows reached the same recall scanning far fewer rows.
+INDEX_KINDS = ("hnsw", "ivf")
+IVF_TRAIN_PER_LIST = 64  # k-means training rows per cell (seeded sample)
+NPROBE_START = 1
 
-    Built on one thread: HNSW insertion on several threads depends on their timing, and the same weights
-    must give the same index (and the same answers). The thread count is restored afterwards.
+
+def ivf_lists(n_items: int) -> int:
+    """Cells of an IVF index over ``n_items`` rows: about √I (a query then ranks √I centroids and scans about
+    √I·nprobe rows), and at least 39 rows per cell, FAISS's floor for a stable k-means."""
+    return int(max(1, min(round(np.sqrt(n_items)), n_items // 39)))
+
+
+def build_mips_index(items: np.ndarray | torch.Tensor, ids: np.ndarray | None = None, kind: str = "hnsw") -> Any:
+    """A FAISS index whose search answers the ids ``ids`` (default: the row numbers) of the items of (about)
+    largest inner product with a query.
+
+    ``kind`` ``hnsw``: HNSW (L2, M 32, efConstruction 80) over :func:`mips_rows`; ``ivf``: an inner-product
+    inverted file over the rows themselves, :func:`ivf_lists` cells from k-means (seed 0) on a seeded sample of
+    :data:`IVF_TRAIN_PER_LIST` rows per cell. Built on one thread: HNSW insertion on several threads depends on
+    their timing, and the same weights must give the same index (and the same answers). The thread count is
+    restored afterwards.
     """
+    if kind not in INDEX_KINDS:
+        raise ConfigError(f"index kind {kind!r}: choose from {', '.join(INDEX_KINDS)}")
     faiss = faiss_module(*RETRIEVAL_NEEDS)
-    rows, _ = mips_rows(items)
+    rows = _float_rows(items) if kind == "ivf" else mips_rows(items)[0]
     ids = np.arange(rows.shape[0], dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
     if ids.shape != (rows.shape[0],):
         raise ValueError(f"ids: {ids.shape[0]} for {rows.shape[0]} items")
-    hnsw = faiss.IndexHNSWFlat(rows.shape[1], HNSW_NEIGHBOURS)  # METRIC_L2
-    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index = faiss.IndexIDMap(hnsw)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
+        if kind == "ivf":
+            nlist = ivf_lists(rows.shape[0])
+            index = faiss.index_factory(rows.shape[1], f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = 0
+            take = min(rows.shape[0], IVF_TRAIN_PER_LIST * nlist)
+            sample = np.sort(np.random.default_rng(0).choice(rows.shape[0], size=take, replace=False))
+            index.train(rows[sample])
+        else:
+            hnsw = faiss.IndexHNSWFlat(rows.shape[1], HNSW_NEIGHBOURS)  # METRIC_L2
+            hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            index = faiss.IndexIDMap(hnsw)
         index.add_with_ids(rows, ids)
     finally:
         faiss.omp_set_num_threads(threads)
     return index
 
 
-def search_mips(index: Any, queries: np.ndarray | torch.Tensor, n: int, ef_search: int = EF_SEARCH_START) -> np.ndarray:
-    """Ids of the ``n`` items of (approximately) largest inner product with each query, best first, (Q, n)
-    int64; -1 fills a row when fewer are found. The search explores max(``ef_search``, n) candidates."""
+def index_kind(index: Any) -> str:
+    """``hnsw`` or ``ivf``: which kind :func:`build_mips_index` built (read from the index itself)."""
+    return "ivf" if hasattr(index, "nprobe") else "hnsw"
+
+
+def index_dim(index: Any) -> int:
+    """The dimension of the model's item rows an index of :func:`build_mips_index` was built over."""
+    return int(index.d) if index_kind(index) == "ivf" else int(index.d) - 1
+
+
+def search_mips(index: Any, queries: np.ndarray | torch.Tensor, n: int, effort: int = EF_SEARCH_START) -> np.ndarray:
+    """Ids of the ``n`` items of (about) largest inner product with each query, best first, (Q, n) int64; -1
+    fills a row when fewer are found. ``effort`` is the search's breadth: HNSW explores max(``effort``, n)
+    candidates (efSearch); IVF scans the rows of the ``effort`` best cells (nprobe)."""
     faiss = faiss_module(*RETRIEVAL_NEEDS)
-    params = faiss.SearchParametersHNSW(efSearch=int(max(ef_search, n)))
-    _, found = index.search(mips_queries(queries), int(n), params=params)
+    if index_kind(index) == "ivf":
+        params = faiss.SearchParametersIVF(nprobe=int(min(max(effort, 1), index.nlist)))
+        _, found = index.search(_float_rows(queries), int(n), params=params)
+    else:
+        params = faiss.SearchParametersHNSW(efSearch=int(max(effort, n)))
+        _, found = index.search(mips_queries(queries), int(n), params=params)
     return found
 
 
@@ -248,16 +293,25 @@ def mips_recall(
     return float(hit.sum()) / (q.shape[0] * k)
 
 
-def tune_ef_search(
+def search_effort_range(index: Any) -> tuple[int, int]:
+    """(first, last) search effort :func:`tune_search_effort` tries for ``index``: efSearch 128 … 4096 (HNSW) or
+    nprobe 1 … every cell (IVF, where every cell is an exact scan)."""
+    if index_kind(index) == "ivf":
+        return NPROBE_START, int(index.nlist)
+    return EF_SEARCH_START, EF_SEARCH_LIMIT
+
+
+def tune_search_effort(
     recall_at: Callable[[int], float],
     target: float = RECALL_TARGET,
     start: int = EF_SEARCH_START,
     limit: int = EF_SEARCH_LIMIT,
 ) -> tuple[int, dict[int, float]]:
-    """The smallest efSearch of ``start``·2^i (at most ``limit``) whose ``recall_at(ef)`` reaches ``target``
-    (``limit`` when none does), and every recall measured on the way ({ef: recall}).
+    """The smallest search effort (efSearch or nprobe) of ``start``·2^i (at most ``limit``) whose
+    ``recall_at(effort)`` reaches ``target`` (``limit`` when none does), and every recall measured on the way
+    ({effort: recall}).
 
-    A larger efSearch explores more of the graph per query: recall rises and so does the query time, so the
+    A larger effort explores more of the index per query: recall rises and so does the query time, so the
     first value that is good enough is the one to serve with.
     """
     tried: dict[int, float] = {}

@@ -2,12 +2,14 @@
 
 Ranking a user exactly scores every item: one GEMV over the item table, O(I·d) per request. For a model
 that ranks by the dot product of a (users, items) pair of tables, ``modalrec index RUN`` builds a FAISS
-HNSW index over the item table (:func:`modalrec.ann.build_mips_index`: maximum inner product search turned
-into an L2 search by one extra coordinate) and writes it into the run directory beside ``model.pt``:
+index over the item table (:func:`modalrec.ann.build_mips_index`: an inner-product inverted file, ``--kind
+ivf``, the default, or an HNSW graph over maximum inner product search turned into an L2 search by one extra
+coordinate, ``--kind hnsw``) and writes it into the run directory beside ``model.pt``:
 
 * ``item_index.faiss``: the index (ids are item ids; an ID-only model's unscorable cold items are left out);
-* ``item_index.json``: what it holds and how it was built — items, dimension, HNSW parameters, build
-  seconds, the efSearch queries use and the recall@10 it gave against exact ranking on a seeded sample
+* ``item_index.json``: what it holds and how it was built — items, dimension, the kind and its parameters,
+  build seconds, the search effort queries use (HNSW efSearch or IVF nprobe) and the recall@10 it gave
+  against exact ranking on a seeded sample
   of users (through :meth:`ItemIndex.retrieve`, exclusions and all), and the identity of what it was
   built from (``model.pt``'s size, mtime and SHA-256, the model's source hash, the dataset's fingerprint),
   so that a stale index is refused instead of silently serving another model's neighbours.
@@ -35,14 +37,18 @@ import torch
 from modalrec.ann import (
     HNSW_EF_CONSTRUCTION,
     HNSW_NEIGHBOURS,
+    IVF_TRAIN_PER_LIST,
     RECALL_TARGET,
     RETRIEVAL_NEEDS,
     build_mips_index,
     faiss_module,
+    index_dim,
     index_from_bytes,
+    index_kind,
     index_to_bytes,
+    search_effort_range,
     search_mips,
-    tune_ef_search,
+    tune_search_effort,
 )
 from modalrec.errors import ModalrecError, RunError
 from modalrec.io import atomic_write, write_json
@@ -54,7 +60,8 @@ from modalrec.run_model import model_record
 INDEX_FILE = "item_index.faiss"
 INDEX_INFO = "item_index.json"
 INDEX_FORMAT = "modalrec-item-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the kind (hnsw or ivf) and its search effort; version 1 indexes are rebuilt
+DEFAULT_INDEX_KIND = "ivf"  # measured against hnsw in benchmarks/logs/ann_retrieval.json
 RECALL_USERS = 1000  # users sampled (seeded) to measure the index's recall@10 against exact ranking
 RECALL_K = 10
 MIN_CANDIDATES = 100
@@ -123,14 +130,14 @@ class ItemIndex:
     items: torch.Tensor  # (n_items, d) float32
     indexed: np.ndarray  # (n_items,) bool: the items the index holds
     info: dict[str, Any]
-    ef_search: int
+    effort: int  # the search's breadth: HNSW efSearch or IVF nprobe (:func:`modalrec.ann.search_mips`)
 
     @property
     def n_indexed(self) -> int:
         return int(self.index.ntotal)
 
     def retrieve(
-        self, user: int, k: int, exclude: torch.Tensor | None = None, ef_search: int | None = None
+        self, user: int, k: int, exclude: torch.Tensor | None = None, effort: int | None = None
     ) -> tuple[list[int], list[float], dict[str, Any]]:
         """The k best (items, exact scores) of ``user`` among the index's candidates, ``exclude`` left out, and
         ``{"method": "ann", "candidates": N}`` (N: items retrieved before the exclusions)."""
@@ -140,7 +147,7 @@ class ItemIndex:
         if n >= self.n_indexed:  # the candidates would be every indexed item: take them all, no search
             cand = np.flatnonzero(self.indexed)
         else:
-            found = search_mips(self.index, u[None].numpy(), n, ef_search or self.ef_search)[0]
+            found = search_mips(self.index, u[None].numpy(), n, effort or self.effort)[0]
             cand = found[found >= 0]
         retrieved = int(cand.size)
         if excl is not None:
@@ -151,13 +158,15 @@ class ItemIndex:
         return ids[pos].tolist(), vals.tolist(), {"method": "ann", "candidates": retrieved}
 
     def summary(self) -> dict[str, Any]:
-        """What ``/info`` says of the retrieval: the index's size, efSearch and measured recall."""
+        """What ``/info`` says of the retrieval: the index's kind, size, search effort and measured recall."""
         r = self.info["recall"]
+        kind = index_kind(self.index)
         return {
             "method": "ann",
             "index": INDEX_FILE,
+            "kind": kind,
             "items": self.n_indexed,
-            "ef_search": self.ef_search,
+            ("nprobe" if kind == "ivf" else "ef_search"): self.effort,
             "candidates": f"max({MIN_CANDIDATES}, 10*k) + the user's excluded items, re-ranked exactly",
             "recall_at_10": r["recall"],
             "recall_users": r["users"],
@@ -187,7 +196,7 @@ def _exact_tops(idx: ItemIndex, users: np.ndarray, exclusions: list[torch.Tensor
 
 
 def _measure_recall(idx: ItemIndex, run: LoadedRun, users: np.ndarray) -> Callable[[int], float]:
-    """A function of efSearch → recall@10 of :meth:`ItemIndex.retrieve` against exact ranking on ``users``
+    """A function of search effort → recall@10 of :meth:`ItemIndex.retrieve` against exact ranking on ``users``
     (seen items excluded, as served; ties at the k-th exact score count as found)."""
     unscorable = unscorable_items(run.model, run.dataset)
     exclusions = [excluded(torch.from_numpy(training_items(run.dataset, int(u))), unscorable) for u in users]
@@ -198,7 +207,7 @@ def _measure_recall(idx: ItemIndex, run: LoadedRun, users: np.ndarray) -> Callab
         for user, user_excl, (kth, need) in zip(users.tolist(), exclusions, tops, strict=True):
             if not need:
                 continue
-            _, scores, _ = idx.retrieve(user, RECALL_K, user_excl, ef_search=ef)
+            _, scores, _ = idx.retrieve(user, RECALL_K, user_excl, effort=ef)
             # the re-rank's scores are exact: an item is in the exact top-k when its score reaches the k-th
             hits += sum(s >= kth - 1e-5 * max(abs(kth), 1.0) for s in scores[:need])  # rounding of two GEMMs
             needed += need
@@ -207,10 +216,13 @@ def _measure_recall(idx: ItemIndex, run: LoadedRun, users: np.ndarray) -> Callab
     return recall_at
 
 
-def build_item_index(run: LoadedRun, ef_search: int | None = None, seed: int = 0) -> dict[str, Any]:
+def build_item_index(
+    run: LoadedRun, effort: int | None = None, seed: int = 0, kind: str = DEFAULT_INDEX_KIND
+) -> dict[str, Any]:
     """Build the item index of a dot-product run and write ``item_index.faiss`` and ``item_index.json`` into its
-    directory (atomically; an older index is replaced). ``ef_search`` None: the smallest of 128, 256, … 4096
-    whose recall@10 on the sampled users reaches 0.95. Returns what ``item_index.json`` holds."""
+    directory (atomically; an older index is replaced). ``kind``: ``ivf`` or ``hnsw``. ``effort`` (IVF nprobe or
+    HNSW efSearch) None: the smallest of 1, 2, 4 … cells (IVF) or 128, 256, … 4096 (HNSW) whose recall@10 on
+    the sampled users reaches 0.95. Returns what ``item_index.json`` holds."""
     faiss = faiss_module(*RETRIEVAL_NEEDS)
     users, items = dot_product_tables(run.model)
     indexed = np.ones(items.shape[0], dtype=bool)
@@ -221,17 +233,25 @@ def build_item_index(run: LoadedRun, ef_search: int | None = None, seed: int = 0
     if ids.size == 0:
         raise ModalrecError(f"{run.path}: {run.model.name} can score none of the items: nothing to index")
     start = time.perf_counter()
-    index = build_mips_index(items[torch.from_numpy(ids)], ids)
+    index = build_mips_index(items[torch.from_numpy(ids)], ids, kind)
     build_seconds = time.perf_counter() - start
-    idx = ItemIndex(index, users, items, indexed, {}, ef_search or 0)
+    idx = ItemIndex(index, users, items, indexed, {}, effort or 0)
     sample = _recall_users(run, seed)
     start = time.perf_counter()
     recall_at = _measure_recall(idx, run, sample)
-    if ef_search is None:
-        chosen, tried = tune_ef_search(recall_at)
-        rule = f"auto: the smallest of 128*2^i (at most 4096) reaching recall@{RECALL_K} {RECALL_TARGET}"
+    first, last = search_effort_range(index)
+    name = "nprobe" if kind == "ivf" else "efSearch"
+    if effort is None:
+        chosen, tried = tune_search_effort(recall_at, start=first, limit=last)
+        rule = f"auto: the smallest {name} of {first}*2^i (at most {last}) reaching recall@{RECALL_K} {RECALL_TARGET}"
     else:
-        chosen, tried, rule = ef_search, {ef_search: recall_at(ef_search)}, "given (--ef-search)"
+        chosen, tried, rule = effort, {effort: recall_at(effort)}, "given (--effort)"
+    if kind == "ivf":
+        params = {"nlist": int(index.nlist), "train_rows_per_list": IVF_TRAIN_PER_LIST, "metric": "inner product"}
+        search = "inner product: the nprobe cells whose centroids score highest, scanned exactly"
+    else:
+        params = {"M": HNSW_NEIGHBOURS, "ef_construction": HNSW_EF_CONSTRUCTION}
+        search = "maximum inner product through L2: items [v, sqrt(M^2 - |v|^2)], queries [u, 0]"
     data = index_to_bytes(index)
     info = {
         "format": INDEX_FORMAT,
@@ -243,9 +263,11 @@ def build_item_index(run: LoadedRun, ef_search: int | None = None, seed: int = 0
         "n_items": int(items.shape[0]),
         "left_out": int(items.shape[0] - ids.size),
         "dim": int(items.shape[1]),
-        "search": "maximum inner product through L2: items [v, sqrt(M^2 - |v|^2)], queries [u, 0]",
+        "kind": kind,
+        "search": search,
         "max_norm": float(items[torch.from_numpy(ids)].norm(dim=1).max()),
-        "hnsw": {"M": HNSW_NEIGHBOURS, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": chosen, "rule": rule},
+        kind: params,
+        "search_effort": {"name": name, "value": chosen, "rule": rule},
         "build_seconds": round(build_seconds, 3),
         "build_threads": 1,
         "recall": {
@@ -253,7 +275,7 @@ def build_item_index(run: LoadedRun, ef_search: int | None = None, seed: int = 0
             "recall": round(tried[chosen], 4),
             "users": int(sample.size),
             "seed": seed,
-            "by_ef_search": {str(ef): round(r, 4) for ef, r in tried.items()},
+            "by_effort": {str(ef): round(r, 4) for ef, r in tried.items()},
             "candidates": f"max({MIN_CANDIDATES}, 10*k) + the user's excluded items, re-ranked exactly",
             "seconds": round(time.perf_counter() - start, 3),
         },
@@ -310,10 +332,10 @@ def open_item_index(run: LoadedRun) -> ItemIndex:
     if len(data) != info.get("index_bytes") or hashlib.sha256(data).hexdigest() != info.get("index_sha256"):
         raise _rebuild(run.path, f"{INDEX_FILE} does not match {INDEX_INFO} (damaged or replaced)")
     index = index_from_bytes(data)
-    if index.ntotal != info.get("items") or index.d != items.shape[1] + 1:
-        raise _rebuild(run.path, f"{INDEX_FILE} holds {index.ntotal} vectors of {index.d} dims, not the run's")
+    if index.ntotal != info.get("items") or index_dim(index) != items.shape[1] or index_kind(index) != info["kind"]:
+        raise _rebuild(run.path, f"{INDEX_FILE} holds {index.ntotal} vectors of {index_dim(index)} dims, not the run's")
     indexed = np.ones(items.shape[0], dtype=bool)
     unscorable = unscorable_items(run.model, run.dataset)
     if unscorable is not None:
         indexed[unscorable.numpy()] = False
-    return ItemIndex(index, users, items, indexed, info, int(info["hnsw"]["ef_search"]))
+    return ItemIndex(index, users, items, indexed, info, int(info["search_effort"]["value"]))

@@ -308,13 +308,21 @@ def evaluate_cmd(
 def index_cmd(
     run: Path,
     data: Annotated[Path | None, typer.Option(help="The run's dataset folder, if it moved.")] = None,
-    ef_search: Annotated[
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="ivf: an inner-product inverted file (k-means cells, the best nprobe scanned exactly); hnsw: an "
+            "HNSW graph over the items turned into an L2 search (docs/scale.md#ann-retrieval).",
+        ),
+    ] = "ivf",
+    effort: Annotated[
         int | None,
         typer.Option(
+            "--effort",
             "--ef-search",
             min=1,
-            help="HNSW efSearch of queries (default: the smallest of 128, 256, … 4096 whose recall@10 against "
-            "exact ranking reaches 0.95 on 1,000 sampled users).",
+            help="Search breadth of queries: IVF nprobe or HNSW efSearch (default: the smallest of 1, 2, 4 … "
+            "cells or 128, 256, … 4096 whose recall@10 against exact ranking reaches 0.95 on 1,000 sampled users).",
             show_default=False,
         ),
     ] = None,
@@ -326,16 +334,20 @@ def index_cmd(
     from modalrec.run_index import INDEX_FILE, INDEX_INFO, build_item_index
     from modalrec.run_load import load_run
 
-    info = build_item_index(load_run(run, data_dir=data, model=model), ef_search)
-    r, h = info["recall"], info["hnsw"]
+    info = build_item_index(load_run(run, data_dir=data, model=model), effort, kind=kind)
+    r, e = info["recall"], info["search_effort"]
     left = f" ({info['left_out']:,} unscorable cold items left out)" if info["left_out"] else ""
+    if info["kind"] == "ivf":
+        how = f"IVF {info['ivf']['nlist']:,} cells (inner product)"
+    else:
+        how = f"HNSW M {info['hnsw']['M']} efConstruction {info['hnsw']['ef_construction']}"
     out = console()
     out.print(
-        f"item index: {info['items']:,} items × {info['dim']} dims{left}, HNSW M {h['M']} efConstruction "
-        f"{h['ef_construction']}, built in {info['build_seconds']:.2f} s on one thread"
+        f"item index: {info['items']:,} items × {info['dim']} dims{left}, {how}, built in "
+        f"{info['build_seconds']:.2f} s on one thread"
     )
     out.print(
-        f"efSearch {h['ef_search']}: recall@{r['k']} {r['recall']:.3f} against exact ranking on {r['users']:,} "
+        f"{e['name']} {e['value']}: recall@{r['k']} {r['recall']:.3f} against exact ranking on {r['users']:,} "
         f"sampled users ({r['candidates']})"
     )
     out.print(f"wrote {run / INDEX_FILE} ({info['index_bytes'] / 2**20:.1f} MiB) and {run / INDEX_INFO}")

@@ -41,7 +41,9 @@ class RetrievalInfo(BaseModel):
     method: str = Field(description="exact: every item scored; ann: candidates from the run's item index.")
     index: str | None = Field(default=None, description="The index file in the run directory (ann).")
     items: int | None = Field(default=None, description="Items the index holds (ann).")
-    ef_search: int | None = Field(default=None, description="HNSW efSearch of each query (ann).")
+    kind: str | None = Field(default=None, description="The index's kind: ivf or hnsw (ann).")
+    ef_search: int | None = Field(default=None, description="HNSW efSearch of each query (ann, hnsw).")
+    nprobe: int | None = Field(default=None, description="IVF cells each query scans (ann, ivf).")
     candidates: str | None = Field(default=None, description="How many candidates a request re-ranks (ann).")
     recall_at_10: float | None = Field(
         default=None, description="Recall@10 against exact ranking measured when the index was built (ann)."
