@@ -1,0 +1,239 @@
+"""A model's training epoch against the arithmetic it needs: counted FLOPs at this machine's GEMM rate.
+
+    python benchmarks/epoch_limit.py --models LightGCN,MARIO,MeAIM --shape baby \
+        --out benchmarks/logs/epoch_limit_baby.json
+    python benchmarks/epoch_limit.py --models "MARIO:graph_refresh=epoch" --large ...
+
+For each model (``NAME`` or ``NAME:key=value,key=value`` for a setting), on a synthetic set of the named
+shape (``modalrec.data.synth.SHAPES``), through the same model code ``modalrec train`` runs:
+
+* **FLOPs per step**, counted while one training step runs (forward, backward and the model's own
+  per-step work, e.g. MARIO's learned graphs with ``graph_refresh: forward``): every dense matrix
+  product (``mm``, ``addmm``, ``bmm``, ``baddbmm``: 2·m·n·k) and every sparse–dense product
+  (2·nnz·n), split by operator. Element-wise work, ``topk``, sorting and sparse-graph assembly are
+  not counted: they are the overhead a limit leaves out. Per-epoch work outside the steps
+  (``pre_epoch``, e.g. MARIO's graphs with ``graph_refresh: epoch``) is counted once.
+* **The limit**: the epoch's FLOPs (steps × FLOPs per step + per-epoch FLOPs) at the machine's
+  dense GEMM rate, measured here on a 2048³ float32 product with the same thread count — the time
+  the arithmetic of the model's equations would take if every FLOP ran as fast as a large GEMM.
+* **The epoch**: one timed epoch (after ``--warmup`` steps), Adam as ``modalrec train`` uses it,
+  and its ratio to the limit; plus the operators that took the most time in a profiled run of
+  ``--profile-steps`` steps (torch.profiler, self CPU time).
+
+``--large`` applies the large-data mode (``large_data: always``: 64 steps per epoch and the
+model's ``large_data_settings``) as ``modalrec train`` would. The JSON (``--out``) records the
+machine, the versions and the load average at the start: the figures mean something only on an
+otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from modalrec.config import parse_overrides, resolve_config
+from modalrec.data.synth import SHAPES, synthetic_dataset
+from modalrec.models import resolve_model
+from modalrec.models.base import Batch
+from modalrec.runs import prepare_model
+from modalrec.training import NegativeSampler
+from modalrec.training.large_data import apply_large_data_mode
+
+aten = torch.ops.aten
+DENSE = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+
+
+def _is_sparse(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.layout != torch.strided
+
+
+def _nnz(t: torch.Tensor) -> int:
+    return int(t._nnz()) if t.layout == torch.sparse_coo else int(t.values().numel())
+
+
+class FlopCount(TorchDispatchMode):
+    """Counts the FLOPs of dense and sparse–dense matrix products run under it, by operator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_op: dict[str, float] = defaultdict(float)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = func.overloadpacket.__name__
+        mats = [a for a in args if isinstance(a, torch.Tensor)]
+        if any(_is_sparse(a) for a in mats):
+            sparse = next(a for a in mats if _is_sparse(a))
+            dense = [a for a in mats if not _is_sparse(a) and a.dim() == 2]
+            if dense and name in ("mm", "addmm", "_sparse_mm", "_sparse_addmm", "_sparse_csr_mm"):
+                self.by_op[f"sparse {name}"] += 2.0 * _nnz(sparse) * dense[-1].shape[1]
+        elif func in DENSE:
+            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+            batch = a.shape[0] if a.dim() == 3 else 1
+            self.by_op[name] += 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+        return out
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.by_op.values()))
+
+
+def gemm_rate(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n³ float32 product on ``threads`` threads (the best of ``repeats``)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:key=value,key=value`` → (name, overrides)."""
+    name, _, sets = spec.partition(":")
+    return name.strip(), parse_overrides([s for s in sets.split(",") if s.strip()])
+
+
+def shape_dataset(shape: str, factor: float):
+    """The synthetic set of ``shape`` with its users and items scaled by ``factor`` (1: the shape itself)."""
+    if factor == 1:
+        return synthetic_dataset(shape)
+    base = SHAPES[shape]
+    n_users, n_items = max(20, round(base["n_users"] * factor)), max(20, round(base["n_items"] * factor))
+    return synthetic_dataset(shape, n_users=n_users, n_items=n_items)
+
+
+def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dict[str, Any]:
+    name, overrides = parse_model(spec)
+    ds = shape_dataset(shape, args.factor)
+    cls = resolve_model(name)
+    if large:
+        overrides = {**overrides, "large_data": "always"}
+    config = apply_large_data_mode(resolve_config(cls, ds.name, overrides), ds, cls)
+    model, config, _ = prepare_model(cls, ds, device="cpu", cache_dir=False, config=config)
+    opt = torch.optim.Adam(model.parameters(), lr=float(config.learning_rate), weight_decay=float(config.weight_decay))
+    u, i = ds.split("train")
+    batch_size = int(config.train_batch_size)
+    steps = math.ceil(len(u) / batch_size)
+
+    def batches(seed: int):
+        sampler = NegativeSampler(u, i, ds.n_items, np.random.default_rng(seed))
+        for bu, bp, bn in sampler.epoch(batch_size):
+            yield Batch(*(torch.from_numpy(a) for a in (bu, bp, bn)))
+
+    def step(batch: Batch) -> None:
+        opt.zero_grad(set_to_none=True)
+        model.loss(batch).backward()
+        opt.step()
+
+    model.train()
+    per_epoch = FlopCount()
+    with per_epoch:
+        model.pre_epoch(0)
+    per_step = FlopCount()
+    first = next(batches(0))
+    with per_step:
+        step(first)
+    warm = batches(1)
+    for _ in range(args.warmup):
+        step(next(warm))
+    start = time.perf_counter()
+    model.pre_epoch(1)
+    for batch in batches(2):
+        step(batch)
+    epoch_seconds = time.perf_counter() - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for n, batch in enumerate(batches(3)):
+            if n >= args.profile_steps:
+                break
+            step(batch)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_self = sum(e.self_cpu_time_total for e in events) or 1.0
+    flops = steps * per_step.total + per_epoch.total
+    limit = flops / args.rate
+    row = {
+        "model": name,
+        "overrides": {k: v for k, v in overrides.items() if k != "large_data"},
+        "large_data": large,
+        "shape": shape,
+        "factor": args.factor,
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "train_interactions": int(len(u)),
+        "batch_size": batch_size,
+        "steps": steps,
+        "gflop_per_step": round(per_step.total / 1e9, 3),
+        "gflop_per_step_by_op": {k: round(v / 1e9, 3) for k, v in sorted(per_step.by_op.items())},
+        "gflop_per_epoch_outside_steps": round(per_epoch.total / 1e9, 3),
+        "gflop_per_epoch": round(flops / 1e9, 2),
+        "limit_seconds": round(limit, 3),
+        "epoch_seconds": round(epoch_seconds, 3),
+        "epoch_over_limit": round(epoch_seconds / limit, 2) if limit > 0 else None,
+        "profile_steps": args.profile_steps,
+        "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / total_self, 3) for e in events[: args.top_ops]},
+    }
+    print(
+        f"{spec}{' (large-data mode)' if large else ''} on {shape}: {steps} steps of {batch_size}, "
+        f"{row['gflop_per_epoch']:.1f} GFLOP/epoch → limit {limit:.2f} s; epoch {epoch_seconds:.2f} s "
+        f"({row['epoch_over_limit']}× the limit)",
+        flush=True,
+    )
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="LightGCN,MARIO,MeAIM", help="NAME or NAME:key=value,… separated by ';'")
+    ap.add_argument("--shape", default="baby", help=f"One of {', '.join(SHAPES)}.")
+    ap.add_argument("--factor", type=float, default=1.0, help="Scale the shape's users and items (tests: 0.05).")
+    ap.add_argument("--large", action="store_true", help="Apply the large-data mode (large_data: always).")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--warmup", type=int, default=2, help="Steps run before the timed epoch.")
+    ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--top-ops", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.shape not in SHAPES or args.factor <= 0:
+        sys.exit(f"--shape: one of {', '.join(SHAPES)}; --factor > 0")
+    specs = [s for s in (args.models.split(";") if ";" in args.models else args.models.split(",")) if s.strip()]
+    if not specs:
+        sys.exit("--models: give at least one model")
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    args.rate = gemm_rate(args.threads)
+    print(f"dense GEMM rate: {args.rate / 1e9:.1f} GFLOP/s on {args.threads} thread(s); load average {load}")
+    rows = [measure(spec, args.shape, args.large, args) for spec in specs]
+    result = {
+        "script": "benchmarks/epoch_limit.py",
+        "command": " ".join(["benchmarks/epoch_limit.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "load": load},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "threads": args.threads,
+        "gemm_gflops": round(args.rate / 1e9, 1),
+        "rows": rows,
+    }
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
