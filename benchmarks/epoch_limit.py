@@ -29,6 +29,7 @@ otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -110,6 +111,7 @@ def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), parse_overrides([s for s in sets.split(",") if s.strip()])
 
 
+@functools.lru_cache(maxsize=1)
 def shape_dataset(shape: str, factor: float):
     """The synthetic set of ``shape`` with its users and items scaled by ``factor`` (1: the shape itself)."""
     if factor == 1:

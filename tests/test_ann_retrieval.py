@@ -194,6 +194,19 @@ def test_an_hnsw_index_is_built_and_served_on_request(bpr_run, tmp_path):
     assert_one_line_error(invoke("index", run, "--kind", "flat"), "index kind 'flat': choose from hnsw, ivf")
 
 
+def test_index_warns_when_it_cannot_serve_well():
+    from modalrec.cli.run_cmds import index_warning
+
+    def info(kind: str, recall: float, effort: int, nlist: int = 100) -> dict:
+        name = "nprobe" if kind == "ivf" else "efSearch"
+        return {"kind": kind, "ivf": {"nlist": nlist}, "recall": {"k": 10, "recall": recall},
+                "search_effort": {"name": name, "value": effort}}  # fmt: skip
+
+    assert index_warning(info("ivf", 0.99, 8)) is None and index_warning(info("hnsw", 0.96, 512)) is None
+    assert "scans 64 of its 100 cells" in index_warning(info("ivf", 0.97, 64))
+    assert "below 0.95 even at efSearch 4096" in index_warning(info("hnsw", 0.36, 4096))
+
+
 def test_recommend_ann_equals_exact_with_the_retrieval_field(bpr_run):
     run = load_run(bpr_run)
     for user in USERS:

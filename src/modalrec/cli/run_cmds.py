@@ -351,6 +351,29 @@ def index_cmd(
         f"sampled users ({r['candidates']})"
     )
     out.print(f"wrote {run / INDEX_FILE} ({info['index_bytes'] / 2**20:.1f} MiB) and {run / INDEX_INFO}")
+    warning = index_warning(info)
+    if warning:
+        out.print(f"warning: {warning}")
+
+
+def index_warning(info: dict) -> str | None:
+    """A line when the index built cannot serve well: it misses the recall target, or an IVF index must scan half
+    of its cells or more to reach it (the items have little cluster structure; exact ranking is then as fast)."""
+    from modalrec.ann import RECALL_TARGET
+
+    r, e = info["recall"], info["search_effort"]
+    if r["recall"] < RECALL_TARGET:
+        return (
+            f"recall@{r['k']} {r['recall']:.3f} is below {RECALL_TARGET} even at {e['name']} {e['value']}: --ann lists "
+            "will miss items that exact ranking finds"
+        )
+    if info["kind"] == "ivf" and e["value"] * 2 >= info["ivf"]["nlist"]:
+        return (
+            f"the index scans {e['value']:,} of its {info['ivf']['nlist']:,} cells per request to reach recall "
+            f"{RECALL_TARGET}: this item table has little cluster structure, and exact ranking (without --ann) is "
+            "about as fast"
+        )
+    return None
 
 
 AnnOption = Annotated[
