@@ -195,7 +195,7 @@ def test_an_hnsw_index_is_built_and_served_on_request(bpr_run, tmp_path):
 
 
 def test_index_warns_when_it_cannot_serve_well():
-    from modalrec.cli.run_cmds import index_warning
+    from modalrec.run_index import index_warning
 
     def info(kind: str, recall: float, effort: int, nlist: int = 100) -> dict:
         name = "nprobe" if kind == "ivf" else "efSearch"
@@ -205,6 +205,43 @@ def test_index_warns_when_it_cannot_serve_well():
     assert index_warning(info("ivf", 0.99, 8)) is None and index_warning(info("hnsw", 0.96, 512)) is None
     assert "scans 64 of its 100 cells" in index_warning(info("ivf", 0.97, 64))
     assert "below 0.95 even at efSearch 4096" in index_warning(info("hnsw", 0.36, 4096))
+
+
+def test_without_ann_or_exact_the_index_is_used_from_a_size_and_when_it_serves_well(bpr_run, tmp_path, monkeypatch):
+    import modalrec.run_index as run_index
+
+    run = tmp_path / "auto"
+    shutil.copytree(bpr_run, run)  # its index: ivf, 2 cells, nprobe 1 (half the cells: no better than exact)
+    assert invoke("index", run, "--kind", "hnsw").exit_code == 0  # recall 1.0, no warning
+
+    def ask(*flags: str) -> tuple[dict, str]:
+        res = invoke("recommend", run, "--user", 3, "-k", 5, *flags)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout), res.stderr
+
+    exact, note = ask()  # 100 items < 100,000: exact, nothing said
+    assert "retrieval" not in exact and note == ""
+    monkeypatch.setattr(run_index, "ANN_AUTO_FROM_ITEMS", 50)
+    auto, note = ask()
+    assert auto["retrieval"]["method"] == "ann" and "ranking through the run's hnsw item index" in note
+    assert [x["item"] for x in auto["items"]] == [x["item"] for x in exact["items"]]
+    assert "retrieval" not in ask("--exact")[0] and ask("--ann")[0]["retrieval"]["method"] == "ann"
+    served = TestClient(create_app(run)).get("/info").json()["retrieval"]
+    assert served["method"] == "ann" and served["kind"] == "hnsw"
+    assert TestClient(create_app(run, ann=False)).get("/info").json()["retrieval"]["method"] == "exact"
+
+    assert invoke("index", run).exit_code == 0  # ivf scanning half its cells: exact, and said why
+    out, note = ask()
+    assert "retrieval" not in out and "ranking exactly: the index scans 1 of its 2 cells" in note
+    assert ask("--ann")[0]["retrieval"]["method"] == "ann"  # asked for: used all the same
+
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    key = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 0.01
+    torch.save(ckpt, run / "model.pt")
+    out, note = ask()  # a stale index is noted and not used; --ann refuses it
+    assert "retrieval" not in out and "ranking exactly" in note and "stale" in note
+    assert_one_line_error(invoke("recommend", run, "--user", 3, "--ann"), "item index is stale")
 
 
 def test_recommend_ann_equals_exact_with_the_retrieval_field(bpr_run):

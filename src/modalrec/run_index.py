@@ -62,6 +62,7 @@ INDEX_INFO = "item_index.json"
 INDEX_FORMAT = "modalrec-item-index"
 INDEX_VERSION = 2  # 2: the kind (hnsw or ivf) and its search effort; version 1 indexes are rebuilt
 DEFAULT_INDEX_KIND = "ivf"  # measured against hnsw in benchmarks/logs/ann_retrieval.json
+ANN_AUTO_FROM_ITEMS = 100_000  # without --ann/--exact, a run's index is used from this many indexed items
 RECALL_USERS = 1000  # users sampled (seeded) to measure the index's recall@10 against exact ranking
 RECALL_K = 10
 MIN_CANDIDATES = 100
@@ -339,3 +340,57 @@ def open_item_index(run: LoadedRun) -> ItemIndex:
     if unscorable is not None:
         indexed[unscorable.numpy()] = False
     return ItemIndex(index, users, items, indexed, info, int(info["search_effort"]["value"]))
+
+
+def index_warning(info: dict[str, Any]) -> str | None:
+    """Why an index as built cannot serve well, or None: it misses the recall target, or an IVF index must scan
+    half of its cells or more to reach it (the items have little cluster structure; exact ranking is then as
+    fast)."""
+    r, e = info["recall"], info["search_effort"]
+    if r["recall"] < RECALL_TARGET:
+        return (
+            f"recall@{r['k']} {r['recall']:.3f} is below {RECALL_TARGET} even at {e['name']} {e['value']}: --ann lists "
+            "will miss items that exact ranking finds"
+        )
+    if info["kind"] == "ivf" and e["value"] * 2 >= info["ivf"]["nlist"]:
+        return (
+            f"the index scans {e['value']:,} of its {info['ivf']['nlist']:,} cells per request to reach recall "
+            f"{RECALL_TARGET}: this item table has little cluster structure, and exact ranking (without --ann) is "
+            "about as fast"
+        )
+    return None
+
+
+def choose_item_index(run: LoadedRun, ann: bool | None) -> tuple[ItemIndex | None, str | None]:
+    """The item index requests go through, or None for exact ranking, and a note to show (or None).
+
+    ``ann`` True: the run's index (a one-line error when it cannot be used); False: exact. None (the default):
+    the index when the run has one built, for a dot-product model, holding at least
+    :data:`ANN_AUTO_FROM_ITEMS` items, fresh, and without an :func:`index_warning`; exact otherwise — below that
+    size a request's GEMV costs about a millisecond and exact needs no index. A stale or damaged index is then
+    noted, not used.
+    """
+    if ann is not None:
+        return (open_item_index(run) if ann else None), None
+    info_path = run.path / INDEX_INFO
+    if not info_path.is_file():
+        return None, None
+    try:
+        info = json.loads(info_path.read_text())
+        items = int(info["items"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{info_path} cannot be read: ranking exactly (rebuild it with `modalrec index {run.path}`)"
+    if items < ANN_AUTO_FROM_ITEMS:
+        return None, None
+    try:
+        index = open_item_index(run)
+    except ModalrecError as exc:
+        return None, f"ranking exactly: {exc}"
+    warning = index_warning(index.info)
+    if warning is not None:
+        return None, f"ranking exactly: {warning}"
+    kind = index.info["kind"]
+    return index, (
+        f"ranking through the run's {kind} item index ({items:,} items, recall@{RECALL_K} "
+        f"{index.info['recall']['recall']:.3f} when built); --exact scores every item"
+    )

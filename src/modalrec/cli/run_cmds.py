@@ -22,7 +22,7 @@ from modalrec.cli.options import (
     set_option,
     split_list,
 )
-from modalrec.cli.output import console, handle_errors
+from modalrec.cli.output import console, err_console, handle_errors
 from modalrec.errors import ModalrecError
 from modalrec.threads import THREADS_ENV, configure_threads, resolve_threads
 
@@ -331,7 +331,7 @@ def index_cmd(
 ) -> None:
     """Build the approximate item index of a dot-product run (item_index.faiss) for recommend/serve --ann."""
     configure_threads(threads)
-    from modalrec.run_index import INDEX_FILE, INDEX_INFO, build_item_index
+    from modalrec.run_index import INDEX_FILE, INDEX_INFO, build_item_index, index_warning
     from modalrec.run_load import load_run
 
     info = build_item_index(load_run(run, data_dir=data, model=model), effort, kind=kind)
@@ -356,32 +356,14 @@ def index_cmd(
         out.print(f"warning: {warning}")
 
 
-def index_warning(info: dict) -> str | None:
-    """A line when the index built cannot serve well: it misses the recall target, or an IVF index must scan half
-    of its cells or more to reach it (the items have little cluster structure; exact ranking is then as fast)."""
-    from modalrec.ann import RECALL_TARGET
-
-    r, e = info["recall"], info["search_effort"]
-    if r["recall"] < RECALL_TARGET:
-        return (
-            f"recall@{r['k']} {r['recall']:.3f} is below {RECALL_TARGET} even at {e['name']} {e['value']}: --ann lists "
-            "will miss items that exact ranking finds"
-        )
-    if info["kind"] == "ivf" and e["value"] * 2 >= info["ivf"]["nlist"]:
-        return (
-            f"the index scans {e['value']:,} of its {info['ivf']['nlist']:,} cells per request to reach recall "
-            f"{RECALL_TARGET}: this item table has little cluster structure, and exact ranking (without --ann) is "
-            "about as fast"
-        )
-    return None
-
-
 AnnOption = Annotated[
-    bool,
+    bool | None,
     typer.Option(
-        "--ann",
-        help="Take candidates from the run's item index (`modalrec index RUN`) and re-rank them exactly; "
-        "dot-product models only (default: exact ranking of every item).",
+        "--ann/--exact",
+        help="--ann: take candidates from the run's item index (`modalrec index RUN`) and re-rank them exactly "
+        "(dot-product models only); --exact: score every item. Default: the index when the run has one that "
+        "holds at least 100,000 items and met its recall check when built, else exact.",
+        show_default=False,
     ),
 ]
 
@@ -396,18 +378,19 @@ def recommend_cmd(
     device: RunDeviceOption = "cpu",
     threads: ThreadsOption = None,
     model: RunModelOption = None,
-    ann: AnnOption = False,
+    ann: AnnOption = None,
 ) -> None:
     """Top-k recommendations of one user as JSON on stdout."""
     configure_threads(threads)
     from modalrec.run_load import load_run, recommend
 
     loaded = load_run(run, device, model=model)
-    retrieve = None
-    if ann:
-        from modalrec.run_index import open_item_index
+    from modalrec.run_index import choose_item_index
 
-        retrieve = open_item_index(loaded).retrieve
+    index, note = choose_item_index(loaded, ann)
+    if note:
+        err_console.print(f"note: {note}")
+    retrieve = index.retrieve if index is not None else None
     result = recommend(loaded, user, k, explain, not include_seen, retrieve=retrieve)
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
@@ -424,7 +407,7 @@ def serve_cmd(
         ),
     ] = None,
     model: RunModelOption = None,
-    ann: AnnOption = False,
+    ann: AnnOption = None,
 ) -> None:
     """Serve a trained run: JSON API (/docs) and a web page at / (refuses to start on a bad run)."""
     from modalrec.serve import serve

@@ -48,14 +48,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
 
 
 def create_app(
-    run_dir: str | Path | None = None, engine: Engine | None = None, model: str | None = None, ann: bool = False
+    run_dir: str | Path | None = None, engine: Engine | None = None, model: str | None = None, ann: bool | None = None
 ) -> FastAPI:
     """Build the app for one run directory (loaded and precomputed here, once).
 
     Raises :class:`~modalrec.errors.RunError` with a one-line reason when the run
     directory is missing or corrupt — before any server starts. Pass ``engine`` to reuse
     an already loaded one (tests). ``model`` (a spec) replaces the model the run recorded.
-    ``ann``: training users' lists come from the run's item index (``modalrec index RUN``).
+    ``ann`` True / False / None: through the run's item index (``modalrec index RUN``), exactly, or as
+    :func:`~modalrec.run_index.choose_item_index` decides.
     """
     if engine is None:
         if run_dir is None:
@@ -210,15 +211,16 @@ def serve(
     log_level: str = "warning",
     threads: int = 1,
     model: str | None = None,
-    ann: bool = False,
+    ann: bool | None = None,
 ) -> None:
     """Load ``run_dir`` (refusing to start on a bad one) and serve it with uvicorn until interrupted.
 
     The port is bound first and the "serving …" line printed only once it is ours, so a busy
     port fails with one line and no false announcement. A request is one user's GEMV and
     top-k, far too small for intra-op parallelism, so torch runs ``threads`` (default 1)
-    threads; concurrency comes from the event loop. ``ann``: serve training users' lists from
-    the run's item index (candidates re-ranked exactly).
+    threads; concurrency comes from the event loop. ``ann`` True: serve training users' lists from
+    the run's item index (candidates re-ranked exactly); False: exactly; None: through the index where
+    :func:`~modalrec.run_index.choose_item_index` takes it (the line it prints says so).
     """
     import torch
     import uvicorn
@@ -227,6 +229,9 @@ def serve(
     sock = bind_socket(host, port)
     try:
         app = create_app(run_dir, model=model, ann=ann)
+        note = app.state.engine.retrieval_note
+        if note:
+            print(f"note: {note}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
         print(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs)", flush=True)
         server.run(sockets=[sock])

@@ -43,7 +43,7 @@ from modalrec.recommendation import (
     training_items,
     unscorable_items,
 )
-from modalrec.run_index import ItemIndex, open_item_index
+from modalrec.run_index import ItemIndex, choose_item_index
 from modalrec.run_load import LoadedRun, load_run
 from modalrec.serve.foldin import FoldIn, dot_tables
 
@@ -66,9 +66,11 @@ def open_run(run_dir: str | Path, data_dir: str | Path | None = None, model: str
 class Engine:
     """A run loaded for serving; every public method returns JSON-ready dicts."""
 
-    def __init__(self, run: LoadedRun, ann: bool = False) -> None:
-        """Precompute what ranking needs; ``ann``: training users' lists come from the run's item index
-        (one-line error when the model is not a dot product or the index is missing or stale)."""
+    def __init__(self, run: LoadedRun, ann: bool | None = None) -> None:
+        """Precompute what ranking needs; ``ann`` True: training users' lists come from the run's item index
+        (one-line error when the model is not a dot product or the index is missing or stale); False: exact;
+        None: the index where :func:`~modalrec.run_index.choose_item_index` takes it, else exact
+        (:attr:`retrieval_note` says which and why)."""
         self.run = run
         self.model = model = run.model
         self.dataset = ds = run.dataset
@@ -96,14 +98,15 @@ class Engine:
         self.unscorable = unscorable_items(model, ds)
         self.explanation_parts = list(probe.parts) if probe is not None else []
         self.explanation_kind = probe.kind if probe is not None else None
-        self.index: ItemIndex | None = None
-        if ann:  # after the precompute: the index re-ranks with the cached tables (no second copy)
-            with frozen_cache(model):
-                self.index = open_item_index(run)
+        # after the precompute: the index re-ranks with the cached tables (no second copy)
+        self.index: ItemIndex | None
+        self.retrieval_note: str | None  # why requests go through the index or not (None: nothing to say)
+        with frozen_cache(model):
+            self.index, self.retrieval_note = choose_item_index(run, ann)
 
     @classmethod
     def from_run_dir(
-        cls, run_dir: str | Path, data_dir: str | Path | None = None, model: str | None = None, ann: bool = False
+        cls, run_dir: str | Path, data_dir: str | Path | None = None, model: str | None = None, ann: bool | None = None
     ) -> Engine:
         """Load ``run_dir`` and precompute (``ann``: open its item index); raises a one-line error."""
         run = open_run(run_dir, data_dir, model)
