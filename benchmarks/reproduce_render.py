@@ -397,7 +397,7 @@ def peer_time_table() -> list[str]:
         + (f"; modalrec code {info['modalrec_code']}" if info.get("modalrec_code") else "")
         + "). "
         "Cornac trains its fixed 400 epochs; modalrec trains until early stopping, evaluating validation "
-        "every epoch (included in its time):",
+        "every epoch unless the row says otherwise (included in its time):",
         "",
         "| size | toolbox | seeds | test Recall@20 | wall seconds (mean ± sample std) | × Cornac's time |",
         "|---:|---|---:|---:|---:|---:|",
