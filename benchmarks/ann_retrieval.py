@@ -27,15 +27,14 @@ idle machine; the output says how loaded it was (load average) when it started.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_record import machine_record, versions_record, write_record
 
 from modalrec.ann import (
     HNSW_EF_CONSTRUCTION,
@@ -186,24 +185,11 @@ def main() -> None:
     if not sizes or min(sizes) < 1 or args.queries < 1 or args.dim < 1:
         sys.exit("--items, --queries and --dim must be positive")
     faiss = faiss_module(*RETRIEVAL_NEEDS)
-    import modalrec
-
     result = {
         "script": "benchmarks/ann_retrieval.py",
         "command": " ".join(sys.argv),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "modalrec": modalrec.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "faiss": faiss.__version__,
-        },
+        "machine": machine_record(),
+        "versions": versions_record(faiss=faiss.__version__),
         "settings": {
             "hnsw": {"M": HNSW_NEIGHBOURS, "ef_construction": HNSW_EF_CONSTRUCTION, "build_threads": 1},
             "ivf": {"nlist": "round(sqrt(items))", "train_rows_per_list": IVF_TRAIN_PER_LIST, "build_threads": 1},
@@ -214,10 +200,7 @@ def main() -> None:
         },
         "results": [measure(n, c, kind, args) for n in sizes for c in clusters for kind in kinds],
     }
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_record(args.out, result)
 
 
 if __name__ == "__main__":

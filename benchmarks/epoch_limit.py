@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
-import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -42,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_record import machine_record, versions_record, write_record
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from modalrec.config import parse_overrides, resolve_config
@@ -218,23 +216,23 @@ def main(argv: list[str] | None = None) -> None:
     specs = [s for s in (args.models.split(";") if ";" in args.models else args.models.split(",")) if s.strip()]
     if not specs:
         sys.exit("--models: give at least one model")
-    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    machine = machine_record()  # the load average before this script's own work
     args.rate = gemm_rate(args.threads)
-    print(f"dense GEMM rate: {args.rate / 1e9:.1f} GFLOP/s on {args.threads} thread(s); load average {load}")
+    print(
+        f"dense GEMM rate: {args.rate / 1e9:.1f} GFLOP/s on {args.threads} thread(s); "
+        f"load average {machine['load_average']}"
+    )
     rows = [measure(spec, args.shape, args.large, args) for spec in specs]
     result = {
         "script": "benchmarks/epoch_limit.py",
         "command": " ".join(["benchmarks/epoch_limit.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "load": load},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "machine": machine,
+        "versions": versions_record(),
         "threads": args.threads,
         "gemm_gflops": round(args.rate / 1e9, 1),
         "rows": rows,
     }
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_record(args.out, result)
 
 
 if __name__ == "__main__":

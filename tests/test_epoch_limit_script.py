@@ -3,7 +3,6 @@ measures a tiny set end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "epoch_limit.py"
 
 
 def _script_module():
-    spec = importlib.util.spec_from_file_location("epoch_limit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("epoch_limit")
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
+from conftest import load_benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("serve_load", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("serve_load")
 
 
 def test_load_client_times_every_request_and_checks_the_answers(server):
