@@ -50,3 +50,16 @@ def test_the_script_measures_a_tiny_set(tmp_path):
     assert mario["overrides"] == {"graph_refresh": "epoch"} and mario["gflop_per_epoch_outside_steps"] > 0
     assert mario["epoch_over_limit"] > 0 and mario["top_ops_self_cpu_share"]
     assert (bpr["users"], bpr["items"]) == (75, 100)
+
+
+def test_the_meaim_term_count_splits_a_step(tmp_path):
+    out = tmp_path / "terms.json"
+    cmd = [sys.executable, str(SCRIPT.with_name("meaim_loss_flops.py")), "--shape", "default", "--factor", "0.05"]
+    proc = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    default, large = json.loads(out.read_text())["rows"]
+    terms = default["gflop_forward_by_term"]
+    assert set(terms) == {"representations", "pair heads", "contrastive (InfoNCE)", "KL"}
+    assert all(v > 0 for v in terms.values()) and default["gflop_whole_step"] > sum(terms.values())
+    # 100 items and 75 users: 4,096 sampled candidates cover the tables, so the mode's terms are the full ones
+    assert large["large_data"] and large["cl_candidates"] == 4096 and large["gflop_forward_by_term"] == terms
