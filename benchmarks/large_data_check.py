@@ -1,10 +1,13 @@
-"""The large-data mode's accuracy against MMRec's protocol at Baby's size: 3 seeds, paired tests over users.
+"""The large-data mode's accuracy against MMRec's protocol: 3 seeds, paired tests over users.
 
     python benchmarks/large_data_check.py --data "$MODALREC_DATA/amazon_baby" \
         --out benchmarks/logs/large_data_baby.json [--model LightGCN] [--set large_data_steps=64]
+    python benchmarks/large_data_check.py --data "$MODALREC_DATA/amazon_scientific_mm" --record scientific_mm \
+        --model MARIO --label "MARIO (modalrec default: …)" --out benchmarks/logs/large_data_scientific_mm_mario.json
 
-The default rows are the reproduction record's (``benchmarks/reproduction/record/baby``: batch 2048, no
-preset, seeds 999–1001, their per-user vectors); this trains the same model with ``large_data: always``
+The default rows are a reproduction record's (``--record``, a part of ``benchmarks/reproduction/record``:
+``baby`` by default, there batch 2048, no preset; the row ``--label``, by default the model's name; seeds
+999–1001, their per-user vectors); this trains the same model with ``large_data: always``
 (plus any ``--set``) on the same seeds through ``modalrec benchmark --executor ray`` (one thread per run,
 two runs at a time) into ``--report-dir``, then compares: per metric (Recall/NDCG @10/@20) and split
 (valid, test), each user's mean over the seeds in either mode, a paired t-test over users, and the
@@ -25,16 +28,19 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORD = ROOT / "benchmarks" / "reproduction" / "record" / "baby"
+RECORDS = ROOT / "benchmarks" / "reproduction" / "record"
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 SEEDS = (999, 1000, 1001)
 
 
-def recorded_runs(model: str) -> dict[int, Path]:
-    """Seed → run folder of the record's default row of ``model``."""
-    rows = json.loads((RECORD / "summary.json").read_text())["rows"]
-    row = next(r for r in rows if r["label"] == model)
-    return {int(r["seed"]): RECORD / r["run"] for r in row["runs"]}
+def recorded_runs(part: str, label: str) -> dict[int, Path]:
+    """Seed → run folder of the row ``label`` in the record of reproduction part ``part``."""
+    record = RECORDS / part
+    rows = json.loads((record / "summary.json").read_text())["rows"]
+    row = next((r for r in rows if r["label"] == label), None)
+    if row is None:
+        sys.exit(f"{record / 'summary.json'}: no row {label!r} (rows: {', '.join(r['label'] for r in rows)})")
+    return {int(r["seed"]): record / r["run"] for r in row["runs"]}
 
 
 def per_user(run: Path, split: str) -> dict[str, np.ndarray]:
@@ -58,10 +64,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--model", default="LightGCN")
+    ap.add_argument("--record", default="baby", help="The reproduction part whose record holds the default rows.")
+    ap.add_argument("--label", default=None, help="The default row's label in that record (default: the model).")
     ap.add_argument("--set", action="append", default=[], help="extra key=value for the large-data runs")
-    ap.add_argument("--report-dir", type=Path, default=ROOT / "reports" / "large-data-baby")
+    ap.add_argument("--report-dir", type=Path, default=None, help="default: reports/large-data-<record>")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.report_dir is None:
+        args.report_dir = ROOT / "reports" / f"large-data-{args.record}"
     sets = ["large_data=always", *args.set]
     cmd = [sys.executable, "-m", "modalrec", "benchmark", "--models", args.model, "--data", str(args.data)]
     cmd += ["--seeds", ",".join(map(str, SEEDS)), "--out", str(args.report_dir), "--executor", "ray"]
@@ -71,8 +81,14 @@ def main() -> None:
     wall = time.perf_counter() - start
     runs_dir = args.report_dir / "runs"
     large = {s: next(runs_dir.glob(f"{args.model}-*-seed{s}")) for s in SEEDS}
-    default = recorded_runs(args.model)
-    out: dict = {"model": args.model, "large_data_settings": sets, "seeds": list(SEEDS), "splits": {}}
+    default = recorded_runs(args.record, args.label or args.model)
+    out: dict = {
+        "model": args.model,
+        "default_rows": {"record": args.record, "label": args.label or args.model},
+        "large_data_settings": sets,
+        "seeds": list(SEEDS),
+        "splits": {},
+    }
     for split in ("valid", "test"):
         users_d, mean_d, seeds_d = seed_mean(default, split)
         users_l, mean_l, seeds_l = seed_mean(large, split)
