@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +93,15 @@ def train_distributed(
     gpus_per_worker: float = 0.0,
     max_failures: int = 1,
     evaluate_test: bool = True,
-    pruning: dict[str, Any] | None = None,
+    pruning: Callable[[], Callable[[int, float], bool]] | None = None,
     _fault: dict[str, int] | None = None,
 ) -> Path:
     """Train one run on ``workers`` data-parallel workers into a new run directory; returns it.
 
-    ``evaluate_test=False`` skips the test pass (a tuning trial). ``pruning`` is a ``modalrec tune`` trial's
-    spec (study, storage, trial id, pruner): worker 0 reports every validation score to that Optuna trial and,
-    when the pruner stops it, every worker stops there, the run keeps ``pruned.json`` and
-    :class:`~modalrec.training.callbacks.TrialPruned` is raised here.
+    ``evaluate_test=False`` skips the test pass (a tuning trial). ``pruning``: a picklable zero-argument factory
+    of a tuner's ``should_prune(epoch, score)`` (``modalrec tune`` passes one that reports to the trial's Optuna
+    study), built and called on worker 0 only; when it says so every worker stops at that validation, the run
+    keeps ``pruned.json`` and :class:`~modalrec.training.callbacks.TrialPruned` is raised here.
     ``_fault`` (tests only): ``{"rank": r, "epoch": e}`` makes worker r exit abruptly after epoch e, once.
     """
     check_device(device)
@@ -130,7 +131,7 @@ def train_distributed(
         "echo": not quiet,
         "fault": _fault,
         "evaluate_test": evaluate_test,
-        "pruning": _pruning_spec(pruning),
+        "pruning": pruning,
     }
     _launch(job, workers, runlog, ray_address, cpus_per_worker, gpus_per_worker, max_failures)
     pruned = run_dir / PRUNED_FILE
@@ -138,13 +139,6 @@ def train_distributed(
         at = json.loads(pruned.read_text())
         raise TrialPruned(at["epoch"], at["score"], at["evaluations"])
     return run_dir
-
-
-def _pruning_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a worker needs of a tuning trial's spec to report to its Optuna trial (nothing else travels)."""
-    if spec is None:
-        return None
-    return {key: spec[key] for key in ("study", "storage", "trial_id", "pruner", "prune")}
 
 
 def resume_distributed(
@@ -309,10 +303,8 @@ def _worker_loop(job: dict[str, Any]) -> None:
     hooks: list[Callback] = [ProgressCallback(log, False), CheckpointSchedule()]
     if job.get("fault"):
         hooks.append(_ExitOnce(parallel.rank, job["fault"], run_dir.parent / f".{run_dir.name}.fault-injected"))
-    if job["pruning"] is not None:
-        from modalrec.experiments.tune_trial import optuna_pruning_hook
-
-        hooks.append(SharedPruning(optuna_pruning_hook(job["pruning"]) if lead else None, parallel.broadcast_flag))
+    if job["pruning"] is not None:  # the tuner's decision is taken on worker 0 and broadcast
+        hooks.append(SharedPruning(job["pruning"]() if lead else None, parallel.broadcast_flag))
     trainer = Trainer(
         model, dataset, config, log=log, device=device, write_state=writer, callbacks=hooks, parallel=parallel
     )

@@ -183,8 +183,8 @@ def train_spec(
     if int(spec.get("workers", 1)) > 1:
         from modalrec.run_distributed import finished_result, train_distributed
 
-        if "on_epoch" in fit_options:  # a closure cannot reach the workers: they take the tuning spec instead
-            raise ConfigError("a trial on data-parallel workers takes pruning=<the tuning spec>, not on_epoch")
+        if "on_epoch" in fit_options:  # a closure cannot reach the workers: they take a picklable factory instead
+            raise ConfigError("a trial on data-parallel workers takes pruning=<a hook factory>, not on_epoch")
         run_dir = train_distributed(
             spec.get("model_spec") or spec["model"],
             spec["data_dir"],

@@ -7,6 +7,7 @@ trial) tells the study how the trial ended.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +54,10 @@ def run_tune_trial(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(spec["run_dir"])
     try:
         if int(spec.get("workers", 1)) > 1:
-            run_dir, result = train_spec(spec, run_dir, dataset, evaluate_test=False, pruning=spec)
+            # the workers build the hook themselves (worker 0 only): a partial of a module function pickles
+            reporting = {key: spec[key] for key in ("study", "storage", "trial_id", "pruner", "prune")}
+            hook = functools.partial(optuna_pruning_hook, reporting)
+            run_dir, result = train_spec(spec, run_dir, dataset, evaluate_test=False, pruning=hook)
             evaluations = sum("valid" in row for row in result.history)
         else:
             should_prune = optuna_pruning_hook(spec)
