@@ -180,6 +180,24 @@ def test_evaluator_block_size_does_not_change_results(hand):
     assert two.metrics == big.metrics
 
 
+def test_a_block_never_holds_more_scores_than_the_cap(hand, monkeypatch):
+    """Past MAX_BLOCK_SCORES a block takes fewer users (here: 2 users × the 6 items), with the same results."""
+    import modalrec.evaluation as evaluation
+
+    ds, model = hand
+    whole = Evaluator(ds, "test", ks=(1, 2, 4), block_size=4096).evaluate(model)
+    assert Evaluator(ds, "test", block_size=4096).block_size == 4096  # below the cap: as asked
+    monkeypatch.setattr(evaluation, "MAX_BLOCK_SCORES", 2 * ds.n_items + 1)
+    capped = Evaluator(ds, "test", ks=(1, 2, 4), block_size=4096)
+    assert capped.block_size == 2
+    model.calls.clear()
+    res = capped.evaluate(model)
+    assert model.calls == [[0, 1], [3]]
+    assert res.metrics == whole.metrics
+    monkeypatch.setattr(evaluation, "MAX_BLOCK_SCORES", 1)  # less than one user's row: one user per block
+    assert Evaluator(ds, "test", block_size=4096).block_size == 1
+
+
 def test_evaluator_per_user_vectors_follow_users_order():
     ds = hand_dataset()
     perm = torch.tensor([3, 0, 2, 1])  # swap the scores of users so the result must move with them

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from modalrec.models.base import Recommender
 
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
+# A ranking block holds block × I float32 scores; past 2^28 of them (1 GiB) the block takes fewer users, so the
+# ranking's memory stays bounded however large the catalogue (the default 4,096 users shrink from 65,537 items).
+MAX_BLOCK_SCORES = 1 << 28
 # Which items compete: warm = the usual protocol (every item; the dataset declares no cold item),
 # cold = only the split's cold items, all = every item, cold and warm (docs/protocol.md#cold-items).
 EVAL_MODES = ("warm", "cold", "all")
@@ -117,7 +120,8 @@ class Evaluator:
     """Full-ranking evaluation of one split of a dataset.
 
     ``mask_valid``: at test time also mask the users' valid items (MMRec leaves them
-    rankable; that is the default). ``block_size`` users are ranked per GEMM block.
+    rankable; that is the default). ``block_size`` users are ranked per GEMM block, fewer where a block's
+    scores would pass :data:`MAX_BLOCK_SCORES` (only catalogues above 65,536 items at the default 4,096).
     ``user_sample`` > 0 ranks only that many of the split's users, drawn once without replacement by
     ``numpy.random.default_rng(sample_seed)`` (``n_eligible_users`` counts them all); 0 ranks every user.
     ``mode`` (:data:`EVAL_MODES`, None = :func:`resolve_eval_mode`'s default): with ``cold``
@@ -146,7 +150,7 @@ class Evaluator:
         self.split = split
         self.ks = sorted(int(k) for k in ks)
         self.metrics = tuple(metrics)
-        self.block_size = block_size
+        self.block_size = max(1, min(int(block_size), MAX_BLOCK_SCORES // max(1, dataset.n_items)))
         self.device = torch.device(device)
         label = SPLIT_NAMES[split]
         self.mode = resolve_eval_mode(dataset, mode)
