@@ -146,6 +146,7 @@ def main() -> None:
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}, NumPy {numpy.__version__} "
         f"(modalrec); Cornac {versions[0] if versions else '?'} with NumPy {versions[1] if len(versions) > 1 else '?'}",
         "threads": args.threads,
+        "fast": args.fast,  # whether the speed rows were timed (--fast); paths are not recorded
         "modalrec_code": code_version(),  # which modalrec the times belong to (its sources' hash)
         "seeds": seeds,
         "data": args.data.name,
