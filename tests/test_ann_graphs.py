@@ -62,3 +62,27 @@ def test_the_exact_build_keeps_its_memory_flat():
     a = build_knn_graph(x, 5, block_size=7)
     b = build_knn_graph(x, 5)
     assert (a != b).nnz == 0  # the block size changes nothing but memory
+
+
+def test_marios_learned_graphs_follow_the_approximate_method_and_note_their_recall(syn_dir, tmp_path):
+    """With knn_method ann, MARIO's learned graphs (rebuilt from C_m) come from the HNSW index too; every
+    rebuild's recall goes into one note per modality in metrics.json, and the graphs match the exact ones."""
+    import json
+
+    from modalrec.runs import train_run
+
+    overrides = {"epochs": 2, "train_batch_size": 512, "knn_method": "ann", "graph_refresh": "epoch"}
+    run, _ = train_run("MARIO", syn_dir, overrides=overrides, out=tmp_path / "ann", quiet=True, cache_dir=False)
+    notes = json.loads((run / "metrics.json").read_text())["graph_notes"]
+    learned = [n for n in notes if n.startswith("MARIO learned graph")]
+    assert len(learned) == 2 and {n.split("(")[1].split(")")[0] for n in learned} == {"image", "text"}
+    assert all("neighbour recall@10" in n and "rebuild(s)" in n for n in learned)
+    lowest = [float(n.split("lowest ")[1].split(" ")[0]) for n in learned]
+    assert min(lowest) >= 0.9, learned
+    exact_run, _ = train_run(
+        "MARIO", syn_dir, overrides={**overrides, "knn_method": "exact"}, out=tmp_path / "exact", quiet=True,
+        cache_dir=False,
+    )  # fmt: skip
+    assert not any(
+        n.startswith("MARIO learned graph") for n in json.loads((exact_run / "metrics.json").read_text())["graph_notes"]
+    )
