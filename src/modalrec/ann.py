@@ -232,6 +232,11 @@ def index_kind(index: Any) -> str:
     return "ivf" if hasattr(index, "nprobe") else "hnsw"
 
 
+def effort_name(kind: str) -> str:
+    """What an index kind's search effort is called: ``nprobe`` (IVF) or ``efSearch`` (HNSW)."""
+    return "nprobe" if kind == "ivf" else "efSearch"
+
+
 def index_dim(index: Any) -> int:
     """The dimension of the model's item rows an index of :func:`build_mips_index` was built over."""
     return int(index.d) if index_kind(index) == "ivf" else int(index.d) - 1

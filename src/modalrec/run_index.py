@@ -41,6 +41,7 @@ from modalrec.ann import (
     RECALL_TARGET,
     RETRIEVAL_NEEDS,
     build_mips_index,
+    effort_name,
     faiss_module,
     index_dim,
     index_from_bytes,
@@ -217,6 +218,15 @@ def _measure_recall(idx: ItemIndex, run: LoadedRun, users: np.ndarray) -> Callab
     return recall_at
 
 
+def indexable_items(run: LoadedRun, n_items: int) -> np.ndarray:
+    """(n_items,) bool: the items an index of the run holds — all but the cold items an ID-only model cannot score."""
+    indexed = np.ones(n_items, dtype=bool)
+    unscorable = unscorable_items(run.model, run.dataset)
+    if unscorable is not None:
+        indexed[unscorable.numpy()] = False
+    return indexed
+
+
 def build_item_index(
     run: LoadedRun, effort: int | None = None, seed: int = 0, kind: str = DEFAULT_INDEX_KIND
 ) -> dict[str, Any]:
@@ -226,10 +236,7 @@ def build_item_index(
     the sampled users reaches 0.95. Returns what ``item_index.json`` holds."""
     faiss = faiss_module(*RETRIEVAL_NEEDS)
     users, items = dot_product_tables(run.model)
-    indexed = np.ones(items.shape[0], dtype=bool)
-    unscorable = unscorable_items(run.model, run.dataset)
-    if unscorable is not None:
-        indexed[unscorable.numpy()] = False
+    indexed = indexable_items(run, items.shape[0])
     ids = np.flatnonzero(indexed)
     if ids.size == 0:
         raise ModalrecError(f"{run.path}: {run.model.name} can score none of the items: nothing to index")
@@ -241,7 +248,7 @@ def build_item_index(
     start = time.perf_counter()
     recall_at = _measure_recall(idx, run, sample)
     first, last = search_effort_range(index)
-    name = "nprobe" if kind == "ivf" else "efSearch"
+    name = effort_name(kind)
     if effort is None:
         chosen, tried = tune_search_effort(recall_at, start=first, limit=last)
         rule = f"auto: the smallest {name} of {first}*2^i (at most {last}) reaching recall@{RECALL_K} {RECALL_TARGET}"
@@ -335,10 +342,7 @@ def open_item_index(run: LoadedRun) -> ItemIndex:
     index = index_from_bytes(data)
     if index.ntotal != info.get("items") or index_dim(index) != items.shape[1] or index_kind(index) != info["kind"]:
         raise _rebuild(run.path, f"{INDEX_FILE} holds {index.ntotal} vectors of {index_dim(index)} dims, not the run's")
-    indexed = np.ones(items.shape[0], dtype=bool)
-    unscorable = unscorable_items(run.model, run.dataset)
-    if unscorable is not None:
-        indexed[unscorable.numpy()] = False
+    indexed = indexable_items(run, items.shape[0])
     return ItemIndex(index, users, items, indexed, info, int(info["search_effort"]["value"]))
 
 
