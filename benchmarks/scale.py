@@ -5,7 +5,9 @@
 
 For each size factor f it generates (once, into ``--data-cache``) a synthetic set of Baby's shape
 × f — ``round(19,445 f)`` users, ``round(7,050 f)`` items, Baby's 8.27 interactions per user,
-image 256-d and text 128-d features (``modalrec data synth``) — and, for each model, in a fresh
+image 256-d and text 128-d features (``modalrec data synth``); a size written ``UxIxR`` is that many
+users and items with R interactions per user on average (``1000000x300000x10``: a real catalogue's
+10M interactions) — and, for each model, in a fresh
 process (so that its peak memory is its own): builds the model (graphs included), trains
 ``--epochs`` epochs through modalrec's trainer, exactly as ``modalrec train`` does (sampler, batches,
 its optimiser or closed-form step, the large-data mode where the size rule or ``--set large_data=...``
@@ -37,13 +39,49 @@ BABY = {"users": 19445, "items": 7050, "interactions_per_user": 8.27}
 MODALITIES = "image:256,text:128"
 
 
-def dataset_for(factor: float, cache: Path) -> Path:
-    users, items = round(BABY["users"] * factor), round(BABY["items"] * factor)
-    folder = cache / f"baby-x{factor:g}"
+def parse_size(token: str) -> dict:
+    """A size of the campaign: ``4`` is Baby's shape × 4 (users, items; Baby's 8.27 interactions per user);
+    ``1000000x300000x10`` is an explicit shape, users × items × mean interactions per user (a real
+    catalogue's proportions, e.g. issue #30's 1M × 300k × 10M target)."""
+    parts = token.lower().replace("×", "x").split("x")
+    try:
+        if len(parts) == 1:
+            factor = float(parts[0])
+            return {
+                "key": {"factor": factor},
+                "label": f"×{factor:g}",
+                "users": round(BABY["users"] * factor),
+                "items": round(BABY["items"] * factor),
+                "per_user": BABY["interactions_per_user"],
+                "folder": f"baby-x{factor:g}",
+            }
+        if len(parts) == 3:
+            users, items, per_user = int(parts[0]), int(parts[1]), float(parts[2])
+            shape = f"{users}x{items}x{per_user:g}"
+            return {
+                "key": {"shape": shape},
+                "label": f"{users:,} × {items:,}, {per_user:g} / user",
+                "users": users,
+                "items": items,
+                "per_user": per_user,
+                "folder": f"shape-{shape}",
+            }
+    except ValueError:
+        pass
+    raise SystemExit(f"--factors: {token!r} is neither a multiple of Baby's shape (4) nor USERSxITEMSxPER_USER")
+
+
+def row_label(row: dict) -> str:
+    """How the table names a row's size."""
+    return parse_size(row["shape"])["label"] if "shape" in row else f"×{row['factor']:g}"
+
+
+def dataset_for(size: dict, cache: Path) -> Path:
+    folder = cache / size["folder"]
     if not (folder / "synthetic.inter").exists():
-        cmd = [sys.executable, "-m", "modalrec", "data", "synth", str(folder), "--users", str(users)]
-        cmd += ["--items", str(items), "--modalities", MODALITIES]
-        cmd += ["--interactions-per-user", str(BABY["interactions_per_user"])]
+        cmd = [sys.executable, "-m", "modalrec", "data", "synth", str(folder), "--users", str(size["users"])]
+        cmd += ["--items", str(size["items"]), "--modalities", MODALITIES]
+        cmd += ["--interactions-per-user", str(size["per_user"])]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         print(f"generated {folder.name} in {time.perf_counter() - start:.0f} s", flush=True)
@@ -180,22 +218,23 @@ def run_all(args: argparse.Namespace) -> dict:
     """Measure every (model, size) not already in ``--out``; the record is rewritten after each one, so an
     interrupted campaign (hours at the larger sizes) continues where it stopped when run again."""
     cache = Path(args.data_cache)
-    factors = [float(f) for f in args.factors.split(",")]
+    sizes_asked = [parse_size(token) for token in args.factors.split(",")]
     models = args.models.split(",")
     previous = load_previous(args)
-    sizes: dict[float, tuple[Path, int]] = {}  # factor → (folder, training interactions), read once
+    sizes: dict[str, tuple[Path, int]] = {}  # data folder → (folder, training interactions), read once
     # rows of models not asked for this time stay in the record as they are
     results: dict[str, list[dict]] = {m: rows for m, rows in previous.items() if m not in models}
     results.update({m: [] for m in models})
-    for factor in factors:
+    for size in sizes_asked:
+        label = size["label"]
         for model in models:
-            done = next((r for r in previous.get(model, []) if r.get("factor") == factor and "failed" not in r), None)
+            done = next((r for r in previous.get(model, []) if is_size(r, size) and "failed" not in r), None)
             if done is not None:
                 results[model].append(done)
-                print(f"{model} ×{factor:g}: measured before, kept", flush=True)
+                print(f"{model} {label}: measured before, kept", flush=True)
                 continue
-            data, n_train = sized_dataset(factor, cache, sizes)
-            entry: dict = {"factor": factor, "load_average_before": round(os.getloadavg()[0], 2)}
+            data, n_train = sized_dataset(size, cache, sizes)
+            entry: dict = {**size["key"], "load_average_before": round(os.getloadavg()[0], 2)}
             guess = predicted_memory_mb(results[model], n_train)
             if guess is not None and guess > args.memory_limit_gb * 1024:
                 entry.update(
@@ -203,7 +242,7 @@ def run_all(args: argparse.Namespace) -> dict:
                     skipped=f"not started: predicted peak memory {guess / 1024:.1f} GB (from its two previous "
                     f"sizes) is above the {args.memory_limit_gb:g} GB limit",
                 )
-                print(f"{model} ×{factor:g}: {entry['skipped']}", flush=True)
+                print(f"{model} {label}: {entry['skipped']}", flush=True)
             else:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--one", model, "--data", str(data)]
                 cmd += ["--epochs", str(args.epochs), "--device", args.device]
@@ -212,22 +251,27 @@ def run_all(args: argparse.Namespace) -> dict:
                 if proc.returncode != 0:
                     why = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
                     entry.update(train_interactions=n_train, failed=why)
-                    print(f"{model} ×{factor:g}: failed: {why}", flush=True)
+                    print(f"{model} {label}: failed: {why}", flush=True)
                 else:
                     entry.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-                    print(f"{model} ×{factor:g}: {json.dumps(entry)}", flush=True)
+                    print(f"{model} {label}: {json.dumps(entry)}", flush=True)
             results[model].append(entry)
             save(args, results)
     return save(args, results)
 
 
-def sized_dataset(factor: float, cache: Path, sizes: dict[float, tuple[Path, int]]) -> tuple[Path, int]:
-    """The synthetic set of ``factor`` (generated on first use) and its training interactions, counted once."""
-    if factor not in sizes:
-        data = dataset_for(factor, cache)
+def is_size(row: dict, size: dict) -> bool:
+    """Whether a recorded row was measured at ``size`` (rows written before explicit shapes carry a factor)."""
+    return all(row.get(k) == v for k, v in size["key"].items())
+
+
+def sized_dataset(size: dict, cache: Path, sizes: dict[str, tuple[Path, int]]) -> tuple[Path, int]:
+    """The synthetic set of ``size`` (generated on first use) and its training interactions, counted once."""
+    if size["folder"] not in sizes:
+        data = dataset_for(size, cache)
         with (data / "synthetic.inter").open() as inter:  # x_label is the last column; 0 = train
-            sizes[factor] = data, sum(1 for line in inter if line.rstrip().endswith("\t0"))
-    return sizes[factor]
+            sizes[size["folder"]] = data, sum(1 for line in inter if line.rstrip().endswith("\t0"))
+    return sizes[size["folder"]]
 
 
 def markdown_table(record: dict) -> str:
@@ -241,10 +285,10 @@ def markdown_table(record: dict) -> str:
         for r in rows:
             if "epoch_seconds" not in r:
                 why = r.get("skipped") or f"failed: {r.get('failed')}"
-                lines.append(f"| {model} | ×{r['factor']:g} | | {r.get('train_interactions', 0):,} | {why} | | | | |")
+                lines.append(f"| {model} | {row_label(r)} | | {r.get('train_interactions', 0):,} | {why} | | | | |")
                 continue
             lines.append(
-                f"| {model} | ×{r['factor']:g} | {r['users']:,} × {r['items']:,} | {r['train_interactions']:,} | "
+                f"| {model} | {row_label(r)} | {r['users']:,} × {r['items']:,} | {r['train_interactions']:,} | "
                 f"{r.get('steps_per_epoch', '')} | {r['epoch_seconds']:.2f} | {r['valid_seconds']:.2f} | "
                 f"{r.get('test_seconds', float('nan')):.2f} | {r['peak_memory_mb'] / 1024:.2f} GB |"
             )
@@ -280,7 +324,11 @@ def write_figure(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="BPR,LightGCN,VBPR,FREEDOM,MARIO,MeAIM")
-    ap.add_argument("--factors", default="1,4", help="sizes as multiples of Baby's shape")
+    ap.add_argument(
+        "--factors",
+        default="1,4",
+        help="sizes: multiples of Baby's shape (4) or USERSxITEMSxPER_USER (1000000x300000x10)",
+    )
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], help="config override key=value (every model)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (peak memory is then the GPU's)")

@@ -559,6 +559,42 @@ def test_load_dataset_succeeds_consistently_or_raises_data_error(rows, blank_eve
     assert sum(ds.summary()["per_split"].values()) == len(ds.users)
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=_tables(), blank_every=st.integers(0, 5), stamps=st.booleans())
+def test_numeric_fast_reader_equals_the_line_by_line_reader_whenever_it_accepts_a_file(rows, blank_every, stamps):
+    """The C reader of an all-numeric ``.inter`` file gives exactly the line-by-line reader's arrays; whatever it
+    refuses (a bad cell, a blank line it cannot skip, an empty table) goes to the line-by-line reader."""
+    from modalrec.data import files
+
+    lines = ["userID\titemID\tx_label" + ("\ttimestamp" if stamps else "")]
+    for n, r in enumerate(rows):
+        if blank_every and n % blank_every == 0:
+            lines.append("")
+        lines.append("\t".join(r + ([f"{1_600_000_000 + n}.5"] if stamps else [])))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.inter"
+        path.write_text("\n".join(lines) + "\n")
+        try:
+            fast = files._read_numeric_inter_file(path)
+        except (DataError, ValueError, UserWarning):
+            return
+        slow = files._read_inter_file_by_line(path)
+    assert fast.keys() == slow.keys()
+    for key in fast:
+        assert fast[key].dtype == slow[key].dtype and np.array_equal(fast[key], slow[key]), key
+
+
+def test_an_all_numeric_inter_file_is_read_without_the_line_by_line_reader(make_folder, monkeypatch):
+    from modalrec.data import files
+
+    folder = make_folder(toy_rows(4, 6))
+    expected = load_dataset(folder)
+    monkeypatch.setattr(files, "_read_inter_file_by_line", lambda path: pytest.fail("line-by-line reader used"))
+    ds = load_dataset(folder)
+    assert np.array_equal(ds.users, expected.users) and np.array_equal(ds.items, expected.items)
+    assert np.array_equal(ds.labels, expected.labels) and np.array_equal(ds.timestamps, expected.timestamps)
+
+
 def test_synthetic_top_items_equal_the_first_columns_of_a_stable_descending_sort():
     from modalrec.data.synth import _top_items
 

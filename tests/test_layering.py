@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "modalrec"
 
 # Lowest first. A key is a module or package below ``modalrec``; a module's layer is that of its longest key.
 LAYERS: list[set[str]] = [
-    {"errors", "io", "threads", "interrupt"},
+    {"errors", "io", "threads", "interrupt", "allocator"},
     {"config"},
     {"data"},
     {"graphs", "knn_graphs", "ann"},

@@ -58,3 +58,19 @@ def test_scale_script_resumes_from_its_record_and_writes_a_markdown_table(tmp_pa
     assert "| BPR | ×0.01 |" in table.read_text() and "growth exponent" in table.read_text()
     other = subprocess.run([*cmd, "--epochs", "2"], capture_output=True, text=True, timeout=600)
     assert other.returncode != 0 and "other settings" in other.stderr  # never mixed into one record
+
+
+def test_scale_script_takes_an_explicit_shape_and_refuses_a_malformed_one(tmp_path):
+    out, table = tmp_path / "scale.json", tmp_path / "scale.md"
+    cmd = [sys.executable, str(SCRIPT), "--models", "BPR", "--factors", "300x150x6", "--out", str(out)]
+    cmd += ["--data-cache", str(tmp_path / "data"), "--markdown", str(table)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["results"]["BPR"]
+    assert row["shape"] == "300x150x6" and "factor" not in row
+    assert (row["users"], row["items"]) == (300, 150)
+    n_all = sum(1 for _ in (tmp_path / "data" / "shape-300x150x6" / "synthetic.inter").open()) - 1  # header
+    assert 5.5 * 300 <= n_all <= 6.5 * 300  # the mean interactions per user asked for
+    assert "| BPR | 300 × 150, 6 / user | 300 × 150 |" in table.read_text()
+    bad = subprocess.run([*cmd[:5], "300x150"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "'300x150' is neither" in bad.stderr

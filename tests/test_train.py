@@ -458,15 +458,17 @@ def test_config_object_and_override_parsing():
 
 
 def test_allocator_tuning_can_be_switched_off(monkeypatch):
-    from modalrec.training import runtime as train_mod  # the allocator switch lives here
+    from modalrec import allocator as train_mod  # the allocator switch lives here
 
     monkeypatch.setattr(train_mod, "_ALLOCATOR_TUNED", False)
+    assert train_mod.release_freed_memory() is False  # nothing switched off, nothing to hand back
     monkeypatch.setenv("MODALREC_DEFAULT_MALLOC", "1")
     assert train_mod.keep_freed_memory_in_process() is False
     monkeypatch.delenv("MODALREC_DEFAULT_MALLOC")
     applied = train_mod.keep_freed_memory_in_process()
     assert applied is sys.platform.startswith("linux")
     assert train_mod.keep_freed_memory_in_process() is applied  # idempotent
+    assert train_mod.release_freed_memory() is applied
 
 
 def _biased_bpr_parts(model, n_items: int):

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from modalrec.allocator import release_freed_memory
 from modalrec.data.dataset import SPLIT_NAMES, TEST, TRAIN, VALID
 from modalrec.errors import ConfigError
 
@@ -27,6 +28,9 @@ METRICS = ("recall", "ndcg", "precision", "map", "hit")
 # A ranking block holds block × I float32 scores; past 2^28 of them (1 GiB) the block takes fewer users, so the
 # ranking's memory stays bounded however large the catalogue (the default 4,096 users shrink from 65,537 items).
 MAX_BLOCK_SCORES = 1 << 28
+# From this many scores per block (256 MiB) an evaluation hands the heap's free pages back before and after it
+# (allocator.release_freed_memory): below it, what training keeps for reuse is small and re-faulting it costs more.
+RELEASE_FROM_BLOCK_SCORES = 1 << 26
 # Which items compete: warm = the usual protocol (every item; the dataset declares no cold item),
 # cold = only the split's cold items, all = every item, cold and warm (docs/protocol.md#cold-items).
 EVAL_MODES = ("warm", "cold", "all")
@@ -214,6 +218,9 @@ class Evaluator:
         start = time.perf_counter()
         was_training = model.training
         model.eval()
+        large = self.block_size * self.n_items >= RELEASE_FROM_BLOCK_SCORES
+        if large:  # what training freed would otherwise stay resident under this pass's score blocks
+            release_freed_memory()
         k_max = max(self.ks)
         chunks: dict[str, list[torch.Tensor]] = {}
         n = len(self.users)
@@ -224,6 +231,7 @@ class Evaluator:
             rows, cols = block_coo(*self._mask, lo, hi)
             scores[rows, cols] = -torch.inf
             top = torch.topk(scores, min(k_max, self.n_items), dim=1).indices
+            del scores  # else it stays alive while the next block's scores are computed: two blocks at once
             if top.shape[1] < k_max:  # fewer items than K: pad with a never-relevant id
                 top = torch.cat([top, torch.full((hi - lo, k_max - top.shape[1]), -1, device=top.device)], dim=1)
             t_rows, t_cols = block_coo(*self._target, lo, hi)
@@ -242,6 +250,8 @@ class Evaluator:
             for name in self.metric_names
         }
         model.train(was_training)
+        if large:
+            release_freed_memory()
         return result_from_per_user(self.split, per_user, users, time.perf_counter() - start, self.mode)
 
 

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import ctypes
-import os
 import resource
 import sys
 
 import torch
 
-_ALLOCATOR_TUNED = False
+from modalrec.allocator import keep_freed_memory_in_process, release_freed_memory
 
-
-def keep_freed_memory_in_process() -> bool:
-    """Stop glibc from returning large freed blocks to the kernel after every training step.
-
-    By default glibc serves each allocation above 128 KiB-32 MiB with its own ``mmap`` and
-    unmaps it on free, so every step re-faults the pages of its (batch × d) and sparse
-    temporaries: on the Baby shape this page-fault traffic was up to half of an epoch of
-    BM3/FREEDOM on 2 cores. With ``M_MMAP_MAX = 0`` and a high trim threshold the freed
-    memory stays in the heap and is reused; peak RSS grows by ~10-15%. Linux/glibc only (a
-    no-op elsewhere); set ``MODALREC_DEFAULT_MALLOC=1`` to keep the system's behaviour.
-    Returns whether the setting was applied.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
-    if os.environ.get("MODALREC_DEFAULT_MALLOC") == "1" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-    _ALLOCATOR_TUNED = ok
-    return ok
+__all__ = [
+    "deterministic_cpu_kernels",
+    "keep_freed_memory_in_process",
+    "peak_memory_mb",
+    "release_freed_memory",
+]
 
 
 def deterministic_cpu_kernels(device: torch.device) -> None:
