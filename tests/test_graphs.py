@@ -479,3 +479,35 @@ def test_the_stable_top_k_equals_sorting_whole_rows_ties_included():
         want_vals, want_idx = torch.sort(sims, dim=1, descending=True, stable=True)
         vals, idx = stable_top_k(sims, k)
         assert torch.equal(idx, want_idx[:, :k]) and torch.equal(vals, want_vals[:, :k]), k
+
+
+@pytest.mark.parametrize("levels", [0, 7, 1000])  # continuous values; few distinct values (ties everywhere); some ties
+@pytest.mark.parametrize("m", [700, 6401, 8192])  # too few chunks to chunk; a partial last chunk; whole chunks
+def test_top_k_through_chunk_maxima_equals_the_whole_row_top_k(levels, m):
+    """The chunk-maxima top-k gives torch.topk's k-th value always and its set wherever no value ties across
+    the k-th place; top_k_of_rows gives torch.topk's set in every row; stable_top_k still equals the first k
+    columns of a stable descending sort of the whole row."""
+    from modalrec.knn_graphs import chunked_top_k, stable_top_k, top_k_of_rows
+
+    gen = torch.Generator().manual_seed(levels + m)
+    sims = torch.rand(40, m, generator=gen)
+    if levels:
+        sims = (sims * levels).floor() / levels
+    sims[3] = sims[3, 0]  # a constant row
+    sims[5, 100:140] = 2.0  # the k best all in one chunk and the next
+    k = 10
+    want_vals, want_idx = torch.topk(sims, k, dim=1)
+    vals, idx, tied = chunked_top_k(sims, k)
+    assert torch.equal(vals[:, -1], want_vals[:, -1])
+    assert torch.equal(sims.gather(1, idx), vals)
+    no_tie = (sims >= want_vals[:, -1:]).sum(dim=1) == k
+    assert torch.equal(tied, ~no_tie)  # the flag is exact, from chunk maxima and candidates alone
+    assert bool(tied[3]) and bool(tied.any()) and bool((~tied).any()) is (levels != 7)  # rows of both kinds
+    for r in no_tie.nonzero().squeeze(1).tolist():
+        assert set(idx[r].tolist()) == set(want_idx[r].tolist())
+    vals, idx = top_k_of_rows(sims, k)
+    assert [set(r) for r in idx.tolist()] == [set(r) for r in want_idx.tolist()]
+    assert torch.equal(vals.sort(dim=1).values, want_vals.sort(dim=1).values)
+    s_vals, s_idx = stable_top_k(sims, k)
+    full = torch.sort(sims, dim=1, descending=True, stable=True)
+    assert torch.equal(s_idx, full.indices[:, :k]) and torch.equal(s_vals, full.values[:, :k])

@@ -28,10 +28,58 @@ def knn_topk(
     idx_blocks, val_blocks = [], []
     for start in range(0, n, block_size):
         sims = x[start : start + block_size] @ x.T
-        vals, idx = stable_top_k(sims, k) if stable_ties else torch.topk(sims, k, dim=1)
+        vals, idx = stable_top_k(sims, k) if stable_ties else top_k_of_rows(sims, k)
         idx_blocks.append(idx)
         val_blocks.append(vals)
     return torch.cat(idx_blocks), torch.cat(val_blocks)
+
+
+# Columns per chunk of :func:`chunked_top_k`, and the fewest chunks per neighbour for which chunking pays
+# (measured on one thread, 1,024 rows, k = 10: 2.1× faster than torch.topk at 28,200 columns, 1.2× at 7,050,
+# slower at 2,000).
+TOPK_CHUNK = 64
+MIN_CHUNKS_PER_K = 10
+
+
+def chunked_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k largest values of each row, their columns, and whether a value ties across the k-th place.
+
+    Each row is cut into chunks of :data:`TOPK_CHUNK` columns; a chunk holding one of the row's k largest
+    values has a maximum at least the k-th value, so the k chunks of largest maximum hold the k largest
+    values. One pass of maxima and a top-k over k·64 candidates replace ``torch.topk`` over the whole row.
+    The k-th value is always exact. ``tied[r]`` says that more than k values of row r reach it — exactly:
+    then either more than k chunk maxima reach it, or all chunks that do are candidates and more than k
+    candidates reach it. Where ``tied`` is false the columns are ``torch.topk``'s set, values in descending
+    order (equal values may come in another order); where it is true, which tied columns are returned is
+    arbitrary, and callers redo those rows (:func:`top_k_of_rows`, :func:`stable_top_k`).
+    """
+    n, m = sims.shape
+    width = TOPK_CHUNK
+    if m < MIN_CHUNKS_PER_K * k * width or not sims.is_contiguous():  # few chunks: nothing to gain
+        vals, idx = torch.topk(sims, k, dim=1)
+        return vals, idx, (sims >= vals[:, -1:]).sum(dim=1) > k
+    whole = m // width
+    maxima = sims.as_strided((n, whole, width), (m, width, 1)).amax(dim=2)
+    if whole * width < m:
+        maxima = torch.cat([maxima, sims[:, whole * width :].amax(dim=1, keepdim=True)], dim=1)
+    chunks = torch.topk(maxima, k, dim=1).indices
+    cols = (chunks.unsqueeze(2) * width + torch.arange(width, device=sims.device)).reshape(n, k * width)
+    past_end = cols >= m
+    candidates = sims.gather(1, cols.clamp(max=m - 1)).masked_fill_(past_end, -torch.inf)
+    vals, at = torch.topk(candidates, k, dim=1)
+    kth = vals[:, -1:]
+    tied = ((maxima >= kth).sum(dim=1) > k) | ((candidates >= kth).sum(dim=1) > k)
+    return vals, cols.gather(1, at), tied
+
+
+def top_k_of_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(sims, k, dim=1)``'s (values, columns) — the same set in every row — through
+    :func:`chunked_top_k`, with the rows whose values tie across the k-th place handed to ``torch.topk``."""
+    vals, idx, tied = chunked_top_k(sims, k)
+    across = tied.nonzero().squeeze(1)
+    if across.numel():
+        vals[across], idx[across] = torch.topk(sims[across], k, dim=1)
+    return vals, idx
 
 
 def stable_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,12 +91,12 @@ def stable_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     which tied columns are kept matters): only those rows are sorted whole. Sorting every row of an
     (items × items) block cost O(I² log I) and, kept as views, the whole sorted blocks' memory.
     """
-    vals, idx = torch.topk(sims, k, dim=1)
+    vals, idx, tied = chunked_top_k(sims, k)
     by_col = torch.argsort(idx, dim=1)
     vals, idx = vals.gather(1, by_col), idx.gather(1, by_col)
     by_val = torch.sort(vals, dim=1, descending=True, stable=True).indices
     vals, idx = vals.gather(1, by_val), idx.gather(1, by_val)
-    across = ((sims >= vals[:, -1:]).sum(dim=1) > k).nonzero().squeeze(1)
+    across = tied.nonzero().squeeze(1)
     if across.numel():
         whole_vals, whole_idx = torch.sort(sims[across], dim=1, descending=True, stable=True)
         vals[across], idx[across] = whole_vals[:, :k], whole_idx[:, :k]

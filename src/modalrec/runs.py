@@ -27,7 +27,7 @@ from modalrec.errors import Interrupted, ModalrecError, RunError, worded_for_cli
 from modalrec.evaluation import resolve_eval_mode
 from modalrec.graphs import GraphStore
 from modalrec.interrupt import SIGNAL_EXIT_CODES, graceful_interrupts
-from modalrec.io import atomic_write, write_json, write_npz, write_text, write_yaml
+from modalrec.io import atomic_write, write_json, write_npz, write_yaml
 from modalrec.models import Recommender, resolve_model
 from modalrec.models.base import COLD_UNABLE
 from modalrec.run_files import RESUME_FILE, RESUME_FORMAT, RESUME_VERSION, code_version, save_checkpoint
@@ -37,12 +37,19 @@ from modalrec.training.large_data import apply_large_data_mode, large_data_activ
 
 
 class RunLog:
-    """Collects log lines, echoes them, and rewrites ``train.log`` atomically."""
+    """Collects log lines, echoes them, and appends each to ``train.log`` as it comes.
+
+    Appending (no rewrite, no fsync per line) keeps a short run's log from costing more than its epochs: the
+    whole file was rewritten atomically for every line, ~5 % of a 5-second BPR run. A crash loses at most
+    the line being written; the run's results (``metrics.json``, weights) are still written atomically.
+    """
 
     def __init__(self, path: Path | None, echo: bool = True, append: bool = False) -> None:
         self.path, self.echo, self.lines = path, echo, []
-        if append and path is not None and path.is_file():  # a resumed run continues its log
+        self._mode = "w"  # a new run's log starts empty; a resumed run (append) continues its log
+        if append and path is not None and path.is_file():
             self.lines = path.read_text().splitlines()
+            self._mode = "a"
 
     def __call__(self, line: str) -> None:
         self._add(line)
@@ -55,9 +62,12 @@ class RunLog:
         print(line, file=sys.stderr, flush=True)
 
     def _add(self, line: str) -> None:
-        self.lines.append(f"{time.strftime('%H:%M:%S')} {line}")
+        stamped = f"{time.strftime('%H:%M:%S')} {line}"
+        self.lines.append(stamped)
         if self.path is not None:
-            write_text(self.path, "\n".join(self.lines) + "\n")
+            with self.path.open(self._mode, encoding="utf-8") as log:
+                log.write(stamped + "\n")
+            self._mode = "a"
 
 
 def new_run_dir(model: str, dataset: str, out: str | Path | None, root: str | Path = "runs") -> Path:
