@@ -41,6 +41,11 @@ TOPK_CHUNK = 64
 MIN_CHUNKS_PER_K = 10
 
 
+def _chunks_pay(sims: torch.Tensor, k: int) -> bool:
+    """Whether :func:`chunked_top_k` searches ``sims`` by chunks (enough columns, a row-major layout)."""
+    return sims.shape[1] >= MIN_CHUNKS_PER_K * k * TOPK_CHUNK and sims.is_contiguous()
+
+
 def chunked_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k largest values of each row, their columns, and whether a value ties across the k-th place.
 
@@ -55,7 +60,7 @@ def chunked_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """
     n, m = sims.shape
     width = TOPK_CHUNK
-    if m < MIN_CHUNKS_PER_K * k * width or not sims.is_contiguous():  # few chunks: nothing to gain
+    if not _chunks_pay(sims, k):
         vals, idx = torch.topk(sims, k, dim=1)
         return vals, idx, (sims >= vals[:, -1:]).sum(dim=1) > k
     whole = m // width
@@ -74,7 +79,11 @@ def chunked_top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 def top_k_of_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.topk(sims, k, dim=1)``'s (values, columns) — the same set in every row — through
-    :func:`chunked_top_k`, with the rows whose values tie across the k-th place handed to ``torch.topk``."""
+    :func:`chunked_top_k`, with the rows whose values tie across the k-th place handed to ``torch.topk``.
+    Where chunks do not pay it is ``torch.topk`` itself: no tie count over the whole rows (a full pass
+    costing more than the top-k) on this path, which MARIO's learned graphs take at every step."""
+    if not _chunks_pay(sims, k):
+        return torch.topk(sims, k, dim=1)
     vals, idx, tied = chunked_top_k(sims, k)
     across = tied.nonzero().squeeze(1)
     if across.numel():

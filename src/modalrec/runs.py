@@ -45,11 +45,9 @@ class RunLog:
     """
 
     def __init__(self, path: Path | None, echo: bool = True, append: bool = False) -> None:
-        self.path, self.echo, self.lines = path, echo, []
-        self._mode = "w"  # a new run's log starts empty; a resumed run (append) continues its log
-        if append and path is not None and path.is_file():
-            self.lines = path.read_text().splitlines()
-            self._mode = "a"
+        self.path, self.echo = path, echo
+        # a new run's log starts empty; a resumed run (append) continues its log
+        self._mode = "a" if append and path is not None and path.is_file() else "w"
 
     def __call__(self, line: str) -> None:
         self._add(line)
@@ -63,7 +61,6 @@ class RunLog:
 
     def _add(self, line: str) -> None:
         stamped = f"{time.strftime('%H:%M:%S')} {line}"
-        self.lines.append(stamped)
         if self.path is not None:
             with self.path.open(self._mode, encoding="utf-8") as log:
                 log.write(stamped + "\n")

@@ -6,6 +6,7 @@ problem. :mod:`modalrec.data.dataset` assembles a :class:`~modalrec.data.dataset
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,9 +77,6 @@ def _check_contiguous(path: Path, ids: np.ndarray, column: str) -> int:
     return n
 
 
-INT_COLUMNS = ("userID", "itemID", "x_label")
-
-
 def read_inter_file(path: Path) -> dict[str, np.ndarray]:
     """Parse and check an ``.inter`` file; errors name the file and line.
 
@@ -94,26 +92,35 @@ def read_inter_file(path: Path) -> dict[str, np.ndarray]:
 
 def _read_numeric_inter_file(path: Path) -> dict[str, np.ndarray]:
     """The fast path of :func:`read_inter_file`; raises on anything it does not take (the caller falls back)."""
-    import warnings
-
     with path.open(encoding="utf-8") as f:
         header = [c.strip().split(":")[0] for c in f.readline().rstrip("\r\n").split("\t")]
     if any(col not in header for col in REQUIRED_COLUMNS) or len(set(header)) != len(header):
         raise ValueError("header")
-    dtype = np.dtype([(c, np.int64 if c in INT_COLUMNS else np.float64) for c in header])
+    # the required columns (ids and the split label) are integers, every other one a number
+    dtype = np.dtype([(c, np.int64 if c in REQUIRED_COLUMNS else np.float64) for c in header])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an empty table warns
         table = np.loadtxt(path, delimiter="\t", skiprows=1, dtype=dtype, comments=None, ndmin=1, encoding="utf-8")
     if table.size == 0:
         raise ValueError("empty")
-    out: dict[str, np.ndarray] = {c: np.ascontiguousarray(table[c]) for c in ("userID", "itemID", "x_label")}
-    out = {"users": out["userID"], "items": out["itemID"], "labels": out["x_label"]}
-    if not np.isin(out["labels"], (TRAIN, VALID, TEST)).all():
-        raise ValueError("labels")
-    if "timestamp" in header:
-        out["timestamps"] = np.ascontiguousarray(table["timestamp"])
-    out["n_users"] = np.int64(_check_contiguous(path, out["users"], "userID"))
-    out["n_items"] = np.int64(_check_contiguous(path, out["items"], "itemID"))
+    column = {c: np.ascontiguousarray(table[c]) for c in header}
+    return _checked_columns(path, column["userID"], column["itemID"], column["x_label"], column.get("timestamp"))
+
+
+def _checked_columns(
+    path: Path, users: np.ndarray, items: np.ndarray, labels: np.ndarray, timestamps: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The parsed columns after the checks both readers share; a DataError's line counts the rows as parsed
+    (the line-by-line reader maps it to the file's line)."""
+    bad = ~np.isin(labels, (TRAIN, VALID, TEST))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(path, f"x_label {int(labels[row])} is not 0, 1 or 2 (train/valid/test)", line=row + 2)
+    out = {"users": users, "items": items, "labels": labels}
+    if timestamps is not None:
+        out["timestamps"] = timestamps
+    out["n_users"] = np.int64(_check_contiguous(path, users, "userID"))
+    out["n_items"] = np.int64(_check_contiguous(path, items, "itemID"))
     return out
 
 
@@ -150,7 +157,6 @@ def _read_inter_file_by_line(path: Path) -> dict[str, np.ndarray]:
     # Line numbers in errors must refer to the file, so remember where each row came from.
     line_of_row = [n for n, line in enumerate(lines[1:], start=2) if line.strip()]
     cols = list(zip(*rows, strict=True))
-    out: dict[str, np.ndarray] = {}
 
     def col(name: str) -> list[str]:
         return [v.strip() for v in cols[header.index(name)]]
@@ -161,21 +167,13 @@ def _read_inter_file_by_line(path: Path) -> dict[str, np.ndarray]:
         return DataError(path, err.message, line=line_of_row[err.line - 2])
 
     try:
-        out["users"] = _parse_int_column(path, col("userID"), "userID")
-        out["items"] = _parse_int_column(path, col("itemID"), "itemID")
+        users = _parse_int_column(path, col("userID"), "userID")
+        items = _parse_int_column(path, col("itemID"), "itemID")
         labels = _parse_int_column(path, col("x_label"), "x_label")
-        bad = ~np.isin(labels, (TRAIN, VALID, TEST))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise DataError(path, f"x_label {int(labels[row])} is not 0, 1 or 2 (train/valid/test)", line=row + 2)
-        out["labels"] = labels
-        if "timestamp" in header:
-            out["timestamps"] = _parse_float_column(path, col("timestamp"), "timestamp")
-        out["n_users"] = np.int64(_check_contiguous(path, out["users"], "userID"))
-        out["n_items"] = np.int64(_check_contiguous(path, out["items"], "itemID"))
+        stamps = _parse_float_column(path, col("timestamp"), "timestamp") if "timestamp" in header else None
+        return _checked_columns(path, users, items, labels, stamps)
     except DataError as err:
         raise relocate(err) from None
-    return out
 
 
 # Rows per block when a feature matrix is checked or hashed: a whole-matrix temporary would cost as much
