@@ -80,7 +80,10 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
     runs_dir = args.report_dir / "runs"
-    large = {s: next(runs_dir.glob(f"{args.model}-*-seed{s}")) for s in SEEDS}
+    large = {s: next(runs_dir.glob(f"{args.model}-*-seed{s}"), None) for s in SEEDS}
+    missing = [s for s, run in large.items() if run is None or not (run / "test_per_user.npz").is_file()]
+    if missing:
+        sys.exit(f"{runs_dir}: no finished run for seed(s) {missing} (see the table above); run this again to retry")
     default = recorded_runs(args.record, args.label or args.model)
     out: dict = {
         "model": args.model,

@@ -19,8 +19,13 @@ a size it predicts its peak memory from its two previous sizes; above ``--memory
 table says why in one line, instead of the machine's OOM killer ending it. One job at a time:
 the figures are only meaningful on an otherwise idle machine; each row records the 1-minute load
 average when it started. ``--out`` is rewritten after every measurement and a (model, size) already
-in it (same epochs, overrides and device) is kept, so a campaign of several hours resumes where it
-stopped; ``--markdown`` writes the table for docs/scale.md.
+in it (same epochs, overrides and device, and the same source of the model's file) is kept, so a campaign
+of several hours resumes where it stopped; a row whose model's code changed since is measured again
+(each row records the model's source hash and modalrec's code version). ``--test-users N`` times the
+test pass on a fixed, seeded sample of N test users instead of all of them, where one full pass would
+outlast a session; such a row keeps the measured seconds, the number of users they ranked and the
+full pass's time scaled linearly in users (labelled an estimate in the table), and is left out of the
+test pass's growth exponent. ``--markdown`` writes the table for docs/scale.md.
 """
 
 from __future__ import annotations
@@ -88,16 +93,22 @@ def dataset_for(size: dict, cache: Path) -> Path:
     return folder
 
 
-def measure_one(model_name: str, data: Path, epochs: int, overrides: list[str], device: str = "cpu") -> dict:
+def measure_one(
+    model_name: str, data: Path, epochs: int, overrides: list[str], device: str = "cpu", test_users: int = 0
+) -> dict:
     """Build, train ``epochs`` epochs and validate once, in this process, through modalrec's own
     :class:`~modalrec.training.Trainer` (its optimiser or closed-form step, the large-data mode when the
-    size rule or ``--set`` turns it on, the early-stopping validation it would run); returns the figures."""
+    size rule or ``--set`` turns it on, the early-stopping validation it would run), then one test pass
+    (over ``test_users`` sampled users when > 0); returns the figures."""
     import numpy as np
     import torch
 
     from modalrec.config import parse_overrides
     from modalrec.data.dataset import load_dataset
     from modalrec.evaluation import Evaluator
+    from modalrec.models import get_model_class
+    from modalrec.models.spec import model_source_hash
+    from modalrec.run_files import code_version
     from modalrec.runs import prepare_model
     from modalrec.training import Trainer, peak_memory_mb
     from modalrec.training.large_data import large_data_active
@@ -116,9 +127,17 @@ def measure_one(model_name: str, data: Path, epochs: int, overrides: list[str], 
         trainer.train_batches(epoch, *draws)
         times.append(time.perf_counter() - start)
     valid = trainer.valid_eval.evaluate(model)  # what early stopping pays per evaluation
+    tester = Evaluator(ds, "test", block_size=int(config.eval_batch_size), device=device, user_sample=test_users)
     start = time.perf_counter()
-    Evaluator(ds, "test", block_size=int(config.eval_batch_size), device=device).evaluate(model)
+    tester.evaluate(model)
     test = time.perf_counter() - start
+    sampled = {}
+    if tester.users.size < tester.n_eligible_users:
+        sampled = {
+            "test_users": int(tester.users.size),
+            "test_eligible_users": tester.n_eligible_users,
+            "test_seconds_all_estimated": round(test * tester.n_eligible_users / tester.users.size, 3),
+        }
     return {
         "users": ds.n_users,
         "items": ds.n_items,
@@ -131,10 +150,21 @@ def measure_one(model_name: str, data: Path, epochs: int, overrides: list[str], 
         "valid_seconds": round(valid.seconds, 3),
         "valid_users": int(valid.users.size),
         "test_seconds": round(test, 3),
+        **sampled,
         "peak_memory_mb": round(peak_memory_mb(torch.device(device)), 1),
         "device": device,
         "threads": torch.get_num_threads(),
+        "model_source": model_source_hash(get_model_class(model_name)),
+        "modalrec_code": code_version(),
     }
+
+
+def current_source(model_name: str) -> str:
+    """The model's source hash now (what a kept row must have been measured with)."""
+    from modalrec.models import get_model_class
+    from modalrec.models.spec import model_source_hash
+
+    return model_source_hash(get_model_class(model_name))
 
 
 def growth_exponent(xs: list[float], ys: list[float]) -> float | None:
@@ -182,14 +212,14 @@ def finish(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
     summary = {}
     for model, rows in results.items():
         ok = [r for r in rows if "epoch_seconds" in r]
-        xs = [r["train_interactions"] for r in ok]
+        full_test = [r for r in ok if "test_users" not in r]  # a sampled test pass is no point of that line
         summary[model] = {
-            key: growth_exponent(xs, [r[field] for r in ok])
-            for key, field in (
-                ("epoch", "epoch_seconds"),
-                ("valid", "valid_seconds"),
-                ("test", "test_seconds"),
-                ("memory", "peak_memory_mb"),
+            key: growth_exponent([r["train_interactions"] for r in use], [r[field] for r in use])
+            for key, field, use in (
+                ("epoch", "epoch_seconds", ok),
+                ("valid", "valid_seconds", ok),
+                ("test", "test_seconds", full_test),
+                ("memory", "peak_memory_mb", ok),
             )
         }
     return {
@@ -225,10 +255,14 @@ def run_all(args: argparse.Namespace) -> dict:
     # rows of models not asked for this time stay in the record as they are
     results: dict[str, list[dict]] = {m: rows for m, rows in previous.items() if m not in models}
     results.update({m: [] for m in models})
+    sources = {model: current_source(model) for model in models}
     for size in sizes_asked:
         label = size["label"]
         for model in models:
             done = next((r for r in previous.get(model, []) if is_size(r, size) and "failed" not in r), None)
+            if done is not None and done.get("model_source", sources[model]) != sources[model]:
+                print(f"{model} {label}: the model's code changed since it was measured; measuring again", flush=True)
+                done = None
             if done is not None:
                 results[model].append(done)
                 print(f"{model} {label}: measured before, kept", flush=True)
@@ -245,7 +279,7 @@ def run_all(args: argparse.Namespace) -> dict:
                 print(f"{model} {label}: {entry['skipped']}", flush=True)
             else:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--one", model, "--data", str(data)]
-                cmd += ["--epochs", str(args.epochs), "--device", args.device]
+                cmd += ["--epochs", str(args.epochs), "--device", args.device, "--test-users", str(args.test_users)]
                 cmd += [x for s in args.set for x in ("--set", s)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                 if proc.returncode != 0:
@@ -287,10 +321,16 @@ def markdown_table(record: dict) -> str:
                 why = r.get("skipped") or f"failed: {r.get('failed')}"
                 lines.append(f"| {model} | {row_label(r)} | | {r.get('train_interactions', 0):,} | {why} | | | | |")
                 continue
+            test = f"{r.get('test_seconds', float('nan')):.2f}"
+            if "test_users" in r:
+                test = (
+                    f"{test} for {r['test_users']:,} users; ≈ {r['test_seconds_all_estimated']:,.0f} for all "
+                    f"{r['test_eligible_users']:,} (estimate)"
+                )
             lines.append(
                 f"| {model} | {row_label(r)} | {r['users']:,} × {r['items']:,} | {r['train_interactions']:,} | "
                 f"{r.get('steps_per_epoch', '')} | {r['epoch_seconds']:.2f} | {r['valid_seconds']:.2f} | "
-                f"{r.get('test_seconds', float('nan')):.2f} | {r['peak_memory_mb'] / 1024:.2f} GB |"
+                f"{test} | {r['peak_memory_mb'] / 1024:.2f} GB |"
             )
     lines += ["", "| model | growth exponent: epoch | valid pass | test pass | memory |", "|---|---:|---:|---:|---:|"]
     for model, g in record["growth_exponents"].items():
@@ -333,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], help="config override key=value (every model)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (peak memory is then the GPU's)")
     ap.add_argument("--memory-limit-gb", type=float, default=20.0)
+    ap.add_argument("--test-users", type=int, default=0, help="time the test pass on this many sampled users (0 = all)")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per model and size")
     ap.add_argument("--data-cache", default=str(ROOT / "reports" / "scale-data"))
     ap.add_argument("--out", default=None, help="JSON to write (default: print only)")
@@ -342,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:  # the child process: one model at one size
-        print(json.dumps(measure_one(args.one, Path(args.data), args.epochs, args.set, args.device)))
+        print(json.dumps(measure_one(args.one, Path(args.data), args.epochs, args.set, args.device, args.test_users)))
         return
     result = run_all(args)
     if args.out:

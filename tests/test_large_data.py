@@ -93,14 +93,15 @@ def test_a_models_large_data_settings_apply_only_where_the_default_is_kept(syn_d
     from modalrec.config import large_data_settings_of
 
     assert large_data_settings_of("MARIO") == {"graph_refresh": "epoch"}
-    assert large_data_settings_of("MeAIM") == {"cl_candidates": 4096, "kl_candidates": 4096}
+    assert large_data_settings_of("MeAIM") == {"cl_candidates": 1024, "kl_candidates": 1024, "cl_positives": "block"}
     mario = get_model_class("MARIO")
     on = apply_large_data_mode(resolve_config(mario, overrides={"large_data": "always"}), syn_dataset, mario)
     assert on.graph_refresh == "epoch"
     meaim = get_model_class("MeAIM")
     own = resolve_config(meaim, overrides={"large_data": "always", "cl_candidates": 100})
     own = apply_large_data_mode(own, syn_dataset, meaim)
-    assert (own.cl_candidates, own.kl_candidates) == (100, 4096)  # the user's value stays, the default moves
+    assert (own.cl_candidates, own.kl_candidates) == (100, 1024)  # the user's value stays, the default moves
+    assert own.cl_positives == "block"
     off = apply_large_data_mode(resolve_config(mario), syn_dataset, mario)
     assert off.graph_refresh == "forward"  # below the size rule nothing changes
 
@@ -129,6 +130,50 @@ def test_sampled_infonce_is_the_full_one_when_the_sample_covers_the_table():
     assert torch.equal(info_nce_sampled(anchors, table, index, 20), full)
     sampled = info_nce_sampled(anchors, table, index, 5)
     assert 0 < float(sampled) < float(full)  # fewer candidates in the denominator: a smaller loss
+
+
+def test_block_positive_infonce_with_one_block_is_the_batch_form():
+    import torch
+
+    from modalrec.nn.losses import info_nce_sampled
+
+    anchors, table = torch.randn(12, 8), torch.randn(40, 8)
+    index = torch.tensor([3, 7, 3, 9, 0, 39, 7, 7, 12, 3, 5, 1])  # repeated positives, as popular items give
+    torch.manual_seed(4)
+    batch = info_nce_sampled(anchors, table, index, 25, 0.3, 512, "batch")
+    torch.manual_seed(4)
+    block = info_nce_sampled(anchors, table, index, 25, 0.3, 512, "block")
+    assert torch.allclose(block, batch, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="positives"):
+        info_nce_sampled(anchors, table, index, 25, 0.3, 512, "all")
+
+
+def test_block_positive_infonce_competes_within_each_block_only():
+    """Each block of anchors against its own positives and the shared draw, values and gradients."""
+    import torch
+
+    from modalrec.nn.losses import info_nce_full, info_nce_sampled
+
+    torch.manual_seed(5)
+    anchors = torch.randn(10, 6, requires_grad=True)
+    table = torch.randn(30, 6, requires_grad=True)
+    index = torch.tensor([2, 2, 5, 29, 11, 5, 5, 0, 2, 17])
+    torch.manual_seed(6)
+    got = info_nce_sampled(anchors, table, index, 12, 0.2, 4, "block")
+    got.backward()
+    torch.manual_seed(6)
+    drawn = torch.randint(0, 30, (12,))
+    a2, t2 = anchors.detach().clone().requires_grad_(), table.detach().clone().requires_grad_()
+    want = 0.0
+    for lo in range(0, 10, 4):
+        own = index[lo : lo + 4]
+        rows = torch.unique(torch.cat([own, drawn]))
+        want = want + info_nce_full(a2[lo : lo + 4], t2[rows], torch.searchsorted(rows, own), 0.2) * own.numel()
+    want = want / 10
+    want.backward()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(anchors.grad, a2.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(table.grad, t2.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_meaim_trains_in_the_large_data_mode(syn_dir, tmp_path):

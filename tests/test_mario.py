@@ -90,6 +90,19 @@ def test_ranking_block_size_does_not_change_scores(ds, build):
     torch.testing.assert_close(a.full_scores(users), b.full_scores(users), rtol=0, atol=1e-6)
 
 
+def test_ranking_blocks_shrink_where_a_catalogue_would_make_them_gigabytes(ds, build, monkeypatch):
+    from modalrec.models import base
+
+    model = build("MARIO", ds, ranking_block_size=1024).eval()
+    assert model.ranking_block_size(7_050, stacked=3) == 1024  # Baby's catalogue: the setting as it is
+    assert model.ranking_block_size(300_000, stacked=3) == base.MAX_STACKED_SCORES // 900_000 == 74
+    assert model.ranking_block_size(10**9, stacked=3) == 1  # never an empty block
+    users = torch.arange(N_USERS)
+    want = model.full_scores(users).clone()
+    monkeypatch.setattr(base, "MAX_STACKED_SCORES", 3 * N_ITEMS * 7)  # 7-user blocks on this catalogue
+    torch.testing.assert_close(model.full_scores(users), want, rtol=0, atol=1e-6)
+
+
 # ====================================================================== 2. variants build and train
 VARIANTS = [
     {},

@@ -74,3 +74,24 @@ def test_scale_script_takes_an_explicit_shape_and_refuses_a_malformed_one(tmp_pa
     assert "| BPR | 300 × 150, 6 / user | 300 × 150 |" in table.read_text()
     bad = subprocess.run([*cmd[:5], "300x150"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "'300x150' is neither" in bad.stderr
+
+
+def test_scale_script_samples_the_test_pass_and_remeasures_a_row_whose_model_changed(tmp_path):
+    out, table = tmp_path / "scale.json", tmp_path / "scale.md"
+    cmd = [sys.executable, str(SCRIPT), "--models", "BPR", "--factors", "0.01", "--out", str(out)]
+    cmd += ["--data-cache", str(tmp_path / "data"), "--test-users", "30", "--markdown", str(table)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(out.read_text())
+    (row,) = record["results"]["BPR"]
+    assert row["test_users"] == 30 and row["test_eligible_users"] > 30
+    assert row["test_seconds_all_estimated"] >= row["test_seconds"]
+    assert len(row["model_source"]) == 16 and row["modalrec_code"]
+    assert record["growth_exponents"]["BPR"]["test"] is None  # a sampled pass is not fitted
+    assert f"for 30 users; ≈ {row['test_seconds_all_estimated']:,.0f} for all" in table.read_text()
+    row_source, row["model_source"] = row["model_source"], "0" * 16  # as if BPR's file had changed since
+    out.write_text(json.dumps(record))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "the model's code changed since it was measured" in again.stdout
+    assert json.loads(out.read_text())["results"]["BPR"][0]["model_source"] == row_source

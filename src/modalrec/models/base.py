@@ -27,6 +27,9 @@ COLD_UNABLE = "unable"  # ID only: a cold item's scores are random, never the un
 ColdOverride = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 FEATURE_BUFFER = "feat_{}"  # the buffer holding a modality's feature matrix (Recommender.register_feature_buffers)
 COO_PARTS = ("rows", "cols", "vals")  # buffer suffixes of a sparse matrix (Recommender.register_coo_buffers)
+# scores a model's per-block ranking arrays may hold together (Recommender.ranking_block_size): 256 MiB of
+# float32, so a block never shrinks below 1,024 users on catalogues up to ~21k items with three arrays
+MAX_STACKED_SCORES = 2**26
 
 
 def feature_tensor(features: Mapping[str, np.ndarray], modalities: str | Sequence[str]) -> torch.Tensor:
@@ -232,20 +235,24 @@ class Recommender(nn.Module):
             if was_training:
                 self.train()
 
-    def ranking_block_size(self, n_columns: int) -> int:
-        """Users per block when full ranking forms (block × ``n_columns``) arrays per user block. Optional.
+    def ranking_block_size(self, n_columns: int, stacked: int = 1) -> int:
+        """Users per block when full ranking forms ``stacked`` (block × ``n_columns``) arrays per user block.
+        Optional.
 
         Not called by the trainer or the evaluator (the evaluator ranks ``eval_batch_size`` users per
         call of :meth:`ranking_scores`): a model's own :meth:`full_scores` / :meth:`candidate_scores`
         call it to cut a user block into smaller ones when scoring forms per-pair or per-modality
         arrays (MARIO, MeAIM, MAML). The ``ranking_block_size`` setting when the model has one and it
         is set; otherwise 1024 on a GPU and 32 per CPU thread (blocks whose score matrices stay
-        cache-sized). A model that sizes its blocks by pairs overrides this (MAML).
+        cache-sized). Either is capped so that the ``stacked`` arrays hold at most
+        :data:`MAX_STACKED_SCORES` scores together: a block sized for thousands of items would take
+        gigabytes per array at hundreds of thousands. A model that sizes its blocks by pairs overrides
+        this (MAML).
         """
         value = self.config.get("ranking_block_size")
-        if value is not None:
-            return int(value)
-        return 1024 if self.device.type == "cuda" else 32 * max(1, torch.get_num_threads())
+        if value is None:
+            value = 1024 if self.device.type == "cuda" else 32 * max(1, torch.get_num_threads())
+        return max(1, min(int(value), MAX_STACKED_SCORES // max(1, stacked * n_columns)))
 
     # ----------------------------------------------------------- interface
     def loss(self, batch: Batch) -> torch.Tensor:

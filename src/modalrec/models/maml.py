@@ -188,9 +188,9 @@ class MAML(Recommender):
             item_sq=q.pow(2).sum(dim=1) + phi.pow(2).sum(dim=1),
         )
 
-    def ranking_block_size(self, n_columns: int) -> int:
-        """Users per block: ``ranking_pair_block`` user × item pairs, at least one user."""
-        return max(1, self.pair_block // max(1, n_columns))
+    def ranking_block_size(self, n_columns: int, stacked: int = 1) -> int:
+        """Users per block: ``ranking_pair_block`` user × item pairs (× ``stacked`` arrays), at least one user."""
+        return max(1, self.pair_block // max(1, stacked * n_columns))
 
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         """−D(u, j) for the given users on all items, ``ranking_pair_block`` pairs per block."""

@@ -372,7 +372,7 @@ class MARIO(Recommender):
         if reps.fused is not None:
             return u @ reps.fused.T
         out = torch.empty(u.shape[0], self.n_items, dtype=u.dtype, device=u.device)
-        step = self.ranking_block_size(self.n_items)
+        step = self.ranking_block_size(self.n_items, stacked=reps.items.shape[0])
         for lo in range(0, u.shape[0], step):
             ub = u[lo : lo + step]
             s = torch.stack([ub @ v.T for v in reps.items])  # (M, block, I)

@@ -138,9 +138,10 @@ class MeAIM(Recommender):
     α for the first modality and (1−α)/(M−1) for each other **[choice: generalises
     α, 1−α]**; the same weights mix S. CL and KL run in blocks of ``loss_block_size``
     batch rows and are skipped entirely when their weight is 0 ("MeAIM-CK": β = λ = 0).
-    ``cl_candidates`` / ``kl_candidates`` N > 0 replace the full tables by N sampled rows (plus
-    the batch's positives for InfoNCE): the large-data mode's setting (docs/scale.md#large-data-mode),
-    0 (the paper's full tables) by default.
+    ``cl_candidates`` / ``kl_candidates`` N > 0 replace the full tables by N sampled rows (plus,
+    for InfoNCE, the batch's positives, or with ``cl_positives: block`` those of the anchor's loss
+    block): the large-data mode's setting (docs/scale.md#large-data-mode), 0 (the paper's full tables)
+    by default.
 
     Ranking is exact and never forms per-pair vectors: with dropout off each head
     is affine in (δ, x, y), δ = ‖x‖² + ‖y‖² − 2x·y, so a user block needs (M+1)² GEMMs
@@ -304,13 +305,16 @@ class MeAIM(Recommender):
     def contrastive_loss(self, users: list[torch.Tensor], items: list[torch.Tensor], batch: Batch) -> torch.Tensor:
         """Σ over representation pairs (a, b), a before b, of InfoNCE for users and positive items.
 
-        ``cl_candidates`` N > 0 (the large-data mode): against the batch's positives plus N sampled rows
-        instead of the whole table (:func:`~modalrec.nn.losses.info_nce_sampled`)."""
+        ``cl_candidates`` N > 0 (the large-data mode): against N sampled rows plus the batch's positives
+        (``cl_positives: batch``) or only those of the anchor's block of ``loss_block_size`` rows
+        (``block``, the mode's: linear in the batch) instead of the whole table
+        (:func:`~modalrec.nn.losses.info_nce_sampled`)."""
         tau, block, n = float(self.config.tau), int(self.config.loss_block_size), int(self.config.cl_candidates)
+        own = str(self.config.cl_positives)
         total = users[0].new_zeros(())
         for a, b in itertools.combinations(range(len(self.parts)), 2):
-            total = total + info_nce_sampled(users[a][batch.users], users[b], batch.users, n, tau, block)
-            total = total + info_nce_sampled(items[a][batch.pos], items[b], batch.pos, n, tau, block)
+            total = total + info_nce_sampled(users[a][batch.users], users[b], batch.users, n, tau, block, own)
+            total = total + info_nce_sampled(items[a][batch.pos], items[b], batch.pos, n, tau, block, own)
         return total
 
     def kl_loss(self, users: list[torch.Tensor], items: list[torch.Tensor], batch: Batch) -> torch.Tensor:

@@ -135,6 +135,9 @@ def sampled_candidate_rows(positives: torch.Tensor, n_rows: int, n_samples: int)
     return rows, torch.searchsorted(rows, positives)
 
 
+INFO_NCE_POSITIVES = ("batch", "block")
+
+
 def info_nce_sampled(
     anchors: torch.Tensor,
     positives_table: torch.Tensor,
@@ -142,14 +145,74 @@ def info_nce_sampled(
     n_candidates: int,
     tau: float = 0.2,
     block_size: int = 512,
+    positives: str = "batch",
 ) -> torch.Tensor:
     """:func:`info_nce_full` against the positives plus ``n_candidates`` sampled rows of the table
-    (:func:`sampled_candidate_rows`); the full table when ``n_candidates`` is 0 or covers it."""
+    (:func:`sampled_candidate_rows`); the full table when ``n_candidates`` is 0 or covers it.
+
+    ``positives`` says whose positives an anchor competes against besides the sampled rows: ``"batch"``,
+    every positive of the call (O(B·(B + N)·d): quadratic in the batch), or ``"block"``, those of its own
+    block of ``block_size`` anchors (:func:`info_nce_block_positives`, O(B·(block + N)·d): linear).
+    """
+    if positives not in INFO_NCE_POSITIVES:
+        raise ValueError(f"positives must be one of {INFO_NCE_POSITIVES}, got {positives!r}")
     n_rows = positives_table.shape[0]
     if n_candidates <= 0 or n_candidates >= n_rows:
         return info_nce_full(anchors, positives_table, anchor_index, tau, block_size)
+    if positives == "block":
+        return info_nce_block_positives(anchors, positives_table, anchor_index, n_candidates, tau, block_size)
     rows, positions = sampled_candidate_rows(anchor_index, n_rows, n_candidates)
     return info_nce_full(anchors, positives_table[rows], positions, tau, block_size)
+
+
+def info_nce_block_positives(
+    anchors: torch.Tensor,
+    positives_table: torch.Tensor,
+    anchor_index: torch.Tensor,
+    n_candidates: int,
+    tau: float = 0.2,
+    block_size: int = 512,
+) -> torch.Tensor:
+    """Sampled InfoNCE whose candidates grow with a block of anchors, not with the batch.
+
+    ``n_candidates`` rows are drawn once per call, uniformly with replacement (the draw of
+    :func:`sampled_candidate_rows`, so the generator advances alike). The anchors of each block of
+    ``block_size`` rows compete against the set C_blk = {their block's positives} ∪ {drawn rows}, without
+    repeats:
+
+        L = −mean_k log[ exp(cos(x_k, Y_{i_k})/τ) / Σ_{n ∈ C_blk(k)} exp(cos(x_k, Y_n)/τ) ].
+
+    With one block holding every anchor this is the ``"batch"`` form of :func:`info_nce_sampled`.
+    Repeats are masked rather than removed: a positive that occurs earlier in its block, or a drawn row
+    that repeats an earlier draw or is one of the block's positives, gets a logit of −∞, so the
+    block's candidate matrix keeps a fixed shape. Gradients are taken block by block
+    (:func:`blocked_row_sum`); only the anchors' own positive rows and the drawn rows are gathered.
+    """
+    n_rows = positives_table.shape[0]
+    drawn = torch.randint(0, n_rows, (n_candidates,), device=anchor_index.device)
+    order = torch.argsort(drawn, stable=True)
+    repeat = torch.zeros_like(drawn, dtype=torch.bool)
+    repeat[order[1:]] = drawn[order[1:]] == drawn[order[:-1]]  # every copy of a row after the first
+    x = F.normalize(anchors, dim=1) / tau
+    own = F.normalize(positives_table[anchor_index], dim=1)
+    sampled = F.normalize(positives_table[drawn], dim=1)
+    shared = [sampled, drawn, repeat]
+    return blocked_row_sum(_info_nce_block_positives, [x, own, anchor_index], shared, block_size) / max(
+        1, anchors.shape[0]
+    )
+
+
+def _info_nce_block_positives(
+    x: torch.Tensor, own: torch.Tensor, index: torch.Tensor, sampled: torch.Tensor, drawn: torch.Tensor,
+    repeat: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    same = index[:, None] == index[None, :]
+    first = same.to(torch.uint8).argmax(dim=1)  # the first column holding anchor k's positive: its target
+    later_copy = first != torch.arange(index.shape[0], device=index.device)
+    in_block = torch.isin(drawn, index)
+    own_logits = (x @ own.T).masked_fill(later_copy[None, :], float("-inf"))
+    sampled_logits = (x @ sampled.T).masked_fill((repeat | in_block)[None, :], float("-inf"))
+    return F.cross_entropy(torch.cat([own_logits, sampled_logits], dim=1), first, reduction="sum")
 
 
 def bernoulli_kl_symmetric(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
