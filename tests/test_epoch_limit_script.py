@@ -61,5 +61,5 @@ def test_the_meaim_term_count_splits_a_step(tmp_path):
     terms = default["gflop_forward_by_term"]
     assert set(terms) == {"representations", "pair heads", "contrastive (InfoNCE)", "KL"}
     assert all(v > 0 for v in terms.values()) and default["gflop_whole_step"] > sum(terms.values())
-    # 100 items and 75 users: 4,096 sampled candidates cover the tables, so the mode's terms are the full ones
-    assert large["large_data"] and large["cl_candidates"] == 4096 and large["gflop_forward_by_term"] == terms
+    # 100 items and 75 users: 1,024 sampled candidates cover the tables, so the mode's terms are the full ones
+    assert large["large_data"] and large["cl_candidates"] == 1024 and large["gflop_forward_by_term"] == terms

@@ -160,25 +160,21 @@ def info_nce_sampled(
     if n_candidates <= 0 or n_candidates >= n_rows:
         return info_nce_full(anchors, positives_table, anchor_index, tau, block_size)
     if positives == "block":
-        return info_nce_block_positives(anchors, positives_table, anchor_index, n_candidates, tau, block_size)
+        drawn = torch.randint(0, n_rows, (n_candidates,), device=anchor_index.device)  # as sampled_candidate_rows
+        return info_nce_block_positives(anchors, positives_table, anchor_index, drawn, tau, block_size)
     rows, positions = sampled_candidate_rows(anchor_index, n_rows, n_candidates)
     return info_nce_full(anchors, positives_table[rows], positions, tau, block_size)
 
 
 def info_nce_block_positives(
-    anchors: torch.Tensor,
-    positives_table: torch.Tensor,
-    anchor_index: torch.Tensor,
-    n_candidates: int,
-    tau: float = 0.2,
-    block_size: int = 512,
+    anchors: torch.Tensor, table: torch.Tensor, index: torch.Tensor, drawn: torch.Tensor, tau: float, block_size: int
 ) -> torch.Tensor:
     """Sampled InfoNCE whose candidates grow with a block of anchors, not with the batch.
 
-    ``n_candidates`` rows are drawn once per call, uniformly with replacement (the draw of
-    :func:`sampled_candidate_rows`, so the generator advances alike). The anchors of each block of
-    ``block_size`` rows compete against the set C_blk = {their block's positives} ∪ {drawn rows}, without
-    repeats:
+    ``drawn``: rows of ``table`` drawn once for the call (:func:`info_nce_sampled` draws them uniformly with
+    replacement, as :func:`sampled_candidate_rows` does, so the generator advances alike). Anchor k's positive
+    is ``table[index[k]]``; the anchors of each block of ``block_size`` rows compete against the set
+    C_blk = {their block's positives} ∪ {drawn rows}, without repeats:
 
         L = −mean_k log[ exp(cos(x_k, Y_{i_k})/τ) / Σ_{n ∈ C_blk(k)} exp(cos(x_k, Y_n)/τ) ].
 
@@ -188,18 +184,14 @@ def info_nce_block_positives(
     block's candidate matrix keeps a fixed shape. Gradients are taken block by block
     (:func:`blocked_row_sum`); only the anchors' own positive rows and the drawn rows are gathered.
     """
-    n_rows = positives_table.shape[0]
-    drawn = torch.randint(0, n_rows, (n_candidates,), device=anchor_index.device)
     order = torch.argsort(drawn, stable=True)
     repeat = torch.zeros_like(drawn, dtype=torch.bool)
     repeat[order[1:]] = drawn[order[1:]] == drawn[order[:-1]]  # every copy of a row after the first
     x = F.normalize(anchors, dim=1) / tau
-    own = F.normalize(positives_table[anchor_index], dim=1)
-    sampled = F.normalize(positives_table[drawn], dim=1)
-    shared = [sampled, drawn, repeat]
-    return blocked_row_sum(_info_nce_block_positives, [x, own, anchor_index], shared, block_size) / max(
-        1, anchors.shape[0]
-    )
+    own = F.normalize(table[index], dim=1)
+    sampled = F.normalize(table[drawn], dim=1)
+    total = blocked_row_sum(_info_nce_block_positives, [x, own, index], [sampled, drawn, repeat], block_size)
+    return total / max(1, anchors.shape[0])
 
 
 def _info_nce_block_positives(
