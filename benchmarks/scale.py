@@ -106,8 +106,6 @@ def measure_one(
     from modalrec.config import parse_overrides
     from modalrec.data.dataset import load_dataset
     from modalrec.evaluation import Evaluator
-    from modalrec.models import get_model_class
-    from modalrec.models.spec import model_source_hash
     from modalrec.run_files import code_version
     from modalrec.runs import prepare_model
     from modalrec.training import Trainer, peak_memory_mb
@@ -154,7 +152,7 @@ def measure_one(
         "peak_memory_mb": round(peak_memory_mb(torch.device(device)), 1),
         "device": device,
         "threads": torch.get_num_threads(),
-        "model_source": model_source_hash(get_model_class(model_name)),
+        "model_source": current_source(model_name),
         "modalrec_code": code_version(),
     }
 
