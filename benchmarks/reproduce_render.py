@@ -409,7 +409,7 @@ def peer_time_table() -> list[str]:
         ratio = secs.mean() / cornac_secs[entry["size"]] if entry["size"] in cornac_secs else math.nan
         lines.append(
             f"| {entry['size']} | {entry['toolbox']} | {len(acc)} | {acc.mean():.4f} ± {acc.std(ddof=1):.4f} | "
-            f"{secs.mean():.1f} ± {secs.std(ddof=1):.1f} | {ratio:.1f} |"
+            f"{secs.mean():.1f} ± {secs.std(ddof=1):.1f} | {ratio:.2f} |"
         )
     return [*lines, ""]
 

@@ -114,7 +114,7 @@ def measure_one(
     ds = load_dataset(data)
     n_train = int(ds.split("train")[0].size)
     start = time.perf_counter()
-    model, config, _ = prepare_model(model_name, ds, parse_overrides(overrides), device=device, cache_dir=False)
+    model, config, graphs = prepare_model(model_name, ds, parse_overrides(overrides), device=device, cache_dir=False)
     trainer = Trainer(model, ds, config, log=lambda _: None, device=device)
     build = time.perf_counter() - start
     times = []
@@ -154,6 +154,9 @@ def measure_one(
         "threads": torch.get_num_threads(),
         "model_source": current_source(model_name),
         "modalrec_code": code_version(),
+        # how each item-item graph was built: an approximate one's neighbour recall against exact (the
+        # fixed graphs at build; MARIO's learned ones over every rebuild of the epoch and the two passes)
+        **({"graph_notes": list(graphs.notes)} if graphs.notes else {}),
     }
 
 

@@ -95,3 +95,16 @@ def test_scale_script_samples_the_test_pass_and_remeasures_a_row_whose_model_cha
     assert again.returncode == 0, again.stderr[-2000:]
     assert "the model's code changed since it was measured" in again.stdout
     assert json.loads(out.read_text())["results"]["BPR"][0]["model_source"] == row_source
+
+
+def test_scale_rows_say_how_their_item_item_graphs_were_built(tmp_path):
+    """An approximate graph's neighbour recall reaches the row (``graph_notes``), so a table's figures at a
+    size where graphs switch to HNSW say how close they were to exact."""
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, str(SCRIPT), "--models", "FREEDOM", "--factors", "0.01", "--out", str(out)]
+    cmd += ["--data-cache", str(tmp_path / "data"), "--set", "knn_method=ann"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["results"]["FREEDOM"]
+    notes = row["graph_notes"]
+    assert notes and all("approximate kNN graph" in n and "neighbour recall@" in n for n in notes)
