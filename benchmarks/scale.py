@@ -246,8 +246,9 @@ def save(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
 
 
 def run_all(args: argparse.Namespace) -> dict:
-    """Measure every (model, size) not already in ``--out``; the record is rewritten after each one, so an
-    interrupted campaign (hours at the larger sizes) continues where it stopped when run again."""
+    """Measure every (model, size) not already in ``--out`` (or, with ``--remeasure``, every one asked); the
+    record is rewritten after each one, so an interrupted campaign (hours at the larger sizes) continues where
+    it stopped when run again. Rows of sizes not asked this time are kept as they are."""
     cache = Path(args.data_cache)
     sizes_asked = [parse_size(token) for token in args.factors.split(",")]
     models = args.models.split(",")
@@ -257,10 +258,16 @@ def run_all(args: argparse.Namespace) -> dict:
     results: dict[str, list[dict]] = {m: rows for m, rows in previous.items() if m not in models}
     results.update({m: [] for m in models})
     sources = {model: current_source(model) for model in models}
+    not_asked = {
+        m: [r for r in previous.get(m, []) if not any(is_size(r, size) for size in sizes_asked)] for m in models
+    }
     for size in sizes_asked:
         label = size["label"]
         for model in models:
             done = next((r for r in previous.get(model, []) if is_size(r, size) and "failed" not in r), None)
+            if done is not None and args.remeasure:
+                print(f"{model} {label}: measuring again (--remeasure)", flush=True)
+                done = None
             if done is not None and done.get("model_source", sources[model]) != sources[model]:
                 print(f"{model} {label}: the model's code changed since it was measured; measuring again", flush=True)
                 done = None
@@ -270,7 +277,9 @@ def run_all(args: argparse.Namespace) -> dict:
                 continue
             data, n_train = sized_dataset(size, cache, sizes)
             entry: dict = {**size["key"], "load_average_before": round(os.getloadavg()[0], 2)}
-            guess = predicted_memory_mb(results[model], n_train)
+            recorded = with_rows_not_asked(results, not_asked)[model]
+            smaller = [r for r in recorded if r.get("train_interactions", 0) < n_train]
+            guess = predicted_memory_mb(smaller, n_train)
             if guess is not None and guess > args.memory_limit_gb * 1024:
                 entry.update(
                     train_interactions=n_train,
@@ -291,8 +300,16 @@ def run_all(args: argparse.Namespace) -> dict:
                     entry.update(json.loads(proc.stdout.strip().splitlines()[-1]))
                     print(f"{model} {label}: {json.dumps(entry)}", flush=True)
             results[model].append(entry)
-            save(args, results)
-    return save(args, results)
+            save(args, with_rows_not_asked(results, not_asked))
+    return save(args, with_rows_not_asked(results, not_asked))
+
+
+def with_rows_not_asked(results: dict[str, list[dict]], not_asked: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``results`` with each model's recorded rows at sizes this run did not ask for, in order of size."""
+    return {
+        m: sorted(rows + not_asked.get(m, []), key=lambda r: r.get("train_interactions", 0))
+        for m, rows in results.items()
+    }
 
 
 def is_size(row: dict, size: dict) -> bool:
@@ -375,6 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="cpu | cuda (peak memory is then the GPU's)")
     ap.add_argument("--memory-limit-gb", type=float, default=20.0)
     ap.add_argument("--test-users", type=int, default=0, help="time the test pass on this many sampled users (0 = all)")
+    ap.add_argument(
+        "--remeasure", action="store_true", help="measure the asked models and sizes again even where recorded"
+    )
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per model and size")
     ap.add_argument("--data-cache", default=str(ROOT / "reports" / "scale-data"))
     ap.add_argument("--out", default=None, help="JSON to write (default: print only)")

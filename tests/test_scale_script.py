@@ -108,3 +108,18 @@ def test_scale_rows_say_how_their_item_item_graphs_were_built(tmp_path):
     (row,) = json.loads(out.read_text())["results"]["FREEDOM"]
     notes = row["graph_notes"]
     assert notes and all("approximate kNN graph" in n and "neighbour recall@" in n for n in notes)
+
+
+def test_scale_script_keeps_rows_of_sizes_not_asked_and_remeasures_on_request(tmp_path):
+    out = tmp_path / "scale.json"
+    base = [sys.executable, str(SCRIPT), "--models", "BPR", "--out", str(out), "--data-cache", str(tmp_path / "data")]
+    first = subprocess.run([*base, "--factors", "0.01,0.02"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    small, large = json.loads(out.read_text())["results"]["BPR"]
+    again = subprocess.run([*base, "--factors", "0.02", "--remeasure"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "measuring again (--remeasure)" in again.stdout
+    rows = json.loads(out.read_text())["results"]["BPR"]
+    assert [r["factor"] for r in rows] == [0.01, 0.02]  # the size not asked stays, in order of size
+    assert rows[0] == small
+    assert rows[1]["load_average_before"] is not None and rows[1] != large  # a new measurement
