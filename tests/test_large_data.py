@@ -41,6 +41,27 @@ def test_the_batch_grows_with_the_data_and_the_steps_stay_fixed():
     assert "valid_user_sample" not in large_data_settings(_config(valid_user_sample=300), 2_000_000)  # the user's own
 
 
+def test_plain_sgd_keeps_each_pairs_step_when_the_mode_raises_the_batch(syn_dataset):
+    sgd = _config(optimizer="sgd", train_batch_size=1024, learning_rate=51.2)
+    out = large_data_settings(sgd, 2_000_000)
+    assert out["train_batch_size"] == 31_250
+    assert out["learning_rate"] == pytest.approx(51.2 * 31_250 / 1024)  # learning_rate / batch unchanged
+    assert "learning_rate" not in large_data_settings(_config(train_batch_size=1024), 2_000_000)  # Adam: kept
+    kept = large_data_settings(_config(optimizer="sgd", train_batch_size=1024, large_data_sgd_lr="keep"), 2_000_000)
+    assert "learning_rate" not in kept
+    same_batch = _config(optimizer="sgd", large_data="always", train_batch_size=4096, learning_rate=0.5)
+    assert "learning_rate" not in large_data_settings(same_batch, 10_000)  # the batch did not grow
+    with pytest.raises(ConfigError, match="large_data_sgd_lr"):
+        _config(large_data_sgd_lr="double")
+    once = apply_large_data_mode(
+        _config(optimizer="sgd", large_data="always", large_data_steps=3, train_batch_size=64, learning_rate=0.1),
+        syn_dataset,
+    )
+    n_train = syn_dataset.split("train")[0].size
+    assert once.learning_rate == pytest.approx(0.1 * math.ceil(n_train / 3) / 64)
+    assert apply_large_data_mode(once, syn_dataset) is once  # resolved once: the rate is not scaled again
+
+
 def test_applying_twice_changes_nothing(syn_dataset):
     once = apply_large_data_mode(_config(large_data="always", large_data_steps=3), syn_dataset)
     assert apply_large_data_mode(once, syn_dataset) is once

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from modalrec.data.dataset import Dataset
 
 LARGE_DATA_CHOICES = ("auto", "always", "never")
+SGD_LR_RULES = ("scale", "keep")
 
 
 def large_data_active(config: Config | dict[str, Any], n_train: int) -> bool:
@@ -47,14 +48,27 @@ def large_data_active(config: Config | dict[str, Any], n_train: int) -> bool:
     return mode == "always"
 
 
-def large_data_settings(config: Config | dict[str, Any], n_train: int) -> dict[str, int]:
-    """The (``train_batch_size``, ``valid_user_sample``) the large-data mode gives; {} when it is off."""
+def large_data_settings(config: Config | dict[str, Any], n_train: int) -> dict[str, int | float]:
+    """The (``train_batch_size``, ``valid_user_sample``, and for plain SGD ``learning_rate``) the large-data
+    mode gives; {} when it is off.
+
+    Plain SGD on the batch-mean loss moves each pair by learning_rate / B, so a batch the mode raises from B to
+    B' would shrink every pair's step B'/B times (118× at the 1M target from 1,024): with
+    ``large_data_sgd_lr: scale`` (the default) the learning rate is raised by the same factor, the linear
+    scaling rule (Goyal et al., 2017). Adam's step does not shrink with the batch, so Adam is left alone.
+    """
     if not large_data_active(config, n_train):
         return {}
     steps = int(config.get("large_data_steps", 64))
     if steps < 1:
         raise ConfigError(f"large_data_steps = {steps}: must be ≥ 1")
-    out = {"train_batch_size": max(int(config["train_batch_size"]), math.ceil(n_train / steps))}
+    batch = int(config["train_batch_size"])
+    out: dict[str, int | float] = {"train_batch_size": max(batch, math.ceil(n_train / steps))}
+    rule = str(config.get("large_data_sgd_lr", "scale")).lower()
+    if rule not in SGD_LR_RULES:
+        raise ConfigError(f"large_data_sgd_lr must be one of {', '.join(SGD_LR_RULES)}; got {rule!r}")
+    if rule == "scale" and str(config.get("optimizer", "adam")).lower() == "sgd" and out["train_batch_size"] > batch:
+        out["learning_rate"] = float(config["learning_rate"]) * out["train_batch_size"] / batch
     if not int(config.get("valid_user_sample", 0)):
         out["valid_user_sample"] = int(config.get("large_data_valid_users", 0))
     return out
@@ -87,7 +101,12 @@ def describe_large_data(config: Config, n_train: int, n_batches: int) -> str | N
         if str(config.large_data).lower() == "auto"
         else "large_data: always"
     )
+    sgd = ""
+    if str(config.get("optimizer", "adam")).lower() == "sgd":
+        rule = str(config.get("large_data_sgd_lr", "scale")).lower()
+        how = "scaled with the batch" if rule == "scale" else "not scaled"
+        sgd = f"; plain SGD, learning rate {float(config.learning_rate):g} ({how}, large_data_sgd_lr: {rule})"
     return (
         f"large-data mode ({why}; --set large_data=never for MMRec's protocol): {n_batches} steps per epoch of "
-        f"{int(config.train_batch_size):,} pairs (docs/scale.md#large-data-mode)"
+        f"{int(config.train_batch_size):,} pairs{sgd} (docs/scale.md#large-data-mode)"
     )
