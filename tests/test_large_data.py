@@ -11,7 +11,12 @@ import modalrec.api as mr
 from modalrec.config import resolve_config
 from modalrec.errors import ConfigError
 from modalrec.models import get_model_class
-from modalrec.training.large_data import apply_large_data_mode, large_data_active, large_data_settings
+from modalrec.training.large_data import (
+    apply_large_data_mode,
+    describe_large_data,
+    large_data_active,
+    large_data_settings,
+)
 
 
 def _config(**overrides):
@@ -60,6 +65,9 @@ def test_plain_sgd_keeps_each_pairs_step_when_the_mode_raises_the_batch(syn_data
     n_train = syn_dataset.split("train")[0].size
     assert once.learning_rate == pytest.approx(0.1 * math.ceil(n_train / 3) / 64)
     assert apply_large_data_mode(once, syn_dataset) is once  # resolved once: the rate is not scaled again
+    line = describe_large_data(once, n_train, 3)
+    assert f"plain SGD, learning rate {once.learning_rate:g} (scaled with the batch" in line
+    assert "plain SGD" not in describe_large_data(_config(large_data="always"), n_train, 3)  # Adam: not mentioned
 
 
 def test_applying_twice_changes_nothing(syn_dataset):

@@ -48,6 +48,16 @@ def large_data_active(config: Config | dict[str, Any], n_train: int) -> bool:
     return mode == "always"
 
 
+def sgd_lr_rule(config: Config | dict[str, Any]) -> str | None:
+    """``large_data_sgd_lr`` (``scale`` or ``keep``) when the run steps by plain SGD, None under Adam."""
+    if str(config.get("optimizer", "adam")).lower() != "sgd":
+        return None
+    rule = str(config.get("large_data_sgd_lr", "scale")).lower()
+    if rule not in SGD_LR_RULES:
+        raise ConfigError(f"large_data_sgd_lr must be one of {', '.join(SGD_LR_RULES)}; got {rule!r}")
+    return rule
+
+
 def large_data_settings(config: Config | dict[str, Any], n_train: int) -> dict[str, int | float]:
     """The (``train_batch_size``, ``valid_user_sample``, and for plain SGD ``learning_rate``) the large-data
     mode gives; {} when it is off.
@@ -64,10 +74,7 @@ def large_data_settings(config: Config | dict[str, Any], n_train: int) -> dict[s
         raise ConfigError(f"large_data_steps = {steps}: must be ≥ 1")
     batch = int(config["train_batch_size"])
     out: dict[str, int | float] = {"train_batch_size": max(batch, math.ceil(n_train / steps))}
-    rule = str(config.get("large_data_sgd_lr", "scale")).lower()
-    if rule not in SGD_LR_RULES:
-        raise ConfigError(f"large_data_sgd_lr must be one of {', '.join(SGD_LR_RULES)}; got {rule!r}")
-    if rule == "scale" and str(config.get("optimizer", "adam")).lower() == "sgd" and out["train_batch_size"] > batch:
+    if sgd_lr_rule(config) == "scale" and out["train_batch_size"] > batch:
         out["learning_rate"] = float(config["learning_rate"]) * out["train_batch_size"] / batch
     if not int(config.get("valid_user_sample", 0)):
         out["valid_user_sample"] = int(config.get("large_data_valid_users", 0))
@@ -101,9 +108,8 @@ def describe_large_data(config: Config, n_train: int, n_batches: int) -> str | N
         if str(config.large_data).lower() == "auto"
         else "large_data: always"
     )
-    sgd = ""
-    if str(config.get("optimizer", "adam")).lower() == "sgd":
-        rule = str(config.get("large_data_sgd_lr", "scale")).lower()
+    sgd, rule = "", sgd_lr_rule(config)
+    if rule is not None:
         how = "scaled with the batch" if rule == "scale" else "not scaled"
         sgd = f"; plain SGD, learning rate {float(config.learning_rate):g} ({how}, large_data_sgd_lr: {rule})"
     return (
