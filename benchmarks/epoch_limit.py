@@ -16,7 +16,8 @@ shape (``modalrec.data.synth.SHAPES``), through the same model code ``modalrec t
 * **The limit**: the epoch's FLOPs (steps × FLOPs per step + per-epoch FLOPs) at the machine's
   dense GEMM rate, measured here on a 2048³ float32 product with the same thread count — the time
   the arithmetic of the model's equations would take if every FLOP ran as fast as a large GEMM.
-* **The epoch**: one timed epoch (after ``--warmup`` steps), Adam as ``modalrec train`` uses it,
+* **The epoch**: one timed epoch (after ``--warmup`` steps), Adam and the process set-up (the allocator
+  keeping freed memory, deterministic kernels) as ``modalrec train`` uses them,
   and its ratio to the limit; plus the operators that took the most time in a profiled run of
   ``--profile-steps`` steps (torch.profiler, self CPU time).
 
@@ -47,11 +48,12 @@ from modalrec.data.synth import SHAPES, synthetic_dataset
 from modalrec.models import resolve_model
 from modalrec.models.base import Batch
 from modalrec.runs import prepare_model
-from modalrec.training import NegativeSampler
+from modalrec.training import NegativeSampler, deterministic_cpu_kernels, keep_freed_memory_in_process
 from modalrec.training.large_data import apply_large_data_mode
 
 aten = torch.ops.aten
-DENSE = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+# every overload (default, out=, in place): the fused loss kernels write into buffers and accumulate in place
+DENSE = ("mm", "addmm", "addmm_", "bmm", "baddbmm", "baddbmm_")
 
 
 def _is_sparse(t: Any) -> bool:
@@ -79,10 +81,10 @@ class FlopCount(TorchDispatchMode):
             dense = [a for a in mats if not _is_sparse(a) and a.dim() == 2]
             if dense and name in ("mm", "addmm", "_sparse_mm", "_sparse_addmm", "_sparse_csr_mm"):
                 self.by_op[f"sparse {name}"] += 2.0 * _nnz(sparse) * dense[-1].shape[1]
-        elif func in DENSE:
-            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+        elif name in DENSE:
+            a, b = (args[1], args[2]) if name.startswith(("addmm", "baddbmm")) else (args[0], args[1])
             batch = a.shape[0] if a.dim() == 3 else 1
-            self.by_op[name] += 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+            self.by_op[name.rstrip("_")] += 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
         return out
 
     @property
@@ -217,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
     if not specs:
         sys.exit("--models: give at least one model")
     machine = machine_record()  # the load average before this script's own work
+    # the process set-up of `modalrec train` (Trainer): without it every step re-faults its freed temporaries,
+    # which inflated the seed models' epochs by a fifth (records before this line was added)
+    tuned = keep_freed_memory_in_process()
+    deterministic_cpu_kernels(torch.device("cpu"))
     args.rate = gemm_rate(args.threads)
     print(
         f"dense GEMM rate: {args.rate / 1e9:.1f} GFLOP/s on {args.threads} thread(s); "
@@ -229,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine,
         "versions": versions_record(),
         "threads": args.threads,
+        "freed_memory_kept_in_process": tuned,
         "gemm_gflops": round(args.rate / 1e9, 1),
         "rows": rows,
     }

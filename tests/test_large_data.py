@@ -121,18 +121,15 @@ def test_a_model_that_reads_the_batch_size_sees_the_large_data_one(syn_dir, tmp_
 def test_a_models_large_data_settings_apply_only_where_the_default_is_kept(syn_dataset):
     from modalrec.config import large_data_settings_of
 
-    assert large_data_settings_of("MARIO") == {"graph_refresh": "epoch"}
+    assert large_data_settings_of("MARIO") == {}  # its default already refreshes its learned graphs per epoch
     assert large_data_settings_of("MeAIM") == {"cl_candidates": 1024, "kl_candidates": 1024, "cl_positives": "block"}
-    mario = get_model_class("MARIO")
-    on = apply_large_data_mode(resolve_config(mario, overrides={"large_data": "always"}), syn_dataset, mario)
-    assert on.graph_refresh == "epoch"
     meaim = get_model_class("MeAIM")
     own = resolve_config(meaim, overrides={"large_data": "always", "cl_candidates": 100})
     own = apply_large_data_mode(own, syn_dataset, meaim)
     assert (own.cl_candidates, own.kl_candidates) == (100, 1024)  # the user's value stays, the default moves
     assert own.cl_positives == "block"
-    off = apply_large_data_mode(resolve_config(mario), syn_dataset, mario)
-    assert off.graph_refresh == "forward"  # below the size rule nothing changes
+    off = apply_large_data_mode(resolve_config(meaim), syn_dataset, meaim)
+    assert off.cl_candidates == 0  # below the size rule nothing changes
 
 
 def test_sampled_candidates_hold_every_positive_once():

@@ -1,6 +1,8 @@
 """The losses of ``modalrec.nn.losses`` shared by several models, against per-row formulas and direct
 (unblocked) computations, gradients included: in-batch InfoNCE and negative cosine (SLMRec, BM3), GRACE
-InfoNCE and the WGAN gradient penalty (MMSSL), neighbour discrimination (DA-MRS)."""
+InfoNCE and the WGAN gradient penalty (MMSSL), neighbour discrimination (DA-MRS); and the fused kernels that form
+their gradients in the forward pass (full-table InfoNCE, the dot-product Bernoulli KL, the mean absolute error)
+against autograd over the plain formulas."""
 
 from __future__ import annotations
 
@@ -11,9 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modalrec.nn import losses
 from modalrec.nn.losses import (
+    bernoulli_kl_symmetric_logits,
+    dot_bernoulli_kl_full,
     grace_info_nce,
+    info_nce_full,
     info_nce_in_batch,
+    mean_absolute_error,
     negative_cosine_loss,
     neighbour_discrimination_nce,
     wgan_gradient_penalty,
@@ -103,4 +110,53 @@ def test_wgan_gradient_penalty_linear_first_equals_plain():
     g_fast = torch.autograd.grad(fast, [first.weight, first.bias])
     torch.testing.assert_close(fast, plain)
     for a, b in zip(g_fast, g_plain, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- fused kernels against autograd
+def _grads(value: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(value, leaves))
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.004])  # 0.004: a fixed shift could underflow a row, the row max is taken
+@pytest.mark.parametrize("tile_elements", [7, 2**20])  # one anchor per tile, and every anchor in one tile
+def test_full_table_info_nce_equals_autograd_over_cross_entropy(tau, tile_elements, monkeypatch):
+    monkeypatch.setattr(losses, "_TILE_ELEMENTS", tile_elements)
+    g = torch.Generator().manual_seed(3)
+    anchors = torch.randn(9, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(11, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([0, 3, 3, 10, 5, 1, 0, 7, 2])
+    got = info_nce_full(anchors, table, index, tau, block_size=4)
+    x, y = F.normalize(anchors, dim=1) / tau, F.normalize(table, dim=1)
+    ref = F.cross_entropy(x @ y.T, index)
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(_grads(got, [anchors, table]), _grads(ref, [anchors, table]), strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(info_nce_full(anchors, table, index, tau), ref.detach())
+
+
+@pytest.mark.parametrize("scale", [0.3, 40.0])  # 40: logits beyond ±logit(1 − 1e-7), the clamp's zero gradient
+def test_dot_bernoulli_kl_equals_autograd_over_the_logit_form(scale, monkeypatch):
+    monkeypatch.setattr(losses, "_TILE_ELEMENTS", 16)  # two anchors per tile of 8 rows
+    g = torch.Generator().manual_seed(4)
+    x = (scale * torch.randn(5, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    tp = torch.randn(8, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    tq = torch.randn(8, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    got = dot_bernoulli_kl_full(x, tp, tq, block_size=3)
+    ref = bernoulli_kl_symmetric_logits(x @ tp.T, x @ tq.T).mean()
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(_grads(got, [x, tp, tq]), _grads(ref, [x, tp, tq]), strict=True):
+        torch.testing.assert_close(a, b)
+    if scale > 20:  # some logits were clamped: their gradient is zero, as autograd's clamp gives
+        assert ((x @ tp.T).abs() > 16.2).any()
+
+
+def test_mean_absolute_error_equals_autograd():
+    g = torch.Generator().manual_seed(5)
+    pred = torch.randn(6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    got, ref = mean_absolute_error(pred, target), (pred - target).abs().mean()
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(_grads(got, [pred, target]), _grads(ref, [pred, target]), strict=True):
         torch.testing.assert_close(a, b)

@@ -8,7 +8,6 @@ The A = M + 1 representations of a node are named ``id`` and the modality names.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -18,12 +17,11 @@ from torch import nn
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Explanation, Recommender, xavier_embedding
-from modalrec.nn.losses import dot_bernoulli_kl_full, info_nce_sampled
+from modalrec.nn.losses import LOG2E, dot_bernoulli_kl_full, info_nce_sampled
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import meta_weight_head_affine
 
 ID = "id"
-LOG2E = 1.0 / math.log(2.0)  # exp(x) = 2^(x·log2 e); torch's exp2 is several times faster than exp on CPU
 
 
 class FastDropout(nn.Dropout):
