@@ -525,20 +525,34 @@ def test_threads_option_and_variable(lightgcn_finished, monkeypatch):
         assert "--threads" in invoke(cmd, "--help").output, cmd
 
 
-@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_importing_modalrec_makes_idle_openmp_threads_sleep(preset, expected):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ({}, None),  # depends on the load: one of the two settings, never both
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE None"),
+        ({"GOMP_SPINCOUNT": "5"}, "None 5"),
+    ],
+)
+def test_importing_modalrec_sets_how_idle_openmp_threads_wait_unless_the_user_did(preset, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(preset)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, "-c", "import os, modalrec; print(os.environ['OMP_WAIT_POLICY'])"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert out.stdout.strip() == expected, out.stderr
+    code = "import os, modalrec; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    got = out.stdout.strip()
+    if expected is None:
+        assert got in ("PASSIVE None", "None 10000"), out.stderr
+    else:
+        assert got == expected, out.stderr
+
+
+def test_openmp_waiting_spins_briefly_only_on_an_idle_machine():
+    from modalrec.threads import SHORT_SPIN, openmp_waiting_for
+
+    assert openmp_waiting_for(0.2, 2) == {"GOMP_SPINCOUNT": str(SHORT_SPIN)}
+    assert openmp_waiting_for(1.6, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}  # the other core is taken
+    assert openmp_waiting_for(6.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp_waiting_for(6.0, 16) == {"GOMP_SPINCOUNT": str(SHORT_SPIN)}
 
 
 def test_second_ctrl_c_quits_at_once_and_leaves_the_previous_state(syn_dir, tmp_path, monkeypatch):

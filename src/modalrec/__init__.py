@@ -22,9 +22,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from modalrec.errors import ConfigError, DataError, ModalrecError, RunError
-from modalrec.threads import prefer_passive_waiting
+from modalrec.threads import choose_openmp_waiting
 
-prefer_passive_waiting()  # must precede torch's OpenMP start-up; see modalrec.threads
+choose_openmp_waiting()  # must precede torch's OpenMP start-up; see modalrec.threads
 
 __version__ = "0.1.0"
 
