@@ -32,12 +32,17 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import modalrec  # noqa: F401 - before torch, so the OpenMP waiting policy is the one `modalrec train` gets
+
+# isort: on
 import numpy as np
 import torch
 from bench_record import machine_record, versions_record, write_record
@@ -236,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         "versions": versions_record(),
         "threads": args.threads,
         "freed_memory_kept_in_process": tuned,
+        "openmp_waiting": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "gemm_gflops": round(args.rate / 1e9, 1),
         "rows": rows,
     }
