@@ -52,7 +52,7 @@ class _MeanAbsoluteError(torch.autograd.Function):
 def mean_absolute_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean over every element of |pred − target| (MARIO's modality-preservation loss, paper Eq. 8).
 
-    The value and gradient of ``(pred − target).abs().mean()``, in three passes over the arrays instead of
+    The value and gradient of ``(pred − target).abs().mean()``, in four passes over the arrays instead of
     autograd's six: at Baby's shape MARIO reconstructs ~1,500 × 4,096 image features per step.
     """
     return _MeanAbsoluteError.apply(pred, target)
