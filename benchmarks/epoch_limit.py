@@ -14,12 +14,15 @@ shape (``modalrec.data.synth.SHAPES``), through the same model code ``modalrec t
   not counted: they are the overhead a limit leaves out. Per-epoch work outside the steps
   (``pre_epoch``, e.g. MARIO's graphs with ``graph_refresh: epoch``) is counted once.
 * **The limit**: the epoch's FLOPs (steps × FLOPs per step + per-epoch FLOPs) at the machine's
-  dense GEMM rate, measured here on a 2048³ float32 product with the same thread count — the time
-  the arithmetic of the model's equations would take if every FLOP ran as fast as a large GEMM.
-* **The epoch**: one timed epoch (after ``--warmup`` steps), Adam and the process set-up (the allocator
-  keeping freed memory, deterministic kernels) as ``modalrec train`` uses them,
-  and its ratio to the limit; plus the operators that took the most time in a profiled run of
-  ``--profile-steps`` steps (torch.profiler, self CPU time).
+  dense GEMM rate, measured on a 2048³ float32 product with the same thread count just before and
+  just after the model's timed epochs (their mean: this machine's speed drifts by about ±10 % over
+  minutes) — the time the arithmetic of the model's equations would take if every FLOP ran as fast as
+  a large GEMM.
+* **The epoch**: the best of ``--epochs`` timed epochs (after ``--warmup`` steps; the GEMM rate is a
+  best of 5 too), with Adam and the process set-up (the allocator keeping freed memory, deterministic
+  kernels, the OpenMP waiting policy) as ``modalrec train`` uses them, and its ratio to the limit; plus
+  the operators that took the most time in a profiled run of ``--profile-steps`` steps (torch.profiler,
+  self CPU time).
 
 ``--large`` applies the large-data mode (``large_data: always``: 64 steps per epoch and the
 model's ``large_data_settings``) as ``modalrec train`` would. The JSON (``--out``) records the
@@ -160,11 +163,18 @@ def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dic
     warm = batches(1)
     for _ in range(args.warmup):
         step(next(warm))
-    start = time.perf_counter()
-    model.pre_epoch(1)
-    for batch in batches(2):
-        step(batch)
-    epoch_seconds = time.perf_counter() - start
+    # this machine's speed drifts by ±10 % over minutes: the GEMM rate is measured beside each model's epochs
+    # (before and after, the mean of the two) and the epoch is the best of --epochs, as the rate is a best of 5
+    rate_before = gemm_rate(args.threads)
+    epoch_times = []
+    for e in range(args.epochs):
+        start = time.perf_counter()
+        model.pre_epoch(1 + e)
+        for batch in batches(2 + e):
+            step(batch)
+        epoch_times.append(time.perf_counter() - start)
+    epoch_seconds = min(epoch_times)
+    rate = (rate_before + gemm_rate(args.threads)) / 2
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -175,7 +185,7 @@ def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dic
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total_self = sum(e.self_cpu_time_total for e in events) or 1.0
     flops = steps * per_step.total + per_epoch.total
-    limit = flops / args.rate
+    limit = flops / rate
     row = {
         "model": name,
         "overrides": {k: v for k, v in overrides.items() if k != "large_data"},
@@ -192,7 +202,9 @@ def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dic
         "gflop_per_epoch_outside_steps": round(per_epoch.total / 1e9, 3),
         "gflop_per_epoch": round(flops / 1e9, 2),
         "limit_seconds": round(limit, 3),
+        "gemm_gflops_beside": round(rate / 1e9, 1),
         "epoch_seconds": round(epoch_seconds, 3),
+        "epoch_seconds_all": [round(t, 3) for t in epoch_times],
         "epoch_over_limit": round(epoch_seconds / limit, 2) if limit > 0 else None,
         "profile_steps": args.profile_steps,
         "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / total_self, 3) for e in events[: args.top_ops]},
@@ -213,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--factor", type=float, default=1.0, help="Scale the shape's users and items (tests: 0.05).")
     ap.add_argument("--large", action="store_true", help="Apply the large-data mode (large_data: always).")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--warmup", type=int, default=2, help="Steps run before the timed epoch.")
+    ap.add_argument("--warmup", type=int, default=2, help="Steps run before the timed epochs.")
+    ap.add_argument("--epochs", type=int, default=1, help="Timed epochs per model; the best counts.")
     ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--top-ops", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)

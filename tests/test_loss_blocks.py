@@ -1,7 +1,8 @@
 """The losses of ``modalrec.nn.losses`` shared by several models, against per-row formulas and direct
 (unblocked) computations, gradients included: in-batch InfoNCE and negative cosine (SLMRec, BM3), GRACE
 InfoNCE and the WGAN gradient penalty (MMSSL), neighbour discrimination (DA-MRS); and the fused kernels that form
-their gradients in the forward pass (full-table InfoNCE, the dot-product Bernoulli KL, the mean absolute error)
+their gradients in the forward pass (full-table InfoNCE, the dot-product Bernoulli KL, a linear decoder's L1 error)
+and the feature projection with its reordered weight gradient
 against autograd over the plain formulas."""
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import torch.nn.functional as F
 from modalrec.nn import losses
 from modalrec.nn.losses import (
     bernoulli_kl_symmetric_logits,
+    decoded_l1_error,
     dot_bernoulli_kl_full,
     grace_info_nce,
     info_nce_full,
     info_nce_in_batch,
-    mean_absolute_error,
     negative_cosine_loss,
     neighbour_discrimination_nce,
     wgan_gradient_penalty,
@@ -152,11 +153,33 @@ def test_dot_bernoulli_kl_equals_autograd_over_the_logit_form(scale, monkeypatch
         assert ((x @ tp.T).abs() > 16.2).any()
 
 
-def test_mean_absolute_error_equals_autograd():
+@pytest.mark.parametrize("tile_elements", [7, 2**20])  # one row per tile, and every row in one tile
+def test_decoded_l1_error_equals_autograd(tile_elements, monkeypatch):
+    monkeypatch.setattr(losses, "_TILE_ELEMENTS", tile_elements)
     g = torch.Generator().manual_seed(5)
-    pred = torch.randn(6, 7, generator=g, dtype=torch.float64, requires_grad=True)
-    target = torch.randn(6, 7, generator=g, dtype=torch.float64, requires_grad=True)
-    got, ref = mean_absolute_error(pred, target), (pred - target).abs().mean()
+    codes = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    features = torch.randn(10, 7, generator=g, dtype=torch.float64)
+    rows = torch.tensor([4, 0, 9, 4, 2, 7])
+    got = decoded_l1_error(codes, weight, features, rows)
+    ref = (codes @ weight.T - features[rows]).abs().mean()
     torch.testing.assert_close(got, ref)
-    for a, b in zip(_grads(got, [pred, target]), _grads(ref, [pred, target]), strict=True):
+    for a, b in zip(_grads(got, [codes, weight]), _grads(ref, [codes, weight]), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_feature_projection_equals_a_linear_layer_without_bias():
+    from modalrec.nn.projection import project_features
+
+    g = torch.Generator().manual_seed(6)
+    features = torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    got, ref = project_features(features, weight), F.linear(features, weight)
+    torch.testing.assert_close(got, ref)
+    upstream = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    for a, b in zip(
+        _grads((got * upstream).sum(), [features, weight]),
+        _grads((ref * upstream).sum(), [features, weight]),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b)

@@ -17,7 +17,8 @@ from torch import nn
 from modalrec.graphs import SparseOperator, knn_graph_coo, knn_topk, normalize_sparse_rows
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Explanation, Recommender, xavier_embedding
-from modalrec.nn.losses import bpr_loss, mean_absolute_error, sq_reg
+from modalrec.nn.losses import bpr_loss, decoded_l1_error, sq_reg
+from modalrec.nn.projection import project_features
 from modalrec.nn.propagation import NGCFPropagation, propagate, split_nodes
 from modalrec.nn.scoring import modality_attention_scores
 
@@ -280,7 +281,9 @@ class MARIO(Recommender):
         the softmax then hands almost all the weight to content and the ranking collapses to
         a content-only one. Unit rows keep every modality's score on the scale of u's norm.
         """
-        tables = [w(self.feature_buffer(m)) for m, w in zip(self.content, self.compress, strict=True)]
+        tables = [
+            project_features(self.feature_buffer(m), w.weight) for m, w in zip(self.content, self.compress, strict=True)
+        ]
         if self.content_norm == "l2":
             tables = [F.normalize(t, dim=1) for t in tables]
         return tables
@@ -418,8 +421,7 @@ class MARIO(Recommender):
         total = reps.users.new_zeros(())
         for i, m in enumerate(self.content):
             src = reps.content[i] if self.decode_from == "propagated" else reps.compressed[i]
-            recon = self.decoders[i](src[items])
-            total = total + mean_absolute_error(recon, self.feature_buffer(m).index_select(0, items))
+            total = total + decoded_l1_error(src[items], self.decoders[i].weight, self.feature_buffer(m), items)
         return total
 
     # ------------------------------------------------------------------ analyses

@@ -18,6 +18,7 @@ from modalrec.graphs import SparseOperator
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Explanation, Recommender, xavier_embedding
 from modalrec.nn.losses import LOG2E, dot_bernoulli_kl_full, info_nce_sampled
+from modalrec.nn.projection import project_features
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import meta_weight_head_affine
 
@@ -245,7 +246,8 @@ class MeAIM(Recommender):
         z_u_c, z_i_c = split_nodes(propagate(self.adj, e0, n_id, "last"), self.n_users)
         users, items, xs = [], [], []
         for i, m in enumerate(self.modalities):
-            x_m = e_i * torch.sigmoid(self.trans[i](F.normalize(self.proj[i](self.feature_buffer(m)), dim=1)))
+            compressed = F.normalize(project_features(self.feature_buffer(m), self.proj[i].weight), dim=1)
+            x_m = e_i * torch.sigmoid(self.trans[i](compressed))
             h0 = torch.cat([self.r_hat @ x_m, x_m])
             z_u, z_i = split_nodes(propagate(self.adj, h0, self.content_layers[i], "last"), self.n_users)
             users.append(z_u)
