@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--models: give at least one model")
     machine = machine_record()  # the load average before this script's own work
     # the process set-up of `modalrec train` (Trainer): without it every step re-faults its freed temporaries,
-    # which inflated the seed models' epochs by a fifth (records before this line was added)
+    # which made a MARIO step about a fifth longer (measured by hand; records before this line was added)
     tuned = keep_freed_memory_in_process()
     deterministic_cpu_kernels(torch.device("cpu"))
     args.rate = gemm_rate(args.threads)

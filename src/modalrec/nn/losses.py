@@ -36,7 +36,17 @@ def sq_reg(*tensors: torch.Tensor, batch_size: int | None = None) -> torch.Tenso
     return l2_loss(*tensors) / b
 
 
-class _DecodedL1Error(torch.autograd.Function):
+class _GradientsInForward(torch.autograd.Function):
+    """An autograd function whose forward pass also forms its gradients (they need the same (rows × table)
+    products, and taking them at once keeps no such array for a backward pass). The forward stores
+    ``ctx.grads``, one entry per forward input (None where there is none); the backward only scales them."""
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        return tuple(None if g is None else g * grad_out for g in ctx.grads)
+
+
+class _DecodedL1Error(_GradientsInForward):
     """Σ over rows r and features e of |(codes_r · Wᵀ)_e − F[rows_r, e]|, gradients formed in the forward pass.
 
     One tile of rows at a time: decode into a cache-sized buffer, subtract the tile's feature rows, add
@@ -67,12 +77,8 @@ class _DecodedL1Error(torch.autograd.Function):
                     torch.mm(out, weight, out=grad_codes[lo:hi])
                 if need_weight:
                     grad_weight.addmm_(out.T, codes[lo:hi])
-        ctx.grads = (grad_codes, grad_weight)
+        ctx.grads = (grad_codes, grad_weight, None, None, None)
         return total
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        return (*(None if g is None else g * grad_out for g in ctx.grads), None, None, None)
 
 
 def decoded_l1_error(
@@ -92,7 +98,7 @@ def decoded_l1_error(
 
 
 # ====================================================================== blocked full-table losses
-class _EagerBlockSum(torch.autograd.Function):
+class _EagerBlockSum(_GradientsInForward):
     """Σ over row blocks of ``fn(rows_block…, *shared)`` with the gradients taken block by block.
 
     The forward pass runs ``fn`` on one block of rows at a time under autograd, takes the
@@ -129,12 +135,8 @@ class _EagerBlockSum(torch.autograd.Function):
                     else:
                         grads[j].add_(g)  # type: ignore[union-attr]
                 total = total + value.detach()
-        ctx.grads = grads
+        ctx.grads = (None, None, None, *grads)
         return total
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        return (None, None, None, *(None if g is None else g * grad_out for g in ctx.grads))
 
 
 def blocked_row_sum(fn, rows: list[torch.Tensor], shared: list[torch.Tensor], block_size: int) -> torch.Tensor:
@@ -155,7 +157,7 @@ def blocked_row_sum(fn, rows: list[torch.Tensor], shared: list[torch.Tensor], bl
     return _EagerBlockSum.apply(fn, int(block_size), len(rows), *tensors)
 
 
-class _InfoNCETable(torch.autograd.Function):
+class _InfoNCETable(_GradientsInForward):
     """Σ_k [log Σ_n exp(x_k·y_n) − x_k·y_{i_k}] over anchors x_k with the gradients formed in its forward pass.
 
     Each tile of anchors goes through its (table × tile) logits once, in a buffer small enough to stay in
@@ -196,18 +198,8 @@ class _InfoNCETable(torch.autograd.Function):
                 torch.mm(logits.T, y, out=grad_x[lo:hi])
                 grad_y.addmm_(logits, x[lo:hi])
         total -= (x * y[index]).sum()
-        ctx.grads = (grad_x, grad_y)
+        ctx.grads = (grad_x, grad_y, None, None)
         return total
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        grad_x, grad_y = ctx.grads
-        return (
-            None if grad_x is None else grad_x * grad_out,
-            None if grad_y is None else grad_y * grad_out,
-            None,
-            None,
-        )
 
 
 def info_nce_full(
@@ -345,15 +337,15 @@ def bernoulli_kl_symmetric_logits(x: torch.Tensor, y: torch.Tensor, eps: float =
     return (torch.sigmoid(x) - torch.sigmoid(y)) * (x - y)
 
 
-class _DotBernoulliKL(torch.autograd.Function):
+class _DotBernoulliKL(_GradientsInForward):
     """Σ_(k,n) (σ(ã) − σ(b̃))(ã − b̃) with a = x_k·P_n, b = x_k·Q_n clamped to ±c, gradients formed in the forward.
 
     One tile of anchors at a time, its two (tile × table) logit arrays kept small enough to stay in cache
     through every pass: the two GEMMs, σ, the value, then in place ∂/∂a = σ'(ã)(ã − b̃) + σ(ã) − σ(b̃) and
     ∂/∂b = −σ'(b̃)(ã − b̃) − (σ(ã) − σ(b̃)) (zero where the clamp bit, as autograd's clamp gives), and the
     gradient GEMMs. Autograd over the element-wise form stored about ten (anchors × table) arrays and
-    made MeAIM's KL term a third of its step at Baby's shape. The clamp is applied only to a tile whose
-    logits reach ±c (one min/max pass tells).
+    made MeAIM's KL term about a third of its step at Baby's shape (profiled by hand). The clamp is applied
+    only to a tile whose logits reach ±c (one min/max pass tells).
     """
 
     @staticmethod
@@ -392,12 +384,8 @@ class _DotBernoulliKL(torch.autograd.Function):
                     t.mul_(mask)
                 grads[0][lo:hi].addmm_(t, table, alpha=sign)
                 g_table.addmm_(t.T, xt, alpha=sign)
-        ctx.grads = grads
+        ctx.grads = (*grads, None, None)
         return total
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        return (*(None if g is None else g * grad_out for g in ctx.grads), None, None)
 
 
 def dot_bernoulli_kl_full(
@@ -470,7 +458,7 @@ def neighbour_discrimination_nce(
     return total / max(1, n_rows * v)
 
 
-class _NeighbourNCE(torch.autograd.Function):
+class _NeighbourNCE(_GradientsInForward):
     """Σ over anchors and views of the neighbour-discrimination terms, gradients in closed form.
 
     Per block of anchors and view: s = z Zᵀ, e = exp(s/τ); with a = mm/tot, b = sg/(tot − mm),
@@ -517,12 +505,8 @@ class _NeighbourNCE(torch.autograd.Function):
                     gz[m][lo : lo + block_size] = g @ ts[m]
                 if gt[m] is not None:
                     gt[m] += g.T @ zb[m]
-        ctx.grads = gz + gt
+        ctx.grads = (None, None, None, None, None, *gz, *gt)
         return total.to(zs[0].dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        return (None, None, None, None, None, *(None if g is None else g * grad_out for g in ctx.grads))
 
 
 # ====================================================================== WGAN-GP (MMSSL)
