@@ -82,12 +82,19 @@ def test_fusion_full_scores_equal_naive(ds, fusion, build):
     torch.testing.assert_close(model.full_scores(users), naive, rtol=1e-5, atol=1e-5)
 
 
-def test_ranking_block_size_does_not_change_scores(ds, build):
+def test_ranking_block_size_and_tiles_do_not_change_scores(ds, build, monkeypatch):
+    from modalrec.models import base
+
     a = build("MARIO", ds, ranking_block_size=1024).eval()
-    b = build("MARIO", ds, ranking_block_size=5).eval()
+    b = build("MARIO", ds, ranking_block_size=7).eval()
     b.load_state_dict(a.state_dict())
     users = torch.arange(N_USERS)
-    torch.testing.assert_close(a.full_scores(users), b.full_scores(users), rtol=0, atol=1e-6)
+    whole_rows = a.full_scores(users)
+    assert a.score_tile_shape(N_ITEMS) == (1024, N_ITEMS)  # this catalogue: one tile spans every item
+    torch.testing.assert_close(whole_rows, b.full_scores(users), rtol=0, atol=1e-6)
+    monkeypatch.setattr(base, "PAIR_TILE_SCORES", 7 * 9)  # tiles of 7 users × 9 items, the last ones partial
+    assert b.score_tile_shape(N_ITEMS) == (7, 9) and N_ITEMS % 9 and N_USERS % 7
+    torch.testing.assert_close(whole_rows, b.full_scores(users), rtol=0, atol=1e-6)
 
 
 def test_ranking_blocks_shrink_where_a_catalogue_would_make_them_gigabytes(ds, build, monkeypatch):

@@ -17,7 +17,7 @@ from modalrec.config.bounds import parse_bound
 from modalrec.data.synth import synthetic_dataset
 from modalrec.errors import ConfigError
 from modalrec.graphs import GraphStore
-from modalrec.models import Recommender, list_models
+from modalrec.models import Recommender, base, list_models
 from modalrec.models.base import FEATURE_BUFFER
 
 MODELS = [cls.name for cls in list_models()]
@@ -115,9 +115,14 @@ def test_in_eval_mode_keeps_an_evaluating_model_and_its_cache(ds):
 def test_ranking_block_size_setting_or_the_device_default(ds):
     assert build("MARIO", ds, ranking_block_size=7).ranking_block_size(ds.n_items) == 7
     assert build("MeAIM", ds, ranking_block_size=5).ranking_block_size(ds.n_items) == 5
-    auto = build("MeAIM", ds).ranking_block_size(ds.n_items)  # null: 32 users per CPU thread
-    assert auto == 32 * max(1, torch.get_num_threads())
+    auto = build("MeAIM", ds).ranking_block_size(ds.n_items)  # null: 128 users per CPU thread
+    assert auto == 128 * max(1, torch.get_num_threads())
     assert build("LightGCN", ds).ranking_block_size(ds.n_items) == auto  # no such key: the same default
+    # CPU tiles: the same users, and columns that keep an array at PAIR_TILE_SCORES, at any catalogue size
+    model = build("MeAIM", ds)
+    for n_items in (50, 300_000, 10**9):
+        rows, cols = model.score_tile_shape(n_items, stacked=9)
+        assert rows == auto and cols == min(n_items, base.PAIR_TILE_SCORES // auto)
     maml = build("MAML", ds, ranking_pair_block=100)  # pairs per block, at least one user
     assert (maml.ranking_block_size(30), maml.ranking_block_size(7), maml.ranking_block_size(500)) == (3, 14, 1)
 

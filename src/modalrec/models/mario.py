@@ -20,7 +20,7 @@ from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Explanation,
 from modalrec.nn.losses import bpr_loss, decoded_l1_error, sq_reg
 from modalrec.nn.projection import project_features
 from modalrec.nn.propagation import NGCFPropagation, propagate, split_nodes
-from modalrec.nn.scoring import modality_attention_scores
+from modalrec.nn.scoring import modality_attention_scores, modality_attention_scores_into
 
 INTERACTION = "interaction"
 
@@ -370,17 +370,21 @@ class MARIO(Recommender):
         return modality_attention_scores(s, self.dim)[0]
 
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """r̂ of the given users on all items: per-modality GEMMs on user blocks, then the softmax mix."""
+        """r̂ of the given users on all items: per-modality GEMMs on (users × items) tiles, then the softmax mix."""
         reps = self.representations()
         u = reps.users[users]
         if reps.fused is not None:
             return u @ reps.fused.T
         out = torch.empty(u.shape[0], self.n_items, dtype=u.dtype, device=u.device)
-        step = self.ranking_block_size(self.n_items, stacked=reps.items.shape[0])
-        for lo in range(0, u.shape[0], step):
-            ub = u[lo : lo + step]
-            s = torch.stack([ub @ v.T for v in reps.items])  # (M, block, I)
-            out[lo : lo + step] = modality_attention_scores(s, self.dim)[0]
+        with torch.no_grad():
+            # item tables scaled by 1/√d once, so each tile's GEMM gives s_m/√d directly; (d, I) views
+            scaled = [(v / math.sqrt(self.dim)).T for v in reps.items]
+            rows, cols = self.score_tile_shape(self.n_items, stacked=len(scaled))
+            for lo in range(0, u.shape[0], rows):
+                ub = u[lo : lo + rows]
+                for c0 in range(0, self.n_items, cols):
+                    tile = [ub @ v[:, c0 : c0 + cols] for v in scaled]
+                    modality_attention_scores_into(tile, self.dim, out[lo : lo + rows, c0 : c0 + cols])
         return out
 
     def naive_pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -26,6 +27,29 @@ def modality_attention_scores(per_modality_scores: torch.Tensor, dim: int) -> tu
     """
     attn = torch.softmax(per_modality_scores / math.sqrt(dim), dim=0)
     return (attn * per_modality_scores).sum(dim=0), attn
+
+
+def modality_attention_scores_into(scaled_scores: Sequence[torch.Tensor], dim: int, out: torch.Tensor) -> torch.Tensor:
+    """:func:`modality_attention_scores`' r̂ for ranking, written into ``out`` (no autograd).
+
+    ``scaled_scores`` are the t_m = s_m / √d, one array per modality (a GEMM against item tables
+    scaled once by 1/√d gives them directly). r̂ = Σ_m ā_m s_m = √d · Σ_m e^(t_m − t*) t_m / Σ_m
+    e^(t_m − t*), t* = max_m t_m; every intermediate has ``out``'s shape, so on a cache-sized tile the
+    whole mix runs in cache.
+    """
+    top = scaled_scores[0].clone()
+    for t in scaled_scores[1:]:
+        torch.maximum(top, t, out=top)
+    numerator = denominator = None
+    for t in scaled_scores:
+        e = torch.sub(t, top).exp_()
+        if denominator is None:
+            denominator = e.clone()
+            numerator = e.mul_(t)
+        else:
+            denominator += e
+            numerator.addcmul_(e, t)
+    return torch.div(numerator, denominator, out=out).mul_(math.sqrt(dim))
 
 
 def meta_weight_head_affine(
