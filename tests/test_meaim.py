@@ -177,11 +177,7 @@ class MaxNumel(TorchDispatchMode):
         (3, {"content_layers": [1, 1, 1], "n_knn_layers": 2, "kl_modality_weights": [0.2, 0.3, 0.5]}),
     ],
 )
-def test_fast_ranking_equals_naive(ds2, ds3, n_mod, overrides, monkeypatch):
-    from modalrec.models import base
-
-    # CPU tiles of 16 users × 7 items: several column tiles per block, the last one partial (100 items)
-    monkeypatch.setattr(base, "PAIR_TILE_SCORES", 16 * 7)
+def test_fast_ranking_equals_naive(ds2, ds3, n_mod, overrides):
     ds = ds2 if n_mod == 2 else ds3
     model, _ = make(ds, ranking_block_size=16, **overrides)
     randomise(model, seed=n_mod)

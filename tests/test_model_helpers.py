@@ -115,8 +115,8 @@ def test_in_eval_mode_keeps_an_evaluating_model_and_its_cache(ds):
 def test_ranking_block_size_setting_or_the_device_default(ds):
     assert build("MARIO", ds, ranking_block_size=7).ranking_block_size(ds.n_items) == 7
     assert build("MeAIM", ds, ranking_block_size=5).ranking_block_size(ds.n_items) == 5
-    auto = build("MeAIM", ds).ranking_block_size(ds.n_items)  # null: 128 users per CPU thread
-    assert auto == 128 * max(1, torch.get_num_threads())
+    auto = build("MeAIM", ds).ranking_block_size(ds.n_items)  # null: 32 users per CPU thread
+    assert auto == 32 * max(1, torch.get_num_threads())
     assert build("LightGCN", ds).ranking_block_size(ds.n_items) == auto  # no such key: the same default
     # CPU tiles: the same users, and columns that keep an array at PAIR_TILE_SCORES, at any catalogue size
     model = build("MeAIM", ds)

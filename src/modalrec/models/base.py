@@ -32,9 +32,7 @@ COO_PARTS = ("rows", "cols", "vals")  # buffer suffixes of a sparse matrix (Reco
 MAX_STACKED_SCORES = 2**26
 # scores per array in one CPU tile of a pair-wise ranking pass (Recommender.score_tile_shape): 512 KiB of
 # float32, so the element-wise work on a tile's arrays runs in cache instead of streaming (users × items)
-# arrays through memory once per operation. Chosen by measurement (MARIO's attention scores of 4,096 users
-# × 112,800 items, by hand: whole-row blocks of 64 users 12–15 s, tiles of 256 × 512 2.8–3.8 s, its GEMMs
-# alone 2.1 s)
+# arrays through memory once per operation (MARIO's ranking; measured by hand: docs/models/mario.md)
 PAIR_TILE_SCORES = 2**17
 
 
@@ -249,7 +247,8 @@ class Recommender(nn.Module):
         call of :meth:`ranking_scores`): a model's own :meth:`full_scores` / :meth:`candidate_scores`
         call it to cut a user block into smaller ones when scoring forms per-pair or per-modality
         arrays (MARIO, MeAIM, MAML). The ``ranking_block_size`` setting when the model has one and it
-        is set; otherwise 1024 on a GPU and 128 per CPU thread. Either is capped so that the ``stacked``
+        is set; otherwise 1024 on a GPU and 32 per CPU thread (blocks whose score matrices stay
+        cache-sized at Baby's catalogue). Either is capped so that the ``stacked``
         arrays hold at most :data:`MAX_STACKED_SCORES` scores together: a block sized for thousands of
         items would take gigabytes per array at hundreds of thousands (a CPU ranking that tiles its
         columns, :meth:`score_tile_shape`, is bounded anyway). A model that sizes its blocks by pairs overrides
@@ -257,7 +256,7 @@ class Recommender(nn.Module):
         """
         value = self.config.get("ranking_block_size")
         if value is None:
-            value = 1024 if self.device.type == "cuda" else 128 * max(1, torch.get_num_threads())
+            value = 1024 if self.device.type == "cuda" else 32 * max(1, torch.get_num_threads())
         return max(1, min(int(value), MAX_STACKED_SCORES // max(1, stacked * n_columns)))
 
     def score_tile_shape(self, n_columns: int, stacked: int = 1) -> tuple[int, int]:
@@ -266,8 +265,9 @@ class Recommender(nn.Module):
         On a GPU: :meth:`ranking_block_size` users (capped for ``stacked`` whole-row arrays) and all
         ``n_columns`` (one kernel per operation over a whole block). On a CPU: the setting's or the default
         number of users, and as many columns as keep each array at :data:`PAIR_TILE_SCORES` scores, so a
-        tile's element-wise work runs in cache (MARIO's and MeAIM's ranking, whose scores need tens of
-        operations per pair after their GEMMs); a tile is bounded whatever the catalogue, so the
+        tile's element-wise work runs in cache (MARIO's ranking, whose scores need about a dozen
+        operations per pair after its GEMMs; a tile's arrays are best allocated once per call and
+        reused, see ``nn.scoring.modality_attention_scores_into``); a tile is bounded whatever the catalogue, so the
         whole-row cap does not apply.
         """
         if self.device.type == "cuda":

@@ -74,7 +74,7 @@ class MARIO(Recommender):
     Score (Eqs. 5–7), over the active modalities M (``modalities``; default: all content
     modalities, then IN): s^m_ij = u_i·v^m_j, ā^m_ij = softmax_m(s^m_ij/√d),
     r̂_ij = Σ_m ā^m_ij s^m_ij = u_i·(Σ_m ā^m_ij v^m_j). Full ranking computes one GEMM
-    per modality on a user block (``ranking_block_size`` users at a time), never a
+    per modality on each (users × items) tile of :meth:`score_tile_shape`, never a
     (users, items, d) tensor. Fusion variants (docs/models/mario.md#variants, ``fusion``): ``mean`` / ``max``
     (element-wise) over the v^m, or ``fc`` = Linear(concat_m v^m → d) with bias; the
     score is then u·fused_j (one GEMM).
@@ -380,11 +380,17 @@ class MARIO(Recommender):
             # item tables scaled by 1/√d once, so each tile's GEMM gives s_m/√d directly; (d, I) views
             scaled = [(v / math.sqrt(self.dim)).T for v in reps.items]
             rows, cols = self.score_tile_shape(self.n_items, stacked=len(scaled))
+            # every tile's arrays live in buffers allocated once per call (see modality_attention_scores_into)
+            tile_scores = u.new_empty(len(scaled), min(rows, u.shape[0]) * min(cols, self.n_items))
+            workspace = u.new_empty(4, tile_scores.shape[1])
             for lo in range(0, u.shape[0], rows):
                 ub = u[lo : lo + rows]
                 for c0 in range(0, self.n_items, cols):
-                    tile = [ub @ v[:, c0 : c0 + cols] for v in scaled]
-                    modality_attention_scores_into(tile, self.dim, out[lo : lo + rows, c0 : c0 + cols])
+                    target = out[lo : lo + rows, c0 : c0 + cols]
+                    tile = [tile_scores[m, : target.numel()].view(target.shape) for m in range(len(scaled))]
+                    for v, t in zip(scaled, tile, strict=True):
+                        torch.matmul(ub, v[:, c0 : c0 + cols], out=t)
+                    modality_attention_scores_into(tile, self.dim, target, workspace)
         return out
 
     def naive_pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

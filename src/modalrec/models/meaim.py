@@ -78,6 +78,7 @@ class RankCache:
 
     users: torch.Tensor  # (A, U, d) user representations u^a
     items: torch.Tensor  # (B, I, d) item representations i^b
+    items_flat: torch.Tensor  # (B·I, d): the item tables stacked, for one GEMM per user block
     u1: torch.Tensor  # (A, B, U)
     i1: torch.Tensor  # (A, B, I)
     k1: list[list[float]]  # (A, B)
@@ -365,6 +366,7 @@ class MeAIM(Recommender):
         return RankCache(
             u,
             it,
+            it.reshape(-1, it.shape[-1]),
             torch.stack(u1),
             torch.stack(i1),
             k1,
@@ -377,38 +379,34 @@ class MeAIM(Recommender):
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Exact ŷ of the given users on all items via the affine head forms.
 
-        Per (users × items) tile of :meth:`score_tile_shape`: one GEMM per item table gives the
-        (M+1)² score matrices s_ab = u^a·i^b; every head pre-activation is then a per-user scalar
-        plus a per-item scalar plus a multiple of s_ab (stage 1), or of y_a, the item Gram
+        Per block of :meth:`ranking_block_size` users: one GEMM gives all (M+1)² score
+        matrices s_ab = u^a·i^b; every head pre-activation is then a per-user scalar plus a
+        per-item scalar plus a multiple of s_ab (stage 1), or of y_a, the item Gram
         i^b·i^b' and q·i^b combined with the stage-1 weights (stage 2, since
-        ‖ĩ_a‖² = Σ_bb' w_ab w_ab' i^b·i^b'). Only tile-sized arrays are formed.
+        ‖ĩ_a‖² = Σ_bb' w_ab w_ab' i^b·i^b'). Only (block × items) arrays are formed.
         """
         with torch.no_grad():
             c = self.representations()
-            a_n, n_items = c.users.shape[0], self.n_items
-            out = torch.empty(users.shape[0], n_items, dtype=c.users.dtype, device=c.users.device)
-            rows, cols = self.score_tile_shape(n_items, stacked=a_n * c.items.shape[0])
-            for lo in range(0, users.shape[0], rows):
-                idx = users[lo : lo + rows]
-                user_block = c.users[:, idx].reshape(a_n * idx.shape[0], -1)  # (A·nb, d)
-                for c0 in range(0, n_items, cols):
-                    self._fast_tile(c, idx, user_block, slice(c0, c0 + cols), out[lo : lo + rows, c0 : c0 + cols])
+            step = self.ranking_block_size(self.n_items)
+            out = torch.empty(users.shape[0], self.n_items, dtype=c.users.dtype, device=c.users.device)
+            for lo in range(0, users.shape[0], step):
+                out[lo : lo + step] = self._fast_block(c, users[lo : lo + step])
         return out
 
     @staticmethod
-    def _fast_tile(c: RankCache, idx: torch.Tensor, user_block: torch.Tensor, cols: slice, out: torch.Tensor) -> None:
-        a_n, b_n, nb = c.users.shape[0], c.items.shape[0], idx.shape[0]
-        # s[b] holds s_ab for every a: rows a·nb … (a+1)·nb − 1
-        s = [user_block @ c.items[b, cols].T for b in range(b_n)]
+    def _fast_block(c: RankCache, idx: torch.Tensor) -> torch.Tensor:
+        a_n, b_n = c.users.shape[0], c.items.shape[0]
+        nb, n_items = idx.shape[0], c.items.shape[1]
+        s = (c.users[:, idx].reshape(a_n * nb, -1) @ c.items_flat.T).view(a_n, nb, b_n, n_items)
         u1 = c.u1[:, :, idx]  # (A, B, nb)
         u2 = c.u2[:, idx]  # (A, nb)
         ys, fs = [], []
         for a in range(a_n):
-            sa = [s[b][a * nb : (a + 1) * nb] for b in range(b_n)]
+            sa = [s[a, :, b] for b in range(b_n)]
             # stage 1: e_ab = exp(σ(pre-activation)) = 2^(log2(e)·σ); w_ab = e_ab / Σ_b e_ab
             ws = []
             for b in range(b_n):
-                z = torch.add(c.i1[a, b, cols], sa[b], alpha=c.k1[a][b])
+                z = torch.add(c.i1[a, b], sa[b], alpha=c.k1[a][b])
                 z += u1[a, b, :, None]
                 ws.append(torch.sigmoid(z, out=z).mul_(LOG2E).exp2_())
             norm = ws[0].clone()
@@ -423,9 +421,9 @@ class MeAIM(Recommender):
             # stage 2: Σ_b w_b (q2_b + w_b g_bb + 2 Σ_{b'>b} w_b' g_bb') = q·ĩ + c_δ‖ĩ‖² (scaled)
             acc = None
             for b in range(b_n):
-                t = torch.addcmul(c.q2[a, b, cols], ws[b], c.g2[a, b, b, cols])
+                t = torch.addcmul(c.q2[a, b], ws[b], c.g2[a, b, b])
                 for b2 in range(b + 1, b_n):
-                    t.addcmul_(ws[b2], c.g2[a, b, b2, cols], value=2.0)
+                    t.addcmul_(ws[b2], c.g2[a, b, b2], value=2.0)
                 if acc is None:
                     acc = t.mul_(ws[b])
                 else:
@@ -439,7 +437,7 @@ class MeAIM(Recommender):
         for f, y in zip(fs[1:], ys[1:], strict=True):
             total += f
             score.addcmul_(f, y)
-        torch.div(score, total, out=out)
+        return score.div_(total)
 
     def naive_pair_scores(self, users: torch.Tensor, items: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Reference ŷ for aligned (user, item) pairs: runs every head on concatenated inputs."""

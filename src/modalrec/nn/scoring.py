@@ -29,24 +29,31 @@ def modality_attention_scores(per_modality_scores: torch.Tensor, dim: int) -> tu
     return (attn * per_modality_scores).sum(dim=0), attn
 
 
-def modality_attention_scores_into(scaled_scores: Sequence[torch.Tensor], dim: int, out: torch.Tensor) -> torch.Tensor:
+def modality_attention_scores_into(
+    scaled_scores: Sequence[torch.Tensor], dim: int, out: torch.Tensor, workspace: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`modality_attention_scores`' r̂ for ranking, written into ``out`` (no autograd).
 
     ``scaled_scores`` are the t_m = s_m / √d, one array per modality (a GEMM against item tables
     scaled once by 1/√d gives them directly). r̂ = Σ_m ā_m s_m = √d · Σ_m e^(t_m − t*) t_m / Σ_m
-    e^(t_m − t*), t* = max_m t_m; every intermediate has ``out``'s shape, so on a cache-sized tile the
-    whole mix runs in cache.
+    e^(t_m − t*), t* = max_m t_m. ``workspace``, a (4, ≥ out.numel()) buffer, holds the four
+    intermediates, so a caller scoring tile after tile allocates nothing per tile: after training,
+    with the heap the trainer leaves, per-tile allocations made MARIO's ranking about 2× slower
+    (measured by hand on the × 4 scale set).
     """
-    top = scaled_scores[0].clone()
+    n, shape = out.numel(), out.shape
+    if workspace is None:
+        workspace = out.new_empty(4, n)
+    top, e, numerator, denominator = (w[:n].view(shape) for w in workspace)
+    top.copy_(scaled_scores[0])
     for t in scaled_scores[1:]:
         torch.maximum(top, t, out=top)
-    numerator = denominator = None
-    for t in scaled_scores:
-        e = torch.sub(t, top).exp_()
-        if denominator is None:
-            denominator = e.clone()
-            numerator = e.mul_(t)
+    for i, t in enumerate(scaled_scores):
+        if i == 0:
+            torch.sub(t, top, out=denominator).exp_()
+            torch.mul(denominator, t, out=numerator)
         else:
+            torch.sub(t, top, out=e).exp_()
             denominator += e
             numerator.addcmul_(e, t)
     return torch.div(numerator, denominator, out=out).mul_(math.sqrt(dim))
