@@ -25,7 +25,9 @@ of several hours resumes where it stopped; a row whose model's code changed sinc
 test pass on a fixed, seeded sample of N test users instead of all of them, where one full pass would
 outlast a session; such a row keeps the measured seconds, the number of users they ranked and the
 full pass's time scaled linearly in users (labelled an estimate in the table), and is left out of the
-test pass's growth exponent. ``--markdown`` writes the table for docs/scale.md.
+test pass's growth exponent. ``--markdown`` writes the table for docs/scale.md. Every row's process lets
+its idle OpenMP threads spin briefly (the idle machine's choice) unless the user set ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT``, and the row records which (``openmp_waiting``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BABY = {"users": 19445, "items": 7050, "interactions_per_user": 8.27}
 MODALITIES = "image:256,text:128"
+OPENMP_WAITING_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# the user's own setting, read before anything here imports modalrec (whose import sets one of these)
+USER_OPENMP_WAITING = {k: os.environ[k] for k in OPENMP_WAITING_KEYS if k in os.environ}
+
+
+def row_openmp_waiting() -> dict[str, str]:
+    """How each row's process lets idle OpenMP threads wait: the user's ``OMP_WAIT_POLICY`` /
+    ``GOMP_SPINCOUNT`` when set, else the idle machine's choice (modalrec.threads.openmp_waiting_for).
+
+    Not the load-based choice that importing modalrec makes: the script runs one job at a time, so the
+    load a row's process sees at its start is mostly the previous row's own process, and rows measured
+    right after a long one got passive waiting while the others spun (× 16 MARIO at a load of 1.58).
+    """
+    if USER_OPENMP_WAITING:
+        return dict(USER_OPENMP_WAITING)
+    from modalrec.threads import openmp_waiting_for, usable_cores
+
+    return openmp_waiting_for(0.0, usable_cores())
 
 
 def parse_size(token: str) -> dict:
@@ -152,6 +172,8 @@ def measure_one(
         "peak_memory_mb": round(peak_memory_mb(torch.device(device)), 1),
         "device": device,
         "threads": torch.get_num_threads(),
+        # what this process's OpenMP threads did while waiting (row_openmp_waiting, set by the parent)
+        "openmp_waiting": " ".join(f"{k}={os.environ[k]}" for k in OPENMP_WAITING_KEYS if k in os.environ),
         "model_source": current_source(model_name),
         "modalrec_code": code_version(),
         # how each item-item graph was built: an approximate one's neighbour recall against exact (the
@@ -291,7 +313,8 @@ def run_all(args: argparse.Namespace) -> dict:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--one", model, "--data", str(data)]
                 cmd += ["--epochs", str(args.epochs), "--device", args.device, "--test-users", str(args.test_users)]
                 cmd += [x for s in args.set for x in ("--set", s)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING_KEYS} | row_openmp_waiting()
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
                 if proc.returncode != 0:
                     why = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
                     entry.update(train_interactions=n_train, failed=why)

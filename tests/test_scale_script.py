@@ -4,9 +4,12 @@ to exceed the memory limit is not started (one line says why)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from modalrec.threads import SHORT_SPIN
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
 
@@ -36,10 +39,13 @@ def test_scale_script_measures_the_large_data_mode_through_the_trainer(tmp_path)
     cmd = [sys.executable, str(SCRIPT), "--models", "BPR", "--factors", "0.01", "--out", str(out)]
     cmd += ["--data-cache", str(tmp_path / "data"), "--set", "large_data=always", "--set", "large_data_steps=3"]
     cmd += ["--set", "train_batch_size=64", "--set", "large_data_valid_users=20"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # the user's own setting reaches the row's process
+    env.pop("GOMP_SPINCOUNT", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads(out.read_text())["results"]["BPR"]
     assert row["large_data"] is True and row["steps_per_epoch"] == 3 and row["valid_users"] == 20
+    assert row["openmp_waiting"] == "OMP_WAIT_POLICY=PASSIVE"
     assert row["test_seconds"] > 0
 
 
@@ -47,10 +53,13 @@ def test_scale_script_resumes_from_its_record_and_writes_a_markdown_table(tmp_pa
     out, table = tmp_path / "scale.json", tmp_path / "scale.md"
     cmd = [sys.executable, str(SCRIPT), "--models", "BPR", "--factors", "0.01", "--out", str(out)]
     cmd += ["--data-cache", str(tmp_path / "data")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # no setting of the user's: every row's process spins briefly, whatever the load its start finds
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     measured = json.loads(out.read_text())["results"]["BPR"][0]
     assert "load_average_before" in measured
+    assert measured["openmp_waiting"] == f"GOMP_SPINCOUNT={SHORT_SPIN}"
     again = subprocess.run([*cmd, "--markdown", str(table)], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "measured before, kept" in again.stdout
