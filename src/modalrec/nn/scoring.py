@@ -30,7 +30,7 @@ def modality_attention_scores(per_modality_scores: torch.Tensor, dim: int) -> tu
 
 
 def modality_attention_scores_into(
-    scaled_scores: Sequence[torch.Tensor], dim: int, out: torch.Tensor, workspace: torch.Tensor | None = None
+    scaled_scores: Sequence[torch.Tensor], dim: int, out: torch.Tensor, workspace: torch.Tensor
 ) -> torch.Tensor:
     """:func:`modality_attention_scores`' r̂ for ranking, written into ``out`` (no autograd).
 
@@ -42,8 +42,6 @@ def modality_attention_scores_into(
     (measured by hand on the × 4 scale set).
     """
     n, shape = out.numel(), out.shape
-    if workspace is None:
-        workspace = out.new_empty(4, n)
     top, e, numerator, denominator = (w[:n].view(shape) for w in workspace)
     top.copy_(scaled_scores[0])
     for t in scaled_scores[1:]:
