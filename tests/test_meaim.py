@@ -14,6 +14,7 @@ from modalrec.data.synth import synthetic_dataset
 from modalrec.errors import ConfigError
 from modalrec.models import get_model_class
 from modalrec.models.base import Batch, Explanation
+from modalrec.models.meaim import TILE_SCALARS
 from modalrec.nn.losses import (
     bernoulli_kl_symmetric,
     bernoulli_kl_symmetric_logits,
@@ -201,14 +202,44 @@ def test_fast_ranking_equals_naive(ds2, ds3, n_mod, overrides):
         mode = MaxNumel()
         with mode:
             fast = model.full_scores(block)
-        n = len(block)  # nothing of size (users, items, d): at most (M+1)² score matrices of a 16-user block
-        assert mode.largest <= max(a * a * min(16, n) * ds.n_items, n * ds.n_items) < n * ds.n_items * model.dim
+        n = len(block)  # nothing of size (users, items, d): one workspace of a 16-user tile's arrays
+        tile = min(16, n) * ds.n_items
+        assert mode.largest <= max((a * a + a + len(TILE_SCALARS)) * tile, n * ds.n_items) < n * ds.n_items * model.dim
         naive = model.naive_pair_scores(block.repeat_interleave(ds.n_items), all_items.repeat(len(block)))
         assert fast.shape == (len(block), ds.n_items)
         assert torch.allclose(fast, naive.view(len(block), -1), rtol=0, atol=1e-5)
     # score_pairs goes through the fast path too
     u, i = torch.tensor([3, 3, 7]), torch.tensor([1, 5, 2])
     assert torch.allclose(model.score_pairs(u, i), model.naive_pair_scores(u, i), atol=1e-5)
+
+
+def test_tiles_do_not_change_scores(ds3, monkeypatch):
+    """Several partial (users × items) tiles give the whole-row scores, in float32 and float64."""
+    from modalrec.models import base
+
+    model, _ = make(ds3, ranking_block_size=1024, content_layers=[1, 2, 1])
+    randomise(model, seed=5)
+    model.eval()
+    users = torch.randperm(ds3.n_users, generator=torch.Generator().manual_seed(0))[:131]
+    assert model.score_tile_shape(ds3.n_items) == (1024, ds3.n_items)  # one tile spans every item
+    whole32 = model.full_scores(users)
+    with torch.no_grad():
+        reps = model.forward_representations()
+    monkeypatch.setattr(base, "PAIR_TILE_SCORES", 1024 * 9)  # 9 items a tile: the last tile partial
+    assert model.score_tile_shape(ds3.n_items) == (1024, 9) and ds3.n_items % 9
+    torch.testing.assert_close(model.full_scores(users), whole32, rtol=0, atol=1e-6)
+    small, _ = make(ds3, ranking_block_size=7, content_layers=[1, 2, 1])
+    small.load_state_dict(model.state_dict())
+    small.eval()
+    monkeypatch.setattr(base, "PAIR_TILE_SCORES", 7 * 9)  # 7 users × 9 items: partial tiles both ways
+    assert small.score_tile_shape(ds3.n_items) == (7, 9) and len(users) % 7
+    torch.testing.assert_close(small.full_scores(users), whole32, rtol=0, atol=1e-6)
+    model.double()
+    model._cache = model.build_rank_cache([u.double() for u in reps[0]], [i.double() for i in reps[1]])
+    tiled64 = model.full_scores(users)
+    uu, ii = users.repeat_interleave(ds3.n_items), torch.arange(ds3.n_items).repeat(len(users))
+    naive = model.naive_pair_scores(uu, ii).view(len(users), -1)
+    torch.testing.assert_close(tiled64, naive, rtol=0, atol=1e-9)
 
 
 def test_explain_and_item_representation(ds3):

@@ -25,12 +25,17 @@ if TYPE_CHECKING:
     from modalrec.models.base import Recommender
 
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
-# A ranking block holds block × I float32 scores; past 2^28 of them (1 GiB) the block takes fewer users, so the
-# ranking's memory stays bounded however large the catalogue (the default 4,096 users shrink from 65,537 items).
-MAX_BLOCK_SCORES = 1 << 28
-# From this many scores per block (256 MiB) an evaluation hands the heap's free pages back before and after it
+# A ranking block holds block × I float32 scores; past 2^26 of them (256 MiB) the block takes fewer users, so the
+# ranking's memory stays bounded however large the catalogue (the default 4,096 users shrink from 16,385 items).
+# Why not larger: with training's allocator setting (freed memory kept in the heap, no mmap) a block's freed
+# memory is a hole that the next block's small allocations (the model's gathered user rows, the top-k) may be
+# carved from; the next block then lands above it and the heap grows by a block. With 1 GiB blocks LightGCN's
+# test pass at 311k users × 113k items peaked at 5.9-7.2 GB in 3 of 4 runs (3.2 GB in the fourth, the score
+# block's address cycling over 4 places); with 256 MiB blocks at 3.1-3.2 GB, under training's peak, in 2 of 2.
+MAX_BLOCK_SCORES = 1 << 26
+# From this many scores per block (128 MiB) an evaluation hands the heap's free pages back before and after it
 # (allocator.release_freed_memory): below it, what training keeps for reuse is small and re-faulting it costs more.
-RELEASE_FROM_BLOCK_SCORES = 1 << 26
+RELEASE_FROM_BLOCK_SCORES = 1 << 25
 # Which items compete: warm = the usual protocol (every item; the dataset declares no cold item),
 # cold = only the split's cold items, all = every item, cold and warm (docs/protocol.md#cold-items).
 EVAL_MODES = ("warm", "cold", "all")
@@ -125,7 +130,7 @@ class Evaluator:
 
     ``mask_valid``: at test time also mask the users' valid items (MMRec leaves them
     rankable; that is the default). ``block_size`` users are ranked per GEMM block, fewer where a block's
-    scores would pass :data:`MAX_BLOCK_SCORES` (only catalogues above 65,536 items at the default 4,096).
+    scores would pass :data:`MAX_BLOCK_SCORES` (only catalogues above 16,384 items at the default 4,096).
     ``user_sample`` > 0 ranks only that many of the split's users, drawn once without replacement by
     ``numpy.random.default_rng(sample_seed)`` (``n_eligible_users`` counts them all); 0 ranks every user.
     ``mode`` (:data:`EVAL_MODES`, None = :func:`resolve_eval_mode`'s default): with ``cold``

@@ -67,6 +67,10 @@ class MetaWeightNet(nn.Module):
         return meta_weight_head_affine(first.weight, first.bias, last.weight, last.bias, self.dim)
 
 
+# the per-tile arrays of MeAIM's ranking besides the s_ab and the stage-1 weights (MeAIM._score_tile)
+TILE_SCALARS = ("norm", "y", "t", "f", "total", "score")
+
+
 @dataclass
 class RankCache:
     """Everything exact fast ranking needs, computed once per evaluation.
@@ -379,65 +383,88 @@ class MeAIM(Recommender):
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Exact ŷ of the given users on all items via the affine head forms.
 
-        Per block of :meth:`ranking_block_size` users: one GEMM gives all (M+1)² score
-        matrices s_ab = u^a·i^b; every head pre-activation is then a per-user scalar plus a
+        Per (users × items) tile of :meth:`score_tile_shape`: one GEMM per item table gives all (M+1)²
+        score matrices s_ab = u^a·i^b; every head pre-activation is then a per-user scalar plus a
         per-item scalar plus a multiple of s_ab (stage 1), or of y_a, the item Gram
         i^b·i^b' and q·i^b combined with the stage-1 weights (stage 2, since
-        ‖ĩ_a‖² = Σ_bb' w_ab w_ab' i^b·i^b'). Only (block × items) arrays are formed.
+        ‖ĩ_a‖² = Σ_bb' w_ab w_ab' i^b·i^b'). Only tile-sized arrays are formed, in one workspace
+        allocated per call: on a CPU the tile's ~two dozen element-wise passes then run in cache, and
+        nothing is allocated per tile (after training, per-tile allocations were what made MARIO's
+        tiled ranking slower than whole rows; see ``nn.scoring.modality_attention_scores_into``).
         """
         with torch.no_grad():
             c = self.representations()
-            step = self.ranking_block_size(self.n_items)
+            a_n, b_n = c.users.shape[0], c.items.shape[0]
+            n_arrays = a_n * b_n + b_n + len(TILE_SCALARS)
+            rows, cols = self.score_tile_shape(self.n_items, stacked=n_arrays)
             out = torch.empty(users.shape[0], self.n_items, dtype=c.users.dtype, device=c.users.device)
-            for lo in range(0, users.shape[0], step):
-                out[lo : lo + step] = self._fast_block(c, users[lo : lo + step])
+            work = c.users.new_empty(n_arrays, min(rows, users.shape[0]) * min(cols, self.n_items))
+            for lo in range(0, users.shape[0], rows):
+                idx = users[lo : lo + rows]
+                # (A·nb, d): the block's user tables stacked, so one GEMM per item table scores every a
+                stacked = c.users[:, idx].reshape(a_n * idx.shape[0], -1)
+                u1, u2 = c.u1[:, :, idx], c.u2[:, idx]
+                for c0 in range(0, self.n_items, cols):
+                    self._score_tile(c, stacked, u1, u2, c0, out[lo : lo + rows, c0 : c0 + cols], work)
         return out
 
     @staticmethod
-    def _fast_block(c: RankCache, idx: torch.Tensor) -> torch.Tensor:
+    def _score_tile(
+        c: RankCache,
+        stacked_users: torch.Tensor,
+        u1: torch.Tensor,
+        u2: torch.Tensor,
+        c0: int,
+        target: torch.Tensor,
+        work: torch.Tensor,
+    ) -> None:
+        """ŷ of one (nb users × nc items from ``c0``) tile written into ``target``; ``work`` holds every
+        intermediate (rows of ≥ nb·nc: the (A·B) s_ab, the B stage-1 weights, then :data:`TILE_SCALARS`)."""
         a_n, b_n = c.users.shape[0], c.items.shape[0]
-        nb, n_items = idx.shape[0], c.items.shape[1]
-        s = (c.users[:, idx].reshape(a_n * nb, -1) @ c.items_flat.T).view(a_n, nb, b_n, n_items)
-        u1 = c.u1[:, :, idx]  # (A, B, nb)
-        u2 = c.u2[:, idx]  # (A, nb)
-        ys, fs = [], []
+        nb, nc = target.shape
+        cols = slice(c0, c0 + nc)
+        # table b's products fill rows b·A … (b+1)·A of the workspace, read as one (A·nb, nc) array
+        views = [work[b * a_n : (b + 1) * a_n].view(-1)[: a_n * nb * nc].view(a_n * nb, nc) for b in range(b_n)]
+        for b in range(b_n):  # s_ab for every a at once: rows a·nb … (a+1)·nb of table b's product
+            torch.matmul(stacked_users, c.items[b, cols].T, out=views[b])
+        s = [[views[b][a * nb : (a + 1) * nb] for b in range(b_n)] for a in range(a_n)]
+        rest = [w[: nb * nc].view(nb, nc) for w in work[a_n * b_n :]]
+        ws, (norm, y, t, f, total, score) = rest[:b_n], rest[b_n:]
         for a in range(a_n):
-            sa = [s[a, :, b] for b in range(b_n)]
+            sa = s[a]
             # stage 1: e_ab = exp(σ(pre-activation)) = 2^(log2(e)·σ); w_ab = e_ab / Σ_b e_ab
-            ws = []
-            for b in range(b_n):
-                z = torch.add(c.i1[a, b], sa[b], alpha=c.k1[a][b])
+            for b, z in enumerate(ws):
+                torch.add(c.i1[a, b, cols], sa[b], alpha=c.k1[a][b], out=z)
                 z += u1[a, b, :, None]
-                ws.append(torch.sigmoid(z, out=z).mul_(LOG2E).exp2_())
-            norm = ws[0].clone()
+                torch.sigmoid(z, out=z).mul_(LOG2E).exp2_()
+            norm.copy_(ws[0])
             for w in ws[1:]:
                 norm += w
             norm.reciprocal_()
             for w in ws:
                 w *= norm
-            y = ws[0] * sa[0]
+            torch.mul(ws[0], sa[0], out=y)
             for w, sb in zip(ws[1:], sa[1:], strict=True):
                 y.addcmul_(w, sb)
             # stage 2: Σ_b w_b (q2_b + w_b g_bb + 2 Σ_{b'>b} w_b' g_bb') = q·ĩ + c_δ‖ĩ‖² (scaled)
-            acc = None
             for b in range(b_n):
-                t = torch.addcmul(c.q2[a, b], ws[b], c.g2[a, b, b])
+                torch.addcmul(c.q2[a, b, cols], ws[b], c.g2[a, b, b, cols], out=t)
                 for b2 in range(b + 1, b_n):
-                    t.addcmul_(ws[b2], c.g2[a, b, b2], value=2.0)
-                if acc is None:
-                    acc = t.mul_(ws[b])
+                    t.addcmul_(ws[b2], c.g2[a, b, b2, cols], value=2.0)
+                if b == 0:
+                    torch.mul(t, ws[b], out=f)
                 else:
-                    acc.addcmul_(t, ws[b])
-            acc.add_(y, alpha=c.k2[a])
-            acc += u2[a, :, None]
-            fs.append(torch.sigmoid(acc, out=acc).mul_(LOG2E).exp2_())
-            ys.append(y)
-        total = fs[0].clone()
-        score = fs[0].mul_(ys[0])
-        for f, y in zip(fs[1:], ys[1:], strict=True):
-            total += f
-            score.addcmul_(f, y)
-        return score.div_(total)
+                    f.addcmul_(t, ws[b])
+            f.add_(y, alpha=c.k2[a])
+            f += u2[a, :, None]
+            torch.sigmoid(f, out=f).mul_(LOG2E).exp2_()
+            if a == 0:
+                total.copy_(f)
+                torch.mul(f, y, out=score)
+            else:
+                total += f
+                score.addcmul_(f, y)
+        torch.div(score, total, out=target)
 
     def naive_pair_scores(self, users: torch.Tensor, items: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Reference ŷ for aligned (user, item) pairs: runs every head on concatenated inputs."""

@@ -34,8 +34,8 @@ def modality_attention_scores_into(
 ) -> torch.Tensor:
     """:func:`modality_attention_scores`' r̂ for ranking, written into ``out`` (no autograd).
 
-    ``scaled_scores`` are the t_m = s_m / √d, one array per modality (a GEMM against item tables
-    scaled once by 1/√d gives them directly). r̂ = Σ_m ā_m s_m = √d · Σ_m e^(t_m − t*) t_m / Σ_m
+    ``scaled_scores`` are the t_m = s_m / √d, one array per modality (a GEMM of user rows scaled
+    once by 1/√d gives them directly). r̂ = Σ_m ā_m s_m = √d · Σ_m e^(t_m − t*) t_m / Σ_m
     e^(t_m − t*), t* = max_m t_m. ``workspace``, a (4, ≥ out.numel()) buffer, holds the four
     intermediates, so a caller scoring tile after tile allocates nothing per tile: after training,
     with the heap the trainer leaves, per-tile allocations made MARIO's ranking about 2× slower
