@@ -27,7 +27,12 @@ outlast a session; such a row keeps the measured seconds, the number of users th
 full pass's time scaled linearly in users (labelled an estimate in the table), and is left out of the
 test pass's growth exponent. ``--markdown`` writes the table for docs/scale.md. Every row's process lets
 its idle OpenMP threads spin briefly (the idle machine's choice) unless the user set ``OMP_WAIT_POLICY`` or
-``GOMP_SPINCOUNT``, and the row records which (``openmp_waiting``).
+``GOMP_SPINCOUNT``, and the row records which (``openmp_waiting``). ``--test-budget-s S`` lets a row's
+test pass span runs: after S seconds of it the row is written unfinished (``test_partial``: users ranked,
+seconds so far), its trained weights and progress kept under ``<data-cache>/row-state/``, and the next run
+with the same settings continues the pass from those weights instead of training again; the finished row
+says over how many processes it ran (``test_processes``; each computed the model's evaluation
+representations once) and keeps the pass's Recall@20, the same as one uninterrupted pass gives.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BABY = {"users": 19445, "items": 7050, "interactions_per_user": 8.27}
 MODALITIES = "image:256,text:128"
 OPENMP_WAITING_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# ranking blocks per saved step of a test pass that may span processes (--test-budget-s)
+TEST_CHUNK_BLOCKS = 64
+# the test pass's metric a row keeps (when the run's metrics include it): a pass split over processes can then
+# be checked against one pass
+TEST_METRIC = "recall@20"
 # the user's own setting, read before anything here imports modalrec (whose import sets one of these)
 USER_OPENMP_WAITING = {k: os.environ[k] for k in OPENMP_WAITING_KEYS if k in os.environ}
 
@@ -114,12 +124,28 @@ def dataset_for(size: dict, cache: Path) -> Path:
 
 
 def measure_one(
-    model_name: str, data: Path, epochs: int, overrides: list[str], device: str = "cpu", test_users: int = 0
+    model_name: str,
+    data: Path,
+    epochs: int,
+    overrides: list[str],
+    device: str = "cpu",
+    test_users: int = 0,
+    state: Path | None = None,
+    test_budget: float = 0.0,
+    chunk_blocks: int = TEST_CHUNK_BLOCKS,
 ) -> dict:
     """Build, train ``epochs`` epochs and validate once, in this process, through modalrec's own
     :class:`~modalrec.training.Trainer` (its optimiser or closed-form step, the large-data mode when the
     size rule or ``--set`` turns it on, the early-stopping validation it would run), then one test pass
-    (over ``test_users`` sampled users when > 0); returns the figures."""
+    (over ``test_users`` sampled users when > 0); returns the figures.
+
+    With a ``state`` folder the row can span several processes: the trained weights and the figures so far
+    are saved there after validation, and the test pass runs in chunks of ``chunk_blocks`` ranking blocks,
+    its progress saved after each; past ``test_budget`` seconds of testing (> 0) the process stops after its
+    chunk and returns the figures with ``test_partial``. Run again, it rebuilds the model, loads the saved
+    weights instead of training and continues the pass where it stopped; the folder is emptied when the
+    pass is complete. Each process computes the model's evaluation representations again, so a pass split
+    over p processes pays that p times (``test_processes`` says how many)."""
     import numpy as np
     import torch
 
@@ -133,53 +159,155 @@ def measure_one(
 
     ds = load_dataset(data)
     n_train = int(ds.split("train")[0].size)
+    key = {
+        "model": model_name,
+        "model_source": current_source(model_name),
+        "data": str(Path(data).resolve()),
+        "epochs": epochs,
+        "set": sorted(overrides),
+        "device": device,
+        "test_users": test_users,
+    }
+    saved = load_row_state(state, key)
     start = time.perf_counter()
     model, config, graphs = prepare_model(model_name, ds, parse_overrides(overrides), device=device, cache_dir=False)
     trainer = Trainer(model, ds, config, log=lambda _: None, device=device)
     build = time.perf_counter() - start
-    times = []
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        model.train()
-        draws = trainer.start_epoch(epoch)
-        trainer.train_batches(epoch, *draws)
-        times.append(time.perf_counter() - start)
-    valid = trainer.valid_eval.evaluate(model)  # what early stopping pays per evaluation
-    tester = Evaluator(ds, "test", block_size=int(config.eval_batch_size), device=device, user_sample=test_users)
-    start = time.perf_counter()
-    tester.evaluate(model)
-    test = time.perf_counter() - start
-    sampled = {}
-    if tester.users.size < tester.n_eligible_users:
-        sampled = {
-            "test_users": int(tester.users.size),
-            "test_eligible_users": tester.n_eligible_users,
-            "test_seconds_all_estimated": round(test * tester.n_eligible_users / tester.users.size, 3),
+    if saved is None:
+        times = []
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            model.train()
+            draws = trainer.start_epoch(epoch)
+            trainer.train_batches(epoch, *draws)
+            times.append(time.perf_counter() - start)
+        valid = trainer.valid_eval.evaluate(model)  # what early stopping pays per evaluation
+        figures = {
+            "users": ds.n_users,
+            "items": ds.n_items,
+            "train_interactions": n_train,
+            "large_data": large_data_active(config, n_train),
+            "train_batch_size": int(config.train_batch_size),
+            "steps_per_epoch": trainer.n_batches,
+            "build_seconds": round(build, 3),
+            "epoch_seconds": round(float(np.median(times)), 3),
+            "valid_seconds": round(valid.seconds, 3),
+            "valid_users": int(valid.users.size),
         }
+        progress = new_test_progress()
+        if state is not None:
+            save_row_state(state, key, figures, model.state_dict())
+    else:
+        figures, progress = saved["figures"], saved["progress"]
+        model.load_state_dict(saved["weights"])
+    tester = Evaluator(ds, "test", block_size=int(config.eval_batch_size), device=device, user_sample=test_users)
+    starts = tester.block_starts()
+    progress["processes"] += 1
+    model.eval()  # the representations are computed once per process, not once per chunk
+    spent = 0.0
+    while progress["blocks_done"] < len(starts) and not (state is not None and 0 < test_budget <= spent):
+        chunk = starts[progress["blocks_done"] : progress["blocks_done"] + (chunk_blocks if state else len(starts))]
+        start = time.perf_counter()
+        result = tester.evaluate(model, blocks=chunk)
+        elapsed = time.perf_counter() - start
+        spent += elapsed
+        progress["seconds"] += elapsed
+        if TEST_METRIC in result.per_user:
+            progress["metric_sum"] += float(result.per_user[TEST_METRIC].sum())
+        progress["blocks_done"] += len(chunk)
+        if state is not None:
+            write_json_atomically(state / "test_progress.json", {"key": key, **progress})
+    peak = max(progress["peak_memory_mb"], round(peak_memory_mb(torch.device(device)), 1))
+    notes = list(dict.fromkeys(progress["graph_notes"] + list(graphs.notes)))
+    row = {**figures}
+    done_users = min(len(tester.users), progress["blocks_done"] * tester.block_size)
+    if progress["blocks_done"] < len(starts):
+        progress.update(peak_memory_mb=peak, graph_notes=notes)
+        write_json_atomically(state / "test_progress.json", {"key": key, **progress})
+        row["test_partial"] = {
+            "users_done": done_users,
+            "users": int(len(tester.users)),
+            "seconds_so_far": round(progress["seconds"], 3),
+            "processes": progress["processes"],
+        }
+    else:
+        row["test_seconds"] = round(progress["seconds"], 3)
+        # the metric over every ranked user: a pass split over processes must give what one pass gives
+        if TEST_METRIC in tester.metric_names:
+            row[f"test_{TEST_METRIC}"] = round(progress["metric_sum"] / max(1, len(tester.users)), 6)
+        if progress["processes"] > 1:
+            row["test_processes"] = progress["processes"]
+        if state is not None:
+            clear_row_state(state)
+    if tester.users.size < tester.n_eligible_users:
+        row.update(test_users=int(tester.users.size), test_eligible_users=tester.n_eligible_users)
+        if "test_seconds" in row:
+            scaled = row["test_seconds"] * tester.n_eligible_users / tester.users.size
+            row["test_seconds_all_estimated"] = round(scaled, 3)
     return {
-        "users": ds.n_users,
-        "items": ds.n_items,
-        "train_interactions": n_train,
-        "large_data": large_data_active(config, n_train),
-        "train_batch_size": int(config.train_batch_size),
-        "steps_per_epoch": trainer.n_batches,
-        "build_seconds": round(build, 3),
-        "epoch_seconds": round(float(np.median(times)), 3),
-        "valid_seconds": round(valid.seconds, 3),
-        "valid_users": int(valid.users.size),
-        "test_seconds": round(test, 3),
-        **sampled,
-        "peak_memory_mb": round(peak_memory_mb(torch.device(device)), 1),
+        **row,
+        "peak_memory_mb": peak,
         "device": device,
         "threads": torch.get_num_threads(),
         # what this process's OpenMP threads did while waiting (row_openmp_waiting, set by the parent)
         "openmp_waiting": " ".join(f"{k}={os.environ[k]}" for k in OPENMP_WAITING_KEYS if k in os.environ),
-        "model_source": current_source(model_name),
+        "model_source": key["model_source"],
         "modalrec_code": code_version(),
         # how each item-item graph was built: an approximate one's neighbour recall against exact (the
         # fixed graphs at build; MARIO's learned ones over every rebuild of the epoch and the two passes)
-        **({"graph_notes": list(graphs.notes)} if graphs.notes else {}),
+        **({"graph_notes": notes} if notes else {}),
     }
+
+
+def write_json_atomically(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def save_row_state(state: Path, key: dict, figures: dict, weights: dict) -> None:
+    """The trained weights and the figures so far of a row whose test pass may span processes."""
+    import torch
+
+    state.mkdir(parents=True, exist_ok=True)
+    clear_row_state(state)
+    tmp = state / "trained.pt.tmp"
+    torch.save({"key": key, "figures": figures, "weights": weights}, tmp)
+    os.replace(tmp, state / "trained.pt")
+
+
+def load_row_state(state: Path | None, key: dict) -> dict | None:
+    """A saved row of this very ``key`` (model source, data, settings) with its test progress; None when
+    there is none, or it was saved for anything else (then it is removed and the row starts afresh)."""
+    import torch
+
+    if state is None or not (state / "trained.pt").is_file():
+        return None
+    saved = torch.load(state / "trained.pt", map_location="cpu", weights_only=True)
+    progress_file = state / "test_progress.json"
+    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else None
+    if saved.get("key") != key or (progress is not None and progress.pop("key", None) != key):
+        print(f"{state}: saved for other settings or another version of the model; starting afresh", file=sys.stderr)
+        clear_row_state(state)
+        return None
+    return {**saved, "progress": progress or new_test_progress()}
+
+
+def new_test_progress() -> dict:
+    """A test pass not begun: blocks ranked, seconds spent, processes it ran in, their peak, graph notes."""
+    return {
+        "blocks_done": 0,
+        "seconds": 0.0,
+        "processes": 0,
+        "peak_memory_mb": 0.0,
+        "graph_notes": [],
+        "metric_sum": 0.0,
+    }
+
+
+def clear_row_state(state: Path) -> None:
+    for name in ("trained.pt", "trained.pt.tmp", "test_progress.json", "test_progress.tmp"):
+        (state / name).unlink(missing_ok=True)
 
 
 def current_source(model_name: str) -> str:
@@ -235,7 +363,8 @@ def finish(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
     summary = {}
     for model, rows in results.items():
         ok = [r for r in rows if "epoch_seconds" in r]
-        full_test = [r for r in ok if "test_users" not in r]  # a sampled test pass is no point of that line
+        # a sampled or unfinished test pass is no point of that line
+        full_test = [r for r in ok if "test_users" not in r and "test_seconds" in r]
         summary[model] = {
             key: growth_exponent([r["train_interactions"] for r in use], [r[field] for r in use])
             for key, field, use in (
@@ -290,6 +419,10 @@ def run_all(args: argparse.Namespace) -> dict:
             if done is not None and args.remeasure:
                 print(f"{model} {label}: measuring again (--remeasure)", flush=True)
                 done = None
+            if done is not None and "test_partial" in done and done.get("model_source") == sources[model]:
+                users_done = done["test_partial"]["users_done"]
+                print(f"{model} {label}: continuing its test pass ({users_done:,} users done)", flush=True)
+                done = None
             if done is not None and done.get("model_source", sources[model]) != sources[model]:
                 print(f"{model} {label}: the model's code changed since it was measured; measuring again", flush=True)
                 done = None
@@ -313,6 +446,10 @@ def run_all(args: argparse.Namespace) -> dict:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--one", model, "--data", str(data)]
                 cmd += ["--epochs", str(args.epochs), "--device", args.device, "--test-users", str(args.test_users)]
                 cmd += [x for s in args.set for x in ("--set", s)]
+                if args.test_budget_s > 0:  # a row that may span processes keeps its state in the data cache
+                    state = cache / "row-state" / f"{model}-{size['folder']}"
+                    cmd += ["--state", str(state), "--test-budget-s", str(args.test_budget_s)]
+                    cmd += ["--test-chunk-blocks", str(args.test_chunk_blocks)]
                 env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING_KEYS} | row_openmp_waiting()
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
                 if proc.returncode != 0:
@@ -363,7 +500,13 @@ def markdown_table(record: dict) -> str:
                 lines.append(f"| {model} | {row_label(r)} | | {r.get('train_interactions', 0):,} | {why} | | | | |")
                 continue
             test = f"{r.get('test_seconds', float('nan')):.2f}"
-            if "test_users" in r:
+            if "test_partial" in r:
+                part = r["test_partial"]
+                test = (
+                    f"{part['seconds_so_far']:,.0f} for {part['users_done']:,} of {part['users']:,} users so far "
+                    f"(unfinished, {part['processes']} process{'es' if part['processes'] > 1 else ''}; resumable)"
+                )
+            elif "test_users" in r:
                 test = (
                     f"{test} for {r['test_users']:,} users; ≈ {r['test_seconds_all_estimated']:,.0f} for all "
                     f"{r['test_eligible_users']:,} (estimate)"
@@ -416,6 +559,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-limit-gb", type=float, default=20.0)
     ap.add_argument("--test-users", type=int, default=0, help="time the test pass on this many sampled users (0 = all)")
     ap.add_argument(
+        "--test-budget-s",
+        type=float,
+        default=0.0,
+        help="stop a row's test pass after this many seconds in one run and continue it in the next (0 = no limit)",
+    )
+    ap.add_argument("--test-chunk-blocks", type=int, default=TEST_CHUNK_BLOCKS, help=argparse.SUPPRESS)
+    ap.add_argument("--state", help=argparse.SUPPRESS)
+    ap.add_argument(
         "--remeasure", action="store_true", help="measure the asked models and sizes again even where recorded"
     )
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per model and size")
@@ -427,7 +578,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:  # the child process: one model at one size
-        print(json.dumps(measure_one(args.one, Path(args.data), args.epochs, args.set, args.device, args.test_users)))
+        state = Path(args.state) if args.state else None
+        row = measure_one(
+            args.one,
+            Path(args.data),
+            args.epochs,
+            args.set,
+            args.device,
+            args.test_users,
+            state=state,
+            test_budget=args.test_budget_s,
+            chunk_blocks=args.test_chunk_blocks,
+        )
+        print(json.dumps(row))
         return
     result = run_all(args)
     if args.out:

@@ -132,3 +132,38 @@ def test_scale_script_keeps_rows_of_sizes_not_asked_and_remeasures_on_request(tm
     assert [r["factor"] for r in rows] == [0.01, 0.02]  # the size not asked stays, in order of size
     assert rows[0] == small
     assert rows[1]["load_average_before"] is not None and rows[1] != large  # a new measurement
+
+
+def test_a_rows_test_pass_continues_in_the_next_run_with_the_saved_weights(tmp_path):
+    """--test-budget-s: a row's test pass stops after a chunk and the next run continues it from the saved
+    weights (no second training), giving the metric one uninterrupted pass gives; the state is then removed."""
+    cache = tmp_path / "data"
+    base = [sys.executable, str(SCRIPT), "--models", "BPR", "--factors", "0.01", "--data-cache", str(cache)]
+    base += ["--set", "eval_batch_size=64"]
+    whole = subprocess.run([*base, "--out", str(tmp_path / "whole.json")], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    (one_pass,) = json.loads((tmp_path / "whole.json").read_text())["results"]["BPR"]
+    out, table = tmp_path / "split.json", tmp_path / "split.md"
+    split = [*base, "--out", str(out), "--markdown", str(table), "--test-budget-s", "1e-9", "--test-chunk-blocks", "1"]
+    first = subprocess.run(split, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["results"]["BPR"]
+    part = row["test_partial"]
+    assert "test_seconds" not in row and part["processes"] == 1 and 0 < part["users_done"] < part["users"]
+    assert part["users_done"] == 64  # one block of eval_batch_size users per run (one chunk past the budget)
+    state = cache / "row-state" / "BPR-baby-x0.01"
+    assert (state / "trained.pt").is_file() and (state / "test_progress.json").is_file()
+    assert f"for {part['users_done']:,} of {part['users']:,} users so far" in table.read_text()
+    assert json.loads(out.read_text())["growth_exponents"]["BPR"]["test"] is None
+    runs = 1
+    while "test_partial" in row:
+        again = subprocess.run(split, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "continuing its test pass" in again.stdout
+        runs += 1
+        trained = row["epoch_seconds"], row["build_seconds"]
+        (row,) = json.loads(out.read_text())["results"]["BPR"]
+        assert (row["epoch_seconds"], row["build_seconds"]) == trained  # the first run's figures: not trained again
+    assert runs >= 2 and row["test_processes"] == runs and row["test_seconds"] > 0
+    assert row["test_recall@20"] == one_pass["test_recall@20"] > 0  # the trained weights, not a fresh model
+    assert not (state / "trained.pt").exists() and not (state / "test_progress.json").exists()

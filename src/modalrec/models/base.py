@@ -259,7 +259,7 @@ class Recommender(nn.Module):
             value = 1024 if self.device.type == "cuda" else 32 * max(1, torch.get_num_threads())
         return max(1, min(int(value), MAX_STACKED_SCORES // max(1, stacked * n_columns)))
 
-    def score_tile_shape(self, n_columns: int, stacked: int = 1) -> tuple[int, int]:
+    def score_tile_shape(self, n_columns: int, stacked: int = 1, n_rows: int | None = None) -> tuple[int, int]:
         """(users, columns) per tile when full ranking forms per-pair arrays tile by tile. Optional.
 
         On a GPU: :meth:`ranking_block_size` users (capped for ``stacked`` whole-row arrays) and all
@@ -268,11 +268,17 @@ class Recommender(nn.Module):
         tile's element-wise work runs in cache (MARIO's ranking, whose scores need about a dozen
         operations per pair after its GEMMs; a tile's arrays are best allocated once per call and
         reused, see ``nn.scoring.modality_attention_scores_into``); a tile is bounded whatever the catalogue, so the
-        whole-row cap does not apply.
+        whole-row cap does not apply. ``n_rows``, the users of the call, caps a tile's users, and on a CPU the
+        columns then widen to keep the tile at :data:`PAIR_TILE_SCORES` (the evaluator's blocks hold fewer
+        users than a tile at large catalogues: 594 at 112,800 items, where 1,024-user tiles would have
+        shrunk to 594 × 128 scores and paid their per-tile overhead over 1.7× as many tiles).
         """
         if self.device.type == "cuda":
-            return self.ranking_block_size(n_columns, stacked), n_columns
+            rows = self.ranking_block_size(n_columns, stacked)
+            return (rows if n_rows is None else max(1, min(rows, n_rows))), n_columns
         rows = self.ranking_block_size(1)
+        if n_rows is not None:
+            rows = max(1, min(rows, n_rows))
         return rows, max(1, min(n_columns, PAIR_TILE_SCORES // rows))
 
     # ----------------------------------------------------------- interface

@@ -381,7 +381,7 @@ class MARIO(Recommender):
             # item tables instead copied all M of them per call: 230 MB at 300k items, ~4,500 calls at 1M users)
             u = u * (1.0 / math.sqrt(self.dim))
             tables = [v.T for v in reps.items]  # (d, I) views
-            rows, cols = self.score_tile_shape(self.n_items, stacked=len(tables))
+            rows, cols = self.score_tile_shape(self.n_items, stacked=len(tables), n_rows=u.shape[0])
             # every tile's arrays live in buffers allocated once per call (see modality_attention_scores_into)
             tile_scores = u.new_empty(len(tables), min(rows, u.shape[0]) * min(cols, self.n_items))
             workspace = u.new_empty(4, tile_scores.shape[1])

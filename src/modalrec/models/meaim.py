@@ -396,7 +396,7 @@ class MeAIM(Recommender):
             c = self.representations()
             a_n, b_n = c.users.shape[0], c.items.shape[0]
             n_arrays = a_n * b_n + b_n + len(TILE_SCALARS)
-            rows, cols = self.score_tile_shape(self.n_items, stacked=n_arrays)
+            rows, cols = self.score_tile_shape(self.n_items, stacked=n_arrays, n_rows=users.shape[0])
             out = torch.empty(users.shape[0], self.n_items, dtype=c.users.dtype, device=c.users.device)
             work = c.users.new_empty(n_arrays, min(rows, users.shape[0]) * min(cols, self.n_items))
             for lo in range(0, users.shape[0], rows):
