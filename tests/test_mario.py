@@ -91,6 +91,9 @@ def test_ranking_block_size_and_tiles_do_not_change_scores(ds, build, monkeypatc
     users = torch.arange(N_USERS)
     whole_rows = a.full_scores(users)
     assert a.score_tile_shape(N_ITEMS) == (1024, N_ITEMS)  # this catalogue: one tile spans every item
+    # a call with fewer users than a tile: the tile takes them all and widens to keep its scores
+    assert a.score_tile_shape(300_000, n_rows=594) == (594, base.PAIR_TILE_SCORES // 594)
+    assert a.score_tile_shape(300_000) == (1024, base.PAIR_TILE_SCORES // 1024)
     torch.testing.assert_close(whole_rows, b.full_scores(users), rtol=0, atol=1e-6)
     monkeypatch.setattr(base, "PAIR_TILE_SCORES", 7 * 9)  # tiles of 7 users × 9 items, the last ones partial
     assert b.score_tile_shape(N_ITEMS) == (7, 9) and N_ITEMS % 9 and N_USERS % 7
