@@ -152,6 +152,7 @@ def measure_one(
     from modalrec.config import parse_overrides
     from modalrec.data.dataset import load_dataset
     from modalrec.evaluation import Evaluator
+    from modalrec.io import write_json
     from modalrec.run_files import code_version
     from modalrec.runs import prepare_model
     from modalrec.training import Trainer, peak_memory_mb
@@ -216,14 +217,14 @@ def measure_one(
             progress["metric_sum"] += float(result.per_user[TEST_METRIC].sum())
         progress["blocks_done"] += len(chunk)
         if state is not None:
-            write_json_atomically(state / "test_progress.json", {"key": key, **progress})
+            write_json(state / "test_progress.json", {"key": key, **progress})
     peak = max(progress["peak_memory_mb"], round(peak_memory_mb(torch.device(device)), 1))
     notes = list(dict.fromkeys(progress["graph_notes"] + list(graphs.notes)))
     row = {**figures}
     done_users = min(len(tester.users), progress["blocks_done"] * tester.block_size)
     if progress["blocks_done"] < len(starts):
         progress.update(peak_memory_mb=peak, graph_notes=notes)
-        write_json_atomically(state / "test_progress.json", {"key": key, **progress})
+        write_json(state / "test_progress.json", {"key": key, **progress})
         row["test_partial"] = {
             "users_done": done_users,
             "users": int(len(tester.users)),
@@ -259,21 +260,15 @@ def measure_one(
     }
 
 
-def write_json_atomically(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def save_row_state(state: Path, key: dict, figures: dict, weights: dict) -> None:
     """The trained weights and the figures so far of a row whose test pass may span processes."""
     import torch
 
-    state.mkdir(parents=True, exist_ok=True)
+    from modalrec.io import atomic_write
+
     clear_row_state(state)
-    tmp = state / "trained.pt.tmp"
-    torch.save({"key": key, "figures": figures, "weights": weights}, tmp)
-    os.replace(tmp, state / "trained.pt")
+    saved = {"key": key, "figures": figures, "weights": weights}
+    atomic_write(state / "trained.pt", lambda fh: torch.save(saved, fh), "wb")
 
 
 def load_row_state(state: Path | None, key: dict) -> dict | None:
@@ -306,7 +301,7 @@ def new_test_progress() -> dict:
 
 
 def clear_row_state(state: Path) -> None:
-    for name in ("trained.pt", "trained.pt.tmp", "test_progress.json", "test_progress.tmp"):
+    for name in ("trained.pt", "test_progress.json"):
         (state / name).unlink(missing_ok=True)
 
 
@@ -389,10 +384,9 @@ def save(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
     """Write the record so far (atomically) when ``--out`` is given; return it."""
     record = finish(args, results)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, args.out)
+        from modalrec.io import write_text
+
+        write_text(args.out, json.dumps(record, indent=1) + "\n")
     return record
 
 

@@ -30,8 +30,9 @@ METRICS = ("recall", "ndcg", "precision", "map", "hit")
 # Why not larger: with training's allocator setting (freed memory kept in the heap, no mmap) a block's freed
 # memory is a hole that the next block's small allocations (the model's gathered user rows, the top-k) may be
 # carved from; the next block then lands above it and the heap grows by a block. With 1 GiB blocks LightGCN's
-# test pass at 311k users × 113k items peaked at 5.9-7.2 GB in 3 of 4 runs (3.2 GB in the fourth, the score
-# block's address cycling over 4 places); with 256 MiB blocks at 3.1-3.2 GB, under training's peak, in 2 of 2.
+# row at 311k users × 113k items peaked at 5.8-6.1 GB in 3 of 4 runs by hand (3.15 GB in the fourth, the score
+# block's address cycling over 4 places); with 256 MiB blocks at 3.1-3.2 GB, training's own peak, in 2 of 2
+# by hand and in the record (docs/scale.md#memory-past-a-million-interactions).
 MAX_BLOCK_SCORES = 1 << 26
 # From this many scores per block (128 MiB) an evaluation hands the heap's free pages back before and after it
 # (allocator.release_freed_memory): below it, what training keeps for reuse is small and re-faulting it costs more.

@@ -273,13 +273,11 @@ class Recommender(nn.Module):
         users than a tile at large catalogues: 594 at 112,800 items, where 1,024-user tiles would have
         shrunk to 594 × 128 scores and paid their per-tile overhead over 1.7× as many tiles).
         """
-        if self.device.type == "cuda":
-            rows = self.ranking_block_size(n_columns, stacked)
-            return (rows if n_rows is None else max(1, min(rows, n_rows))), n_columns
-        rows = self.ranking_block_size(1)
+        on_gpu = self.device.type == "cuda"
+        rows = self.ranking_block_size(n_columns, stacked) if on_gpu else self.ranking_block_size(1)
         if n_rows is not None:
             rows = max(1, min(rows, n_rows))
-        return rows, max(1, min(n_columns, PAIR_TILE_SCORES // rows))
+        return rows, n_columns if on_gpu else max(1, min(n_columns, PAIR_TILE_SCORES // rows))
 
     # ----------------------------------------------------------- interface
     def loss(self, batch: Batch) -> torch.Tensor:
