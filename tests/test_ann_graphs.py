@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from modalrec.ann import ANN_FROM_ITEMS, ann_knn_topk, neighbour_recall, resolve_knn_method
+from modalrec.ann import ANN_FROM_ITEMS, ann_knn_topk, ann_knn_topk_many, neighbour_recall, resolve_knn_method
 from modalrec.errors import ConfigError
 from modalrec.graphs import GraphStore, build_knn_graph, knn_block_rows, knn_topk
 
@@ -32,6 +32,23 @@ def test_the_approximate_graph_finds_the_exact_neighbours_and_says_how_well():
     np.testing.assert_allclose(sims.numpy(), np.take_along_axis(unit @ unit.T, idx.numpy(), axis=1), atol=1e-4)
     again, _, _ = ann_knn_topk(x, 10)
     assert torch.equal(idx, again)  # built on one thread: the same graph every time
+
+
+def test_indices_built_side_by_side_are_the_ones_built_one_by_one():
+    """MARIO's modalities' HNSW indices are built concurrently, one thread each: the graphs must not depend
+    on that (nor on the threads torch has), or the same seed would not give the same run."""
+    tables = [_clustered(2500, 24, seed=1), _clustered(2000, 16, seed=2), _clustered(2200, 24, seed=3)]
+    alone = [ann_knn_topk(t, 10) for t in tables]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(2, threads))
+        together = ann_knn_topk_many(tables, 10)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(together) == 3
+    for (idx, sims, info), (idx1, sims1, info1) in zip(together, alone, strict=True):
+        assert torch.equal(idx, idx1) and torch.equal(sims, sims1)
+        assert info == info1 and info.recall >= 0.95
 
 
 def test_recall_counts_misses():

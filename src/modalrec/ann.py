@@ -18,6 +18,7 @@ FAISS is an optional dependency (the ``scale`` extra); the exact path needs noth
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,28 +94,59 @@ def ann_knn_topk(
     The index is built on one thread: HNSW insertion on several threads depends on their timing, and a
     graph must be the same for the same data. Queries run on torch's threads (each is independent).
     """
-    faiss = faiss_module()
-    x = _unit_rows(features)
-    n, d = x.shape
-    k = min(k, n)
-    ef = int(ef_search or max(64, 4 * k))
-    threads = torch.get_num_threads()
-    index = faiss.IndexHNSWFlat(d, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    return ann_knn_topk_many([features], k, ef_search=ef_search, seed=seed)[0]
+
+
+def _hnsw_index(faiss: Any, unit_rows: np.ndarray) -> Any:
+    """An HNSW inner-product index over ``unit_rows``, built on the calling thread alone.
+
+    OpenMP's thread count is a per-thread setting, so limiting this thread's insertion to one OpenMP
+    thread leaves any other thread's setting as it was; and the same rows give the same index.
+    """
+    index = faiss.IndexHNSWFlat(unit_rows.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    threads = torch.get_num_threads()
     faiss.omp_set_num_threads(1)
     try:
-        index.add(x)
+        index.add(unit_rows)
     finally:
         faiss.omp_set_num_threads(threads)
-    index.hnsw.efSearch = ef
-    sims, idx = index.search(x, k)
-    missing = idx < 0  # fewer than k reachable (tiny or degenerate sets): the row itself, similarity 0
-    if missing.any():
-        rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)
-        idx[missing], sims[missing] = rows[missing], 0.0
-    recall, sampled = neighbour_recall(x, idx, k, seed=seed)
-    info = AnnGraphInfo(items=n, k=k, recall=recall, sampled_rows=sampled, ef_search=ef)
-    return torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(sims.astype(np.float32)), info
+    return index
+
+
+def ann_knn_topk_many(
+    tables: list[np.ndarray | torch.Tensor], k: int, ef_search: int | None = None, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor, AnnGraphInfo]]:
+    """:func:`ann_knn_topk` of several tables (e.g. one per modality), their indices built concurrently.
+
+    Each index is built on one thread (deterministic, see :func:`ann_knn_topk`), so one build leaves the
+    other cores idle; up to ``torch.get_num_threads()`` builds run side by side instead (FAISS releases the
+    GIL), which halves MARIO's rebuild of its two learned graphs on two cores. The searches and recall
+    checks then run one table at a time on every thread. The result is the same as building them one by one.
+    """
+    faiss = faiss_module()
+    units = [_unit_rows(t) for t in tables]
+    workers = max(1, min(len(units), torch.get_num_threads()))
+    if workers == 1:
+        indices = [_hnsw_index(faiss, x) for x in units]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            indices = list(pool.map(lambda x: _hnsw_index(faiss, x), units))
+    out = []
+    for x, index in zip(units, indices, strict=True):
+        n = x.shape[0]
+        kk = min(k, n)
+        ef = int(ef_search or max(64, 4 * kk))
+        index.hnsw.efSearch = ef
+        sims, idx = index.search(x, kk)
+        missing = idx < 0  # fewer than k reachable (tiny or degenerate sets): the row itself, similarity 0
+        if missing.any():
+            rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)
+            idx[missing], sims[missing] = rows[missing], 0.0
+        recall, sampled = neighbour_recall(x, idx, kk, seed=seed)
+        info = AnnGraphInfo(items=n, k=kk, recall=recall, sampled_rows=sampled, ef_search=ef)
+        out.append((torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(sims.astype(np.float32)), info))
+    return out
 
 
 def neighbour_recall(

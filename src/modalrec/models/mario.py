@@ -231,9 +231,12 @@ class MARIO(Recommender):
                     nn.init.zeros_(module.bias)
 
     # ------------------------------------------------------------------ graphs (paper Eqs. 2–4)
-    def modality_graph(self, i: int, compressed: torch.Tensor) -> SparseOperator:
+    def modality_graph(
+        self, i: int, compressed: torch.Tensor, neighbours: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> SparseOperator:
         """Ḡ_m of the i-th active content modality: sym-normalised λ A_m + (1−λ) Ā_m, with Ā_m the
-        weighted kNN graph of C_m (no gradient)."""
+        weighted kNN graph of C_m (no gradient). ``neighbours``: C_m's top-k (indices, similarities) when
+        already found (:meth:`refresh_graphs` finds every modality's at once)."""
         lam = self.lambda_coeff
         with torch.no_grad():
             rows, cols, vals = [], [], []
@@ -243,8 +246,9 @@ class MARIO(Recommender):
                 cols.append(c)
                 vals.append(lam * v)
             if lam < 1:
-                idx, sims = self._learned_neighbours(i, compressed.detach())
-                r, c, v = knn_graph_coo(idx, sims, weighted=True, normalization="none")
+                if neighbours is None:
+                    neighbours = self._learned_neighbours([compressed.detach()], first=i)[0]
+                r, c, v = knn_graph_coo(*neighbours, weighted=True, normalization="none")
                 rows.append(r)
                 cols.append(c)
                 vals.append((1.0 - lam) * v)
@@ -252,25 +256,31 @@ class MARIO(Recommender):
             v = normalize_sparse_rows(r, c, torch.cat(vals), self.n_items, "sym")
             return SparseOperator.from_coo(r, c, v, (self.n_items, self.n_items))
 
-    def _learned_neighbours(self, i: int, compressed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k cosine neighbours of C_m's rows for Ā_m: exact (blocked GEMM + top-k, O(I²·d)) or, with
-        ``learned_knn == "ann"``, approximate (:func:`~modalrec.ann.ann_knn_topk`), whose recall is noted."""
+    def _learned_neighbours(
+        self, compressed: list[torch.Tensor], first: int = 0
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Top-k cosine neighbours of the rows of C_m for Ā_m, for the modalities ``first``,
+        ``first + 1``, …: exact (blocked GEMM + top-k, O(I²·d)) or, with ``learned_knn == "ann"``,
+        approximate (:func:`~modalrec.ann.ann_knn_topk_many`: the modalities' HNSW indices built side by
+        side, one thread each), whose recall is noted."""
         if self.learned_knn != "ann":
-            return knn_topk(compressed, self.k, block_size=self.knn_block_size, stable_ties=False)
-        from modalrec.ann import ann_knn_topk
+            return [knn_topk(c, self.k, block_size=self.knn_block_size, stable_ties=False) for c in compressed]
+        from modalrec.ann import ann_knn_topk_many
 
-        idx, sims, info = ann_knn_topk(compressed, self.k)
-        modality = self.content[i]
-        recalls = self._learned_recalls[modality]
-        recalls.append(info.recall)
-        head = f"MARIO learned graph ({modality})"
-        note = (
-            f"{head}: approximate (FAISS HNSW, efSearch {info.ef_search}) over {info.items:,} items; neighbour "
-            f"recall@{info.k} against exact on {info.sampled_rows:,} sampled items: last {recalls[-1]:.3f}, lowest "
-            f"{min(recalls):.3f} over {len(recalls)} rebuild(s)"
-        )
-        self._graph_notes[:] = [n for n in self._graph_notes if not n.startswith(head)] + [note]
-        return idx.to(compressed.device), sims.to(compressed.device)
+        found = []
+        for j, (idx, sims, info) in enumerate(ann_knn_topk_many(compressed, self.k), start=first):
+            modality = self.content[j]
+            recalls = self._learned_recalls[modality]
+            recalls.append(info.recall)
+            head = f"MARIO learned graph ({modality})"
+            note = (
+                f"{head}: approximate (FAISS HNSW, efSearch {info.ef_search}) over {info.items:,} items; neighbour "
+                f"recall@{info.k} against exact on {info.sampled_rows:,} sampled items: last {recalls[-1]:.3f}, "
+                f"lowest {min(recalls):.3f} over {len(recalls)} rebuild(s)"
+            )
+            self._graph_notes[:] = [n for n in self._graph_notes if not n.startswith(head)] + [note]
+            found.append((idx.to(compressed[0].device), sims.to(compressed[0].device)))
+        return found
 
     def _compressed(self) -> list[torch.Tensor]:
         """C_m = F_m W_m (Eq. 1), each row scaled to unit L2 norm when ``content_norm: l2``.
@@ -292,7 +302,10 @@ class MARIO(Recommender):
         """Rebuild and cache every Ḡ_m from the current C_m."""
         with torch.no_grad():
             comp = compressed if compressed is not None else self._compressed()
-            self._graph_cache = [self.modality_graph(i, c) for i, c in enumerate(comp)]
+            found = self._learned_neighbours([c.detach() for c in comp]) if self.lambda_coeff < 1 else None
+            self._graph_cache = [
+                self.modality_graph(i, c, None if found is None else found[i]) for i, c in enumerate(comp)
+            ]
         return self._graph_cache
 
     def _graphs_for(self, compressed: list[torch.Tensor]) -> list[SparseOperator]:
@@ -383,7 +396,7 @@ class MARIO(Recommender):
             tables = [v.T for v in reps.items]  # (d, I) views
             rows, cols = self.score_tile_shape(self.n_items, stacked=len(tables), n_rows=u.shape[0])
             # every tile's arrays live in buffers allocated once per call (see modality_attention_scores_into)
-            tile_scores = u.new_empty(len(tables), min(rows, u.shape[0]) * min(cols, self.n_items))
+            tile_scores = u.new_empty(len(tables), rows * cols)  # score_tile_shape caps both
             workspace = u.new_empty(4, tile_scores.shape[1])
             for lo in range(0, u.shape[0], rows):
                 ub = u[lo : lo + rows]
