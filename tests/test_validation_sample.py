@@ -72,3 +72,44 @@ def test_a_run_directory_records_its_validation(syn_dir, tmp_path):
     run = mr.train("BPR", syn_dir, settings={"epochs": 2, "valid_user_sample": 25}, seed=3, out=tmp_path / "run")
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     assert metrics["validation"]["users"] == 25 and metrics["validation"]["seed"] == 3
+
+
+def _counting_representations(model, monkeypatch) -> list[int]:
+    """Count the model's computations of its ranking representations."""
+    calls: list[int] = []
+    compute = model.compute_representations
+
+    def counted():
+        calls.append(1)
+        return compute()
+
+    monkeypatch.setattr(model, "compute_representations", counted)
+    return calls
+
+
+def test_rankings_of_a_model_in_evaluation_mode_share_one_computation(syn_dataset, monkeypatch):
+    model, _ = _model(syn_dataset)
+    evaluator = Evaluator(syn_dataset, "valid", block_size=16)
+    first = evaluator.evaluate(model)  # from training mode: switched to evaluation and back
+    assert model.training
+    calls = _counting_representations(model, monkeypatch)
+    model.eval()
+    starts = evaluator.block_starts()
+    parts = [evaluator.evaluate(model, blocks=starts[:2]), evaluator.evaluate(model, blocks=starts[2:])]
+    again = Evaluator(syn_dataset, "test").evaluate(model)
+    assert len(calls) == 1 and not model.training  # one computation for the chunks and the other split
+    for name, per_user in first.per_user.items():
+        np.testing.assert_array_equal(np.concatenate([p.per_user[name] for p in parts]), per_user, err_msg=name)
+    assert again.users.size > 0
+    model.train()
+    evaluator.evaluate(model)
+    assert len(calls) == 2 and model.training  # trained since: computed again
+
+
+def test_a_sampled_run_tests_and_validates_its_best_weights_on_one_computation(syn_dataset, monkeypatch):
+    model, config = _model(syn_dataset, valid_user_sample=30, epochs=2)
+    trainer_calls = _counting_representations(model, monkeypatch)
+    result = fit(model, syn_dataset, config, log=lambda _: None)
+    # one per epoch's sampled validation, one for the best weights' full validation and test together
+    assert len(trainer_calls) == len(result.history) + 1
+    assert result.test is not None and result.valid.users.size == Evaluator(syn_dataset, "valid").users.size

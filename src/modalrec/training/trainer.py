@@ -403,9 +403,10 @@ class Trainer:
             best_epoch = -1
         else:
             self.model.load_state_dict(st.best_state)
+        # in evaluation mode before both passes, so they share one computation of the representations
+        self.model.eval()
         if st.best_state is None or self.validation_sampled:  # the reported valid metrics cover every user
             best_valid = self.evaluate(self._evaluator("valid"))
-        self.model.eval()
         test = self.test() if evaluate_test else None
         test_text = (
             "test " + "  ".join(f"{k} {v:.4f}" for k, v in test.metrics.items() if k.startswith(("recall", "ndcg")))
