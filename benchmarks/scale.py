@@ -32,7 +32,10 @@ test pass span runs: after S seconds of it the row is written unfinished (``test
 seconds so far), its trained weights and progress kept under ``<data-cache>/row-state/``, and the next run
 with the same settings continues the pass from those weights instead of training again; the finished row
 says over how many processes it ran (``test_processes``; each computed the model's evaluation
-representations once) and keeps the pass's Recall@20, the same as one uninterrupted pass gives.
+representations once) and keeps the pass's Recall@20, the same as one uninterrupted pass gives; its
+``modalrec_code`` is the last process's, and ``test_codes`` lists every process's when they differ (the
+package edited between runs). Progress is counted in users ranked, so a pass resumes at the right user even
+if the ranking's block size changed in between.
 """
 
 from __future__ import annotations
@@ -158,6 +161,9 @@ def measure_one(
     from modalrec.training import Trainer, peak_memory_mb
     from modalrec.training.large_data import large_data_active
 
+    # the sources this process runs, taken before the row's long work: an edit of the package meanwhile (a
+    # pass of hours) must not relabel the row with code that did not run in it
+    code = code_version()
     ds = load_dataset(data)
     n_train = int(ds.split("train")[0].size)
     key = {
@@ -202,12 +208,17 @@ def measure_one(
         figures, progress = saved["figures"], saved["progress"]
         model.load_state_dict(saved["weights"])
     tester = Evaluator(ds, "test", block_size=int(config.eval_batch_size), device=device, user_sample=test_users)
-    starts = tester.block_starts()
+    n_test, block = len(tester.users), tester.block_size
+    if "blocks_done" in progress:  # saved before progress was counted in users: blocks of this same size then
+        progress["users_done"] = min(n_test, progress.pop("blocks_done") * block)
     progress["processes"] += 1
+    progress["codes"] = [*progress.get("codes", []), code]  # one per process, in order
     model.eval()  # the representations are computed once per process, not once per chunk
     spent = 0.0
-    while progress["blocks_done"] < len(starts) and not (state is not None and 0 < test_budget <= spent):
-        chunk = starts[progress["blocks_done"] : progress["blocks_done"] + (chunk_blocks if state else len(starts))]
+    while progress["users_done"] < n_test and not (state is not None and 0 < test_budget <= spent):
+        # counted in users, so a pass resumes at the right user even if the block size changed in between
+        stop = min(n_test, progress["users_done"] + chunk_blocks * block) if state else n_test
+        chunk = list(range(progress["users_done"], stop, block))
         start = time.perf_counter()
         result = tester.evaluate(model, blocks=chunk)
         elapsed = time.perf_counter() - start
@@ -215,19 +226,21 @@ def measure_one(
         progress["seconds"] += elapsed
         if TEST_METRIC in result.per_user:
             progress["metric_sum"] += float(result.per_user[TEST_METRIC].sum())
-        progress["blocks_done"] += len(chunk)
+        progress["users_done"] = int(result.users.size) + progress["users_done"]
         if state is not None:
             write_json(state / "test_progress.json", {"key": key, **progress})
     peak = max(progress["peak_memory_mb"], round(peak_memory_mb(torch.device(device)), 1))
     notes = list(dict.fromkeys(progress["graph_notes"] + list(graphs.notes)))
     row = {**figures}
-    done_users = min(len(tester.users), progress["blocks_done"] * tester.block_size)
-    if progress["blocks_done"] < len(starts):
+    if len(set(progress["codes"])) > 1:  # a pass spanning processes that ran different package sources
+        row["test_codes"] = progress["codes"]
+    done_users = progress["users_done"]
+    if done_users < n_test:
         progress.update(peak_memory_mb=peak, graph_notes=notes)
         write_json(state / "test_progress.json", {"key": key, **progress})
         row["test_partial"] = {
             "users_done": done_users,
-            "users": int(len(tester.users)),
+            "users": n_test,
             "seconds_so_far": round(progress["seconds"], 3),
             "processes": progress["processes"],
         }
@@ -253,7 +266,7 @@ def measure_one(
         # what this process's OpenMP threads did while waiting (row_openmp_waiting, set by the parent)
         "openmp_waiting": " ".join(f"{k}={os.environ[k]}" for k in OPENMP_WAITING_KEYS if k in os.environ),
         "model_source": key["model_source"],
-        "modalrec_code": code_version(),
+        "modalrec_code": code,
         # how each item-item graph was built: an approximate one's neighbour recall against exact (the
         # fixed graphs at build; MARIO's learned ones over every rebuild of the epoch and the two passes)
         **({"graph_notes": notes} if notes else {}),
@@ -289,14 +302,15 @@ def load_row_state(state: Path | None, key: dict) -> dict | None:
 
 
 def new_test_progress() -> dict:
-    """A test pass not begun: blocks ranked, seconds spent, processes it ran in, their peak, graph notes."""
+    """A test pass not begun: users ranked, seconds spent, processes it ran in, their peak, graph notes."""
     return {
-        "blocks_done": 0,
+        "users_done": 0,
         "seconds": 0.0,
         "processes": 0,
         "peak_memory_mb": 0.0,
         "graph_notes": [],
         "metric_sum": 0.0,
+        "codes": [],
     }
 
 

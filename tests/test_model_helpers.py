@@ -111,6 +111,41 @@ def test_in_eval_mode_keeps_an_evaluating_model_and_its_cache(ds):
     assert model.representations() is cached
 
 
+def test_ranking_mode_switches_a_training_model_back_also_when_the_block_raises(ds):
+    model = build("LightGCN", ds).train()
+    with pytest.raises(RuntimeError, match="injected"), base.ranking_mode(model):
+        assert not model.training
+        raise RuntimeError("injected")
+    assert model.training
+
+    class Ranker:  # duck-typed like the evaluator's fixed rankers: training, train(), eval()
+        training = False
+
+        def train(self, mode: bool = True):
+            raise AssertionError("an evaluating ranker must be left alone")
+
+        eval = train
+
+    with base.ranking_mode(Ranker()):
+        pass
+
+
+def test_the_cache_is_dropped_by_every_mode_call_and_by_a_move_kept_otherwise(ds):
+    """The contract docs/extending.md#cached-representations states: eval() refreshes the cache (also on a model
+    already evaluating), so do load_state_dict and .to(); plain repeated ranking reuses it."""
+    model = build("LightGCN", ds).eval()
+    cached = model.representations()
+    assert model.representations() is cached
+    model.eval()
+    refreshed = model.representations()
+    assert refreshed is not cached
+    model.to("cpu")  # same device, but a move all the same: cached tables could be on the old device
+    assert model.representations() is not refreshed
+    again = model.representations()
+    model.load_state_dict(model.state_dict())
+    assert model.representations() is not again
+
+
 # ---------------------------------------------------------------------- ranking blocks
 def test_ranking_block_size_setting_or_the_device_default(ds):
     assert build("MARIO", ds, ranking_block_size=7).ranking_block_size(ds.n_items) == 7

@@ -155,6 +155,10 @@ def test_a_rows_test_pass_continues_in_the_next_run_with_the_saved_weights(tmp_p
     assert (state / "trained.pt").is_file() and (state / "test_progress.json").is_file()
     assert f"for {part['users_done']:,} of {part['users']:,} users so far" in table.read_text()
     assert json.loads(out.read_text())["growth_exponents"]["BPR"]["test"] is None
+    # a progress file saved before progress was counted in users (ranking blocks done) continues as well
+    progress = json.loads((state / "test_progress.json").read_text())
+    assert progress.pop("users_done") == 64 and len(progress["codes"]) == 1  # each process's package sources
+    (state / "test_progress.json").write_text(json.dumps({**progress, "blocks_done": 1}))
     runs = 1
     while "test_partial" in row:
         again = subprocess.run(split, capture_output=True, text=True, timeout=600)
@@ -165,5 +169,6 @@ def test_a_rows_test_pass_continues_in_the_next_run_with_the_saved_weights(tmp_p
         (row,) = json.loads(out.read_text())["results"]["BPR"]
         assert (row["epoch_seconds"], row["build_seconds"]) == trained  # the first run's figures: not trained again
     assert runs >= 2 and row["test_processes"] == runs and row["test_seconds"] > 0
+    assert "test_codes" not in row  # every process ran the same sources
     assert row["test_recall@20"] == one_pass["test_recall@20"] > 0  # the trained weights, not a fresh model
     assert not (state / "trained.pt").exists() and not (state / "test_progress.json").exists()

@@ -10,7 +10,7 @@ import torch
 
 from modalrec.config import resolve_config
 from modalrec.errors import ConfigError
-from modalrec.evaluation import Evaluator
+from modalrec.evaluation import Evaluator, top_k_items
 from modalrec.graphs import GraphStore
 from modalrec.models import build_model, get_model_class
 from modalrec.training import fit
@@ -113,3 +113,19 @@ def test_a_sampled_run_tests_and_validates_its_best_weights_on_one_computation(s
     # one per epoch's sampled validation, one for the best weights' full validation and test together
     assert len(trainer_calls) == len(result.history) + 1
     assert result.test is not None and result.valid.users.size == Evaluator(syn_dataset, "valid").users.size
+
+
+def test_a_ranking_that_raises_leaves_a_training_model_in_training_mode(syn_dataset, monkeypatch):
+    model, _ = _model(syn_dataset)
+    model.train()
+
+    def broken(users):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(model, "full_scores", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        Evaluator(syn_dataset, "valid", block_size=16).evaluate(model)
+    assert model.training
+    with pytest.raises(RuntimeError, match="injected"):
+        top_k_items(model, torch.arange(3), 5)
+    assert model.training

@@ -19,6 +19,7 @@ import torch
 from modalrec.allocator import release_freed_memory
 from modalrec.data.dataset import SPLIT_NAMES, TEST, TRAIN, VALID
 from modalrec.errors import ConfigError
+from modalrec.models.base import ranking_mode
 
 if TYPE_CHECKING:
     from modalrec.data.dataset import Dataset
@@ -89,20 +90,6 @@ def block_coo(indptr: torch.Tensor, indices: torch.Tensor, start: int, stop: int
     counts = indptr[start + 1 : stop + 1] - indptr[start:stop]
     rows = torch.repeat_interleave(torch.arange(stop - start, device=indptr.device), counts)
     return rows, indices[lo:hi]
-
-
-def leave_training_mode(model: Recommender) -> bool:
-    """Put ``model`` in evaluation mode for a ranking; returns whether it was training (to switch it back).
-
-    A model already in evaluation mode is left alone: ``Recommender.train`` drops the cached representations
-    on every call, ``eval()`` included, so calling it again would make every ranking call (each block chunk of a
-    resumable pass, a test right after a validation on the same weights) compute them anew — about 80 s for
-    MARIO at 300,000 items, where they include its learned kNN graphs.
-    """
-    was_training = bool(model.training)
-    if was_training:
-        model.eval()
-    return was_training
 
 
 def ranking_metrics(
@@ -236,7 +223,12 @@ class Evaluator:
     def evaluate(self, model: Recommender, blocks: list[int] | None = None) -> EvalResult:
         """Rank every user (or only the users of ``blocks``, starts from :meth:`shard_blocks`) and score them."""
         start = time.perf_counter()
-        was_training = leave_training_mode(model)
+        with ranking_mode(model):
+            per_user, users = self._rank(model, blocks)
+        return result_from_per_user(self.split, per_user, users, time.perf_counter() - start, self.mode)
+
+    def _rank(self, model: Recommender, blocks: list[int] | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Per-user metric vectors and their users: every block of :meth:`block_starts`, or those of ``blocks``."""
         large = self.block_size * self.n_items >= RELEASE_FROM_BLOCK_SCORES
         if large:  # what training freed would otherwise stay resident under this pass's score blocks
             release_freed_memory()
@@ -268,11 +260,9 @@ class Evaluator:
             name: torch.cat(chunks[name]).numpy() if name in chunks else np.zeros(0, np.float32)
             for name in self.metric_names
         }
-        if was_training:
-            model.train()
         if large:
             release_freed_memory()
-        return result_from_per_user(self.split, per_user, users, time.perf_counter() - start, self.mode)
+        return per_user, users
 
 
 def result_from_per_user(
@@ -292,8 +282,7 @@ def top_k_items(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k (items, scores) for each user, excluding the items in ``exclude`` rows (e.g. R) and,
     for every user, ``exclude_items`` (excluded items can only fill a list longer than the rest, at −inf)."""
-    was_training = leave_training_mode(model)
-    with torch.no_grad():
+    with ranking_mode(model), torch.no_grad():
         scores = model.ranking_scores(users).float()
         if exclude is not None:
             sub = exclude[users.cpu().numpy()].tocsr()
@@ -303,6 +292,4 @@ def top_k_items(
         if exclude_items is not None:
             scores[:, exclude_items.to(scores.device)] = -torch.inf
         vals, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    if was_training:
-        model.train()
     return idx, vals
