@@ -11,7 +11,8 @@ The default rows are a reproduction record's (``--record``, a part of ``benchmar
 (plus any ``--set``) on the same seeds through ``modalrec benchmark --executor ray`` (one thread per run,
 two runs at a time) into ``--report-dir``, then compares: per metric (Recall/NDCG @10/@20) and split
 (valid, test), each user's mean over the seeds in either mode, a paired t-test over users, and the
-means ± sample std over seeds. Writes JSON with the machine, versions and wall times.
+means ± sample std over seeds. Writes JSON with the machine, versions, wall time (of this invocation: run
+again, it reuses the finished runs) and each run's graph notes.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def main() -> None:
             "validation": m.get("validation"),
             "seconds_per_epoch": m["timings"]["seconds_per_epoch"],
             "epochs_run": m["timings"]["epochs_run"],
+            # how its item-item graphs were built (an approximate one's neighbour recall against exact)
+            **({"graph_notes": m["graph_notes"]} if m.get("graph_notes") else {}),
         }
         for s, m in zip(SEEDS, metrics, strict=True)
     ]

@@ -226,7 +226,7 @@ def measure_one(
         progress["seconds"] += elapsed
         if TEST_METRIC in result.per_user:
             progress["metric_sum"] += float(result.per_user[TEST_METRIC].sum())
-        progress["users_done"] = int(result.users.size) + progress["users_done"]
+        progress["users_done"] += int(result.users.size)
         if state is not None:
             write_json(state / "test_progress.json", {"key": key, **progress})
     peak = max(progress["peak_memory_mb"], round(peak_memory_mb(torch.device(device)), 1))
@@ -234,12 +234,11 @@ def measure_one(
     row = {**figures}
     if len(set(progress["codes"])) > 1:  # a pass spanning processes that ran different package sources
         row["test_codes"] = progress["codes"]
-    done_users = progress["users_done"]
-    if done_users < n_test:
+    if progress["users_done"] < n_test:
         progress.update(peak_memory_mb=peak, graph_notes=notes)
         write_json(state / "test_progress.json", {"key": key, **progress})
         row["test_partial"] = {
-            "users_done": done_users,
+            "users_done": progress["users_done"],
             "users": n_test,
             "seconds_so_far": round(progress["seconds"], 3),
             "processes": progress["processes"],
