@@ -3,6 +3,8 @@
     python benchmarks/epoch_limit.py --models LightGCN,MARIO,MeAIM --shape baby \
         --out benchmarks/logs/epoch_limit_baby.json
     python benchmarks/epoch_limit.py --models "MARIO:graph_refresh=epoch" --large ...
+    python benchmarks/epoch_limit.py --models "LightGCN;MeAIM:beta_cl=0,lambda_kl=0" --large \
+        --modalities image:256,text:128      # the scale table's feature sizes instead of the shape's
 
 For each model (``NAME`` or ``NAME:key=value,key=value`` for a setting), on a synthetic set of the named
 shape (``modalrec.data.synth.SHAPES``), through the same model code ``modalrec train`` runs:
@@ -120,18 +122,33 @@ def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=1)
-def shape_dataset(shape: str, factor: float):
-    """The synthetic set of ``shape`` with its users and items scaled by ``factor`` (1: the shape itself)."""
-    if factor == 1:
-        return synthetic_dataset(shape)
-    base = SHAPES[shape]
-    n_users, n_items = max(20, round(base["n_users"] * factor)), max(20, round(base["n_items"] * factor))
-    return synthetic_dataset(shape, n_users=n_users, n_items=n_items)
+def shape_dataset(shape: str, factor: float, modalities: tuple[tuple[str, int], ...] | None = None):
+    """The synthetic set of ``shape`` with its users and items scaled by ``factor`` (1: the shape itself) and,
+    when given, the (name, dimension) ``modalities`` instead of the shape's features."""
+    overrides: dict[str, Any] = {} if modalities is None else {"modalities": dict(modalities)}
+    if factor != 1:
+        base = SHAPES[shape]
+        overrides["n_users"] = max(20, round(base["n_users"] * factor))
+        overrides["n_items"] = max(20, round(base["n_items"] * factor))
+    return synthetic_dataset(shape, **overrides)
+
+
+def parse_modalities(text: str | None) -> tuple[tuple[str, int], ...] | None:
+    """``image:256,text:128`` → (("image", 256), ("text", 128)); None keeps the shape's own features."""
+    if not text:
+        return None
+    parsed = []
+    for part in text.split(","):
+        name, _, dim = part.partition(":")
+        if not name.strip() or not dim.strip().isdigit() or int(dim) < 1:
+            sys.exit(f"--modalities: NAME:DIMENSION pairs separated by commas, e.g. image:256,text:128; got {part!r}")
+        parsed.append((name.strip(), int(dim)))
+    return tuple(parsed)
 
 
 def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dict[str, Any]:
     name, overrides = parse_model(spec)
-    ds = shape_dataset(shape, args.factor)
+    ds = shape_dataset(shape, args.factor, args.modality_dims)
     cls = resolve_model(name)
     if large:
         overrides = {**overrides, "large_data": "always"}
@@ -191,6 +208,7 @@ def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dic
         "overrides": {k: v for k, v in overrides.items() if k != "large_data"},
         "large_data": large,
         "shape": shape,
+        "modalities": {m: int(x.shape[1]) for m, x in ds.features.items()},
         "factor": args.factor,
         "users": ds.n_users,
         "items": ds.n_items,
@@ -223,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="LightGCN,MARIO,MeAIM", help="NAME or NAME:key=value,… separated by ';'")
     ap.add_argument("--shape", default="baby", help=f"One of {', '.join(SHAPES)}.")
     ap.add_argument("--factor", type=float, default=1.0, help="Scale the shape's users and items (tests: 0.05).")
+    ap.add_argument(
+        "--modalities",
+        default=None,
+        help="NAME:DIM,… features instead of the shape's (the scale table's sets: image:256,text:128).",
+    )
     ap.add_argument("--large", action="store_true", help="Apply the large-data mode (large_data: always).")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--warmup", type=int, default=2, help="Steps run before the timed epochs.")
@@ -233,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.shape not in SHAPES or args.factor <= 0:
         sys.exit(f"--shape: one of {', '.join(SHAPES)}; --factor > 0")
+    args.modality_dims = parse_modalities(args.modalities)
     specs = [s for s in (args.models.split(";") if ";" in args.models else args.models.split(",")) if s.strip()]
     if not specs:
         sys.exit("--models: give at least one model")

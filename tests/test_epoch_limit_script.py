@@ -40,9 +40,11 @@ def test_the_script_measures_a_tiny_set(tmp_path):
     out = tmp_path / "limit.json"
     cmd = [sys.executable, str(SCRIPT), "--models", "BPR;LightGCN;MARIO:graph_refresh=epoch", "--shape", "default"]
     cmd += ["--factor", "0.05", "--threads", "1", "--warmup", "1", "--profile-steps", "1", "--out", str(out)]
+    cmd += ["--modalities", "image:24,text:12"]  # the scale table's sets pass image:256,text:128
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
+    assert all(row["modalities"] == {"image": 24, "text": 12} for row in result["rows"])
     assert result["gemm_gflops"] > 0 and result["threads"] == 1
     bpr, lightgcn, mario = result["rows"]
     assert bpr["gflop_per_epoch"] == 0 and bpr["epoch_over_limit"] is None  # BPR's step has no matrix product
@@ -50,6 +52,13 @@ def test_the_script_measures_a_tiny_set(tmp_path):
     assert mario["overrides"] == {"graph_refresh": "epoch"} and mario["gflop_per_epoch_outside_steps"] > 0
     assert mario["epoch_over_limit"] > 0 and mario["top_ops_self_cpu_share"]
     assert (bpr["users"], bpr["items"]) == (75, 100)
+
+
+def test_a_malformed_modalities_option_is_named():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--models", "BPR", "--modalities", "image:big"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "--modalities" in proc.stderr and "'image:big'" in proc.stderr
 
 
 def test_the_meaim_term_count_splits_a_step(tmp_path):
