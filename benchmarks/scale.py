@@ -16,7 +16,10 @@ large-data mode) and one full test pass. It records seconds per epoch (median), 
 test pass, build seconds and peak memory, then fits, per model, the growth exponent of each against
 the number of training interactions (least squares on log–log; 1 = linear). Before a model runs at
 a size it predicts its peak memory from its two previous sizes; above ``--memory-limit-gb`` it is not started and the
-table says why in one line, instead of the machine's OOM killer ending it. One job at a time:
+table says why in one line, instead of the machine's OOM killer ending it; likewise when the row's wall time
+(build, epochs, validation and test, each part extrapolated from the two previous sizes) would pass
+``--timeout``, and a row that still runs past it is stopped and recorded as such, the campaign going on.
+One job at a time:
 the figures are only meaningful on an otherwise idle machine; each row records the 1-minute load
 average when it started. ``--out`` is rewritten after every measurement and a (model, size) already
 in it (same epochs, overrides and device, and the same source of the model's file) is kept, so a campaign
@@ -336,17 +339,46 @@ def growth_exponent(xs: list[float], ys: list[float]) -> float | None:
     return float(np.polyfit(np.log(pts[:, 0]), np.log(pts[:, 1]), 1)[0])
 
 
-def predicted_memory_mb(done: list[dict], interactions: int) -> float | None:
-    """Peak memory at ``interactions`` extrapolated from the model's measured sizes (log–log line)."""
-    ok = [r for r in done if "peak_memory_mb" in r]
+def extrapolated(done: list[dict], interactions: int, figure) -> float | None:
+    """``figure(row)`` at ``interactions``, extrapolated along the log–log line through the model's two largest
+    measured sizes (``figure`` returns None for a row that lacks it)."""
+    ok = [(r["train_interactions"], figure(r)) for r in done if figure(r) is not None]
     if len(ok) < 2:
         return None
-    xs = [r["train_interactions"] for r in ok[-2:]]
-    ys = [r["peak_memory_mb"] for r in ok[-2:]]
-    slope = growth_exponent(xs, ys)
+    (x0, y0), (x1, y1) = ok[-2:]
+    slope = growth_exponent([x0, x1], [y0, y1])
     if slope is None:
         return None
-    return ys[-1] * (interactions / xs[-1]) ** max(slope, 0.0)
+    return y1 * (interactions / x1) ** max(slope, 0.0)
+
+
+def predicted_memory_mb(done: list[dict], interactions: int) -> float | None:
+    """Peak memory at ``interactions`` extrapolated from the model's measured sizes (log–log line)."""
+    return extrapolated(done, interactions, lambda r: r.get("peak_memory_mb"))
+
+
+# a row's parts and what each costs at a size: each part extrapolated along its own growth
+ROW_TIME_PARTS = {
+    "build": lambda r, epochs: r.get("build_seconds"),
+    "epochs": lambda r, epochs: r["epoch_seconds"] * epochs if "epoch_seconds" in r else None,
+    "validation": lambda r, epochs: r.get("valid_seconds"),
+    "test": lambda r, epochs: r.get("test_seconds_all_estimated", r.get("test_seconds")),
+}
+
+
+def predicted_row_seconds(done: list[dict], interactions: int, epochs: int, sampled_test: bool) -> float | None:
+    """Wall seconds of a row at ``interactions`` — the model's build, ``epochs`` epochs, the validation pass and
+    the test pass (``sampled_test``: the sampled pass's measured seconds) — each part extrapolated from the
+    model's two largest measured sizes; None until two sizes have all of them."""
+    total = 0.0
+    for part, figure in ROW_TIME_PARTS.items():
+        if part == "test" and sampled_test:
+            figure = lambda r, epochs: r.get("test_seconds")  # noqa: E731 - the sample's own seconds
+        guess = extrapolated(done, interactions, lambda r, f=figure: f(r, epochs))
+        if guess is None:
+            return None
+        total += guess
+    return total
 
 
 def settings_key(args: argparse.Namespace) -> dict:
@@ -442,11 +474,25 @@ def run_all(args: argparse.Namespace) -> dict:
             recorded = with_rows_not_asked(results, not_asked)[model]
             smaller = [r for r in recorded if r.get("train_interactions", 0) < n_train]
             guess = predicted_memory_mb(smaller, n_train)
+            # a pass that may span processes (--test-budget-s) is bounded by its budget, not by --timeout
+            seconds = (
+                None
+                if args.test_budget_s > 0
+                else predicted_row_seconds(smaller, n_train, args.epochs, args.test_users > 0)
+            )
             if guess is not None and guess > args.memory_limit_gb * 1024:
                 entry.update(
                     train_interactions=n_train,
                     skipped=f"not started: predicted peak memory {guess / 1024:.1f} GB (from its two previous "
                     f"sizes) is above the {args.memory_limit_gb:g} GB limit",
+                )
+                print(f"{model} {label}: {entry['skipped']}", flush=True)
+            elif seconds is not None and seconds > args.timeout:
+                entry.update(
+                    train_interactions=n_train,
+                    skipped=f"not started: predicted {seconds / 3600:.1f} h for the row (build, {args.epochs} "
+                    f"epoch(s), validation and test, each from its two previous sizes) is above the "
+                    f"{args.timeout:g} s --timeout",
                 )
                 print(f"{model} {label}: {entry['skipped']}", flush=True)
             else:
@@ -458,9 +504,16 @@ def run_all(args: argparse.Namespace) -> dict:
                     cmd += ["--state", str(state), "--test-budget-s", str(args.test_budget_s)]
                     cmd += ["--test-chunk-blocks", str(args.test_chunk_blocks)]
                 env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING_KEYS} | row_openmp_waiting()
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-                if proc.returncode != 0:
-                    why = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+                except subprocess.TimeoutExpired:  # the row's process is killed; the campaign goes on
+                    proc = None
+                if proc is None or proc.returncode != 0:
+                    why = (
+                        f"stopped after {args.timeout:g} s (--timeout)"
+                        if proc is None
+                        else (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                    )
                     entry.update(train_interactions=n_train, failed=why)
                     print(f"{model} {label}: failed: {why}", flush=True)
                 else:
@@ -576,7 +629,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--remeasure", action="store_true", help="measure the asked models and sizes again even where recorded"
     )
-    ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per model and size")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=6 * 3600,
+        help="seconds per model and size; a row predicted to take longer is not started",
+    )
     ap.add_argument("--data-cache", default=str(ROOT / "reports" / "scale-data"))
     ap.add_argument("--out", default=None, help="JSON to write (default: print only)")
     ap.add_argument("--figure", default=None, help="log–log PNG to write")

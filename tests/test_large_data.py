@@ -132,6 +132,28 @@ def test_a_models_large_data_settings_apply_only_where_the_default_is_kept(syn_d
     assert off.cl_candidates == 0  # below the size rule nothing changes
 
 
+def test_slmrec_and_lgmrec_keep_their_contrastive_step_linear_in_the_mode(syn_dataset):
+    from modalrec.config import large_data_settings_of
+
+    assert large_data_settings_of("SLMRec") == {"in_batch_block": 2048}
+    assert large_data_settings_of("LGMRec") == {"cl_candidates": 1024}
+    for name, key, off, on in (("SLMRec", "in_batch_block", None, 2048), ("LGMRec", "cl_candidates", 0, 1024)):
+        cls = get_model_class(name)
+        assert apply_large_data_mode(resolve_config(cls), syn_dataset, cls).get(key) == off  # below the size rule
+        large = resolve_config(cls, overrides={"large_data": "always"})
+        assert apply_large_data_mode(large, syn_dataset, cls).get(key) == on
+
+
+@pytest.mark.parametrize(("name", "settings"), [("SLMRec", {"in_batch_block": 32}), ("LGMRec", {"cl_candidates": 16})])
+def test_slmrec_and_lgmrec_train_with_their_large_data_terms(syn_dir, tmp_path, name, settings):
+    base = {"epochs": 3, "train_batch_size": 128, "large_data": "always", "large_data_steps": 4}
+    run = mr.train(
+        name, syn_dir, settings={**base, "large_data_valid_users": 0, **settings}, seed=3, out=tmp_path / "run"
+    )
+    losses = [h["loss"] for h in run.result.history]
+    assert losses[-1] < losses[0]
+
+
 def test_sampled_candidates_hold_every_positive_once():
     import torch
 

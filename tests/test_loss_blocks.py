@@ -42,6 +42,29 @@ def test_info_nce_in_batch_matches_per_row_formula():
     assert not torch.allclose(info_nce_in_batch(a, c, 0.3, False), info_nce_in_batch(c, a, 0.3, False))
 
 
+def test_block_in_batch_info_nce_is_the_mean_of_each_blocks_own_in_batch_loss():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    for normalize in (True, False):
+        whole = info_nce_in_batch(a, c, 0.3, normalize)
+        # a block at least the batch is the whole-batch formula, bit for bit (the paper's, and MMRec-sized batches)
+        assert torch.equal(info_nce_in_batch(a, c, 0.3, normalize, block_size=10), whole)
+        assert torch.equal(info_nce_in_batch(a, c, 0.3, normalize, block_size=64), whole)
+        got = info_nce_in_batch(a, c, 0.3, normalize, block_size=4)  # blocks of 4, 4 and 2 rows
+        want = (
+            sum(
+                info_nce_in_batch(a[lo : lo + 4], c[lo : lo + 4], 0.3, normalize) * len(a[lo : lo + 4])
+                for lo in (0, 4, 8)
+            )
+            / 10
+        )
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(got, whole)  # the other blocks' positives are no longer negatives
+        grads = torch.autograd.grad(got, (a, c))
+        torch.testing.assert_close(grads, torch.autograd.grad(want, (a, c)))
+
+
 def test_negative_cosine_loss():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(7, 4, generator=g), torch.randn(7, 4, generator=g)

@@ -1,5 +1,5 @@
 """benchmarks/scale.py on a tiny size: every figure measured, growth exponents fitted, and a model predicted
-to exceed the memory limit is not started (one line says why)."""
+to exceed the memory limit or the time limit is not started (one line says why)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from conftest import load_benchmark_script
 
 from modalrec.threads import SHORT_SPIN
 
@@ -47,6 +50,51 @@ def test_scale_script_measures_the_large_data_mode_through_the_trainer(tmp_path)
     assert row["large_data"] is True and row["steps_per_epoch"] == 3 and row["valid_users"] == 20
     assert row["openmp_waiting"] == "OMP_WAIT_POLICY=PASSIVE"
     assert row["test_seconds"] > 0
+
+
+def test_a_row_past_its_timeout_is_recorded_and_the_campaign_goes_on(tmp_path):
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, str(SCRIPT), "--models", "BPR,LightGCN", "--factors", "0.01", "--out", str(out)]
+    cmd += ["--data-cache", str(tmp_path / "data"), "--timeout", "0.2"]  # no row's process starts that fast
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    for model in ("BPR", "LightGCN"):  # the first row's timeout did not end the campaign
+        (row,) = results[model]
+        assert row["failed"] == "stopped after 0.2 s (--timeout)" and "epoch_seconds" not in row
+
+
+def test_a_row_predicted_to_outlast_the_timeout_is_not_started(tmp_path):
+    out = tmp_path / "scale.json"
+    base = [sys.executable, str(SCRIPT), "--models", "BPR", "--out", str(out), "--data-cache", str(tmp_path / "data")]
+    proc = subprocess.run([*base, "--factors", "0.01,0.02"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(out.read_text())["results"]["BPR"]
+    parts = ("build_seconds", "epoch_seconds", "valid_seconds", "test_seconds")
+    assert all(r[p] > 0 for r in measured for p in parts)
+    # the two measured rows are kept; the third is predicted from them and refused before it starts
+    cmd = [*base, "--factors", "0.01,0.02,0.04", "--timeout", "0.001"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]["BPR"]
+    assert rows[:2] == measured
+    assert (
+        rows[2]["skipped"].startswith("not started: predicted") and "above the 0.001 s --timeout" in rows[2]["skipped"]
+    )
+    assert "epoch_seconds" not in rows[2] and rows[2]["train_interactions"] > measured[1]["train_interactions"]
+
+
+def test_the_row_time_prediction_extrapolates_each_part_along_its_own_growth():
+    scale = load_benchmark_script("scale")
+    small = {"train_interactions": 100, "build_seconds": 1.0, "epoch_seconds": 2.0, "valid_seconds": 1.0}
+    large = {"train_interactions": 400, "build_seconds": 1.0, "epoch_seconds": 8.0, "valid_seconds": 4.0}
+    small["test_seconds"], large["test_seconds"] = 1.0, 16.0
+    # at 1,600: build flat (1), epoch linear (32 × 2 epochs), validation linear (16), test quadratic (256)
+    assert scale.predicted_row_seconds([small, large], 1600, 2, False) == pytest.approx(1 + 64 + 16 + 256)
+    # a sampled pass predicts the sample's seconds, not the full pass's estimate
+    large["test_seconds_all_estimated"] = 160.0
+    assert scale.predicted_row_seconds([small, large], 1600, 1, True) == pytest.approx(1 + 32 + 16 + 256)
+    assert scale.predicted_row_seconds([large], 1600, 1, False) is None  # one size predicts nothing
 
 
 def test_scale_script_resumes_from_its_record_and_writes_a_markdown_table(tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 from modalrec.graphs import SparseOperator
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, xavier_embedding
-from modalrec.nn.losses import bpr_loss, emb_loss, info_nce_full
+from modalrec.nn.losses import bpr_loss, emb_loss, info_nce_sampled
 from modalrec.nn.propagation import gumbel_softmax_memberships, hypergraph_propagate, propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
 
@@ -134,12 +134,16 @@ class LGMRec(Recommender):
         loss = bpr_loss(pair_scores(u, p), pair_scores(u, n))
         if cfg.cl_weight > 0 and len(self.modalities) > 1:
             b = batch.users.shape[0]
+            n_cand, own = int(cfg.cl_candidates), str(cfg.cl_positives)
             hcl = torch.zeros((), device=o_u.device)
             for i, ma in enumerate(self.modalities):
                 for mb in self.modalities[i + 1 :]:
                     (ga_u, ga_i), (gb_u, gb_i) = parts[ma], parts[mb]
-                    # info_nce_full is a mean; the reference sums over the batch
-                    hcl = hcl + b * info_nce_full(ga_u[batch.users], gb_u, batch.users, cfg.tau)
-                    hcl = hcl + b * info_nce_full(ga_i[batch.pos], gb_i, batch.pos, cfg.tau)
+                    # info_nce_sampled is a mean; the reference sums over the batch. cl_candidates 0 (the
+                    # default) is the full tables of the paper; N > 0, the large-data mode's sampled rows
+                    hcl = hcl + b * info_nce_sampled(
+                        ga_u[batch.users], gb_u, batch.users, n_cand, cfg.tau, positives=own
+                    )
+                    hcl = hcl + b * info_nce_sampled(ga_i[batch.pos], gb_i, batch.pos, n_cand, cfg.tau, positives=own)
             loss = loss + cfg.cl_weight * hcl
         return loss + cfg.reg_weight * emb_loss(u, p, n)

@@ -191,7 +191,7 @@ class SLMRec(Recommender):
         for k, i in enumerate(self.fac_order):
             z = self.fac_chain[k](z)
             e = self.fac_modal[k](self.view(items_p, 1 + i))
-            total = total + info_nce_in_batch(z, e, tau, normalize=False)
+            total = total + info_nce_in_batch(z, e, tau, normalize=False, block_size=self.config.in_batch_block)
         return total
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -203,7 +203,8 @@ class SLMRec(Recommender):
                 self.stale_valid.fill_(True)
         items_p = self.combine(i_s, i_m, batch.pos)  # only the batch rows are fused
         h_u = self.fuse_user(self.combine(u_s, u_m, batch.users))
-        loss = info_nce_in_batch(h_u, self.fuse_item(items_p), float(self.config.temp), normalize=True)
+        temp, block = float(self.config.temp), self.config.in_batch_block
+        loss = info_nce_in_batch(h_u, self.fuse_item(items_p), temp, normalize=True, block_size=block)
         loss = loss + float(self.config.ssl_alpha) * self.fac_loss(items_p)
         if not self.reference_quirks and float(self.config.reg_weight) > 0:
             loss = loss + float(self.config.reg_weight) * sq_reg(self.user_emb(batch.users), self.item_emb(batch.pos))

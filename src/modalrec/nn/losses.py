@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -525,7 +526,11 @@ def wgan_gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> tor
 
 # ====================================================================== in-batch InfoNCE (SLMRec)
 def info_nce_in_batch(
-    anchors: torch.Tensor, positives: torch.Tensor, tau: float = 0.2, normalize: bool = True
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    tau: float = 0.2,
+    normalize: bool = True,
+    block_size: int | None = None,
 ) -> torch.Tensor:
     """In-batch, one-directional InfoNCE (docs/building-blocks.md#infonce), mean over the batch.
 
@@ -534,12 +539,29 @@ def info_nce_in_batch(
     are contrasted (rows), not the positives. With ``normalize`` both sides are L2-normalised
     first (cosine logits, SLMRec's main task); without, raw dot products (SLMRec's FAC task).
     Duplicate positives in a batch act as false negatives, as in the reference.
+
+    ``block_size`` (SLMRec's ``in_batch_block``, set by the large-data mode): each anchor competes only
+    against the positives of its own block of ``block_size`` consecutive batch rows (the last block may
+    be smaller), the mean still over every anchor — each block is the in-batch InfoNCE of a batch that
+    size. A step then costs O(B·block·d) instead of O(B²·d), and no (B × B) logits exist (blocks are
+    evaluated one at a time with their gradients taken at once, :func:`blocked_row_sum`). None, or a block
+    at least the batch, is the formula above.
     """
     if normalize:
         anchors = F.normalize(anchors, dim=1)
         positives = F.normalize(positives, dim=1)
-    logits = (anchors / tau) @ positives.T  # 1/τ on the (B × d) side, not on the B × B logits
-    return F.cross_entropy(logits, torch.arange(anchors.shape[0], device=anchors.device))
+    n = anchors.shape[0]
+    if block_size is None or block_size >= n:
+        logits = (anchors / tau) @ positives.T  # 1/τ on the (B × d) side, not on the B × B logits
+        return F.cross_entropy(logits, torch.arange(n, device=anchors.device))
+    block_sum = functools.partial(_in_batch_info_nce_sum, tau=tau)
+    return blocked_row_sum(block_sum, [anchors, positives], [], int(block_size)) / n
+
+
+def _in_batch_info_nce_sum(anchors: torch.Tensor, positives: torch.Tensor, tau: float) -> torch.Tensor:
+    """Σ over one block's anchors of the in-batch InfoNCE term against that block's positives."""
+    logits = (anchors / tau) @ positives.T
+    return F.cross_entropy(logits, torch.arange(anchors.shape[0], device=anchors.device), reduction="sum")
 
 
 # ====================================================================== bootstrap cosine loss (BM3)
