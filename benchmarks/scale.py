@@ -590,13 +590,16 @@ def write_figure(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for model, rows in result["results"].items():
+    # more models than the colour cycle's ten: each also gets its own marker, and a dashed line past ten
+    markers = "os^DvP*Xh<>"
+    for i, (model, rows) in enumerate(result["results"].items()):
         ok = [r for r in rows if "epoch_seconds" in r]
         if not ok:
             continue
         xs = [r["train_interactions"] for r in ok]
-        axes[0].loglog(xs, [r["epoch_seconds"] for r in ok], marker="o", label=model)
-        axes[1].loglog(xs, [r["peak_memory_mb"] for r in ok], marker="o", label=model)
+        style = {"marker": markers[i % len(markers)], "linestyle": "-" if i < 10 else "--", "label": model}
+        axes[0].loglog(xs, [r["epoch_seconds"] for r in ok], **style)
+        axes[1].loglog(xs, [r["peak_memory_mb"] for r in ok], **style)
     axes[0].set(xlabel="training interactions", ylabel="seconds per epoch")
     axes[1].set(xlabel="training interactions", ylabel="peak memory (MiB)")
     axes[0].legend(fontsize=7)
