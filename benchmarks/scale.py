@@ -357,28 +357,23 @@ def predicted_memory_mb(done: list[dict], interactions: int) -> float | None:
     return extrapolated(done, interactions, lambda r: r.get("peak_memory_mb"))
 
 
-# a row's parts and what each costs at a size: each part extrapolated along its own growth
-ROW_TIME_PARTS = {
-    "build": lambda r, epochs: r.get("build_seconds"),
-    "epochs": lambda r, epochs: r["epoch_seconds"] * epochs if "epoch_seconds" in r else None,
-    "validation": lambda r, epochs: r.get("valid_seconds"),
-    "test": lambda r, epochs: r.get("test_seconds_all_estimated", r.get("test_seconds")),
-}
-
-
 def predicted_row_seconds(done: list[dict], interactions: int, epochs: int, sampled_test: bool) -> float | None:
     """Wall seconds of a row at ``interactions`` — the model's build, ``epochs`` epochs, the validation pass and
-    the test pass (``sampled_test``: the sampled pass's measured seconds) — each part extrapolated from the
-    model's two largest measured sizes; None until two sizes have all of them."""
-    total = 0.0
-    for part, figure in ROW_TIME_PARTS.items():
-        if part == "test" and sampled_test:
-            figure = lambda r, epochs: r.get("test_seconds")  # noqa: E731 - the sample's own seconds
-        guess = extrapolated(done, interactions, lambda r, f=figure: f(r, epochs))
-        if guess is None:
-            return None
-        total += guess
-    return total
+    the test pass (``sampled_test``: the sampled pass's measured seconds, else the full pass's) — each part
+    extrapolated along its own growth from the model's two largest measured sizes; None until two sizes have
+    every part."""
+
+    def test_seconds(r: dict) -> float | None:
+        return r.get("test_seconds") if sampled_test else r.get("test_seconds_all_estimated", r.get("test_seconds"))
+
+    parts = (
+        lambda r: r.get("build_seconds"),
+        lambda r: r["epoch_seconds"] * epochs if "epoch_seconds" in r else None,
+        lambda r: r.get("valid_seconds"),
+        test_seconds,
+    )
+    guesses = [extrapolated(done, interactions, part) for part in parts]
+    return None if None in guesses else sum(guesses)
 
 
 def settings_key(args: argparse.Namespace) -> dict:
