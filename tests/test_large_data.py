@@ -132,20 +132,33 @@ def test_a_models_large_data_settings_apply_only_where_the_default_is_kept(syn_d
     assert off.cl_candidates == 0  # below the size rule nothing changes
 
 
-def test_slmrec_and_lgmrec_keep_their_contrastive_step_linear_in_the_mode(syn_dataset):
+def test_slmrec_lgmrec_and_damrs_keep_their_step_linear_in_the_mode(syn_dataset):
     from modalrec.config import large_data_settings_of
 
     assert large_data_settings_of("SLMRec") == {"in_batch_block": 2048}
     assert large_data_settings_of("LGMRec") == {"cl_candidates": 1024}
-    for name, key, off, on in (("SLMRec", "in_batch_block", None, 2048), ("LGMRec", "cl_candidates", 0, 1024)):
+    assert large_data_settings_of("DA-MRS") == {"kl_items": 1024, "neighbor_anchors": 1024}
+    for name, key, off, on in (
+        ("SLMRec", "in_batch_block", None, 2048),
+        ("LGMRec", "cl_candidates", 0, 1024),
+        ("DA-MRS", "kl_items", 0, 1024),
+        ("DA-MRS", "neighbor_anchors", 0, 1024),
+    ):
         cls = get_model_class(name)
         assert apply_large_data_mode(resolve_config(cls), syn_dataset, cls).get(key) == off  # below the size rule
         large = resolve_config(cls, overrides={"large_data": "always"})
         assert apply_large_data_mode(large, syn_dataset, cls).get(key) == on
 
 
-@pytest.mark.parametrize(("name", "settings"), [("SLMRec", {"in_batch_block": 32}), ("LGMRec", {"cl_candidates": 16})])
-def test_slmrec_and_lgmrec_train_with_their_large_data_terms(syn_dir, tmp_path, name, settings):
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("SLMRec", {"in_batch_block": 32}),
+        ("LGMRec", {"cl_candidates": 16}),
+        ("DA-MRS", {"kl_items": 16, "neighbor_anchors": 16, "neighbor_weight": 0.1}),
+    ],
+)
+def test_models_train_with_their_large_data_terms(syn_dir, tmp_path, name, settings):
     base = {"epochs": 3, "train_batch_size": 128, "large_data": "always", "large_data_steps": 4}
     run = mr.train(
         name, syn_dir, settings={**base, "large_data_valid_users": 0, **settings}, seed=3, out=tmp_path / "run"
@@ -238,3 +251,61 @@ def test_meaim_trains_in_the_large_data_mode(syn_dir, tmp_path):
     losses = [h["loss"] for h in sampled.result.history]
     assert losses[-1] < losses[0]
     assert [h["loss"] for h in full.result.history] != losses  # the sampled terms are not the full ones
+
+
+def test_sampled_subset_draws_distinct_entries_and_keeps_a_covered_index():
+    import torch
+
+    from modalrec.nn.losses import sampled_subset
+
+    index = torch.tensor([7, 3, 11, 2, 40, 5])
+    assert sampled_subset(index, 0) is index and sampled_subset(index, 6) is index and sampled_subset(index, 9) is index
+    torch.manual_seed(0)
+    drawn = sampled_subset(index, 4)
+    assert drawn.numel() == 4 and len(set(drawn.tolist())) == 4 and set(drawn.tolist()) <= set(index.tolist())
+    torch.manual_seed(0)
+    assert torch.equal(sampled_subset(index, 4), drawn)  # the seeded global generator decides
+
+
+def test_damrs_large_data_terms_see_only_the_drawn_items(syn_dataset, monkeypatch):
+    """kl_items / neighbor_anchors N: the KL term gets N batch items and L_ND N anchors; N at least the batch's
+    distinct items gives the paper's loss exactly."""
+    import torch
+
+    import modalrec.models.damrs as damrs_module
+    from modalrec.graphs import GraphStore
+    from modalrec.models.base import Batch
+
+    cls = get_model_class("DA-MRS")
+    seen: dict[str, list[int]] = {"kl": [], "nd": []}
+    kl_fn, nd_fn = damrs_module.dot_bernoulli_kl_full, damrs_module.neighbour_discrimination_nce
+
+    def kl_spy(users, p, q, **kw):
+        seen["kl"].append(p.shape[0])
+        return kl_fn(users, p, q, **kw)
+
+    def nd_spy(anchors, tables, *args):
+        seen["nd"].append(anchors[0].shape[0])
+        return nd_fn(anchors, tables, *args)
+
+    monkeypatch.setattr(damrs_module, "dot_bernoulli_kl_full", kl_spy)
+    monkeypatch.setattr(damrs_module, "neighbour_discrimination_nce", nd_spy)
+    g = torch.Generator().manual_seed(0)
+    n_u, n_i = syn_dataset.n_users, syn_dataset.n_items
+    batch = Batch(
+        torch.randint(0, n_u, (64,), generator=g), torch.randint(0, n_i, (64,), generator=g),
+        torch.randint(0, n_i, (64,), generator=g),
+    )  # fmt: skip
+    distinct = torch.unique(torch.cat([batch.pos, batch.neg])).numel()
+    values = {}
+    for n in (0, distinct, 16):
+        torch.manual_seed(5)
+        model = cls(
+            syn_dataset,
+            resolve_config(cls, overrides={"kl_items": n, "neighbor_anchors": n}),
+            GraphStore(syn_dataset, cache_dir=False),
+        )
+        torch.manual_seed(6)
+        values[n] = float(model.loss(batch).detach())
+    assert seen["kl"] == seen["nd"] == [distinct, distinct, 16]
+    assert values[0] == values[distinct]

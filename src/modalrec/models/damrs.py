@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from modalrec.graphs import SparseOperator, co_interaction_graph, cross_modal_denoised_knn
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, xavier_embedding
-from modalrec.nn.losses import dot_bernoulli_kl_full, neighbour_discrimination_nce
+from modalrec.nn.losses import dot_bernoulli_kl_full, neighbour_discrimination_nce, sampled_subset
 from modalrec.nn.propagation import propagate, split_nodes
 from modalrec.nn.scoring import pair_scores
 
@@ -42,6 +42,12 @@ class DAMRS(Recommender):
       the views (:func:`~modalrec.nn.losses.neighbour_discrimination_nce`, in item blocks);
     - L = L_bpr + ``neighbor_weight``·L_ND + ``kl_weight``·L_KL.
 
+    ``kl_items`` / ``neighbor_anchors`` N > 0 (the large-data mode's 1,024): the KL term runs over N of the
+    distinct batch items and L_ND over N anchors, drawn without replacement per step
+    (:func:`~modalrec.nn.losses.sampled_subset`) — unbiased estimates of the same means. Both terms
+    otherwise grow with the batch times the batch (KL) or times every item (L_ND), and the mode's batch
+    grows with the data.
+
     **[choices]** for M content modalities (the paper: exactly v, t): the denoising mask requires
     every modality's similarity to pass its mean, and the neighbour count c_i is the number of
     entries surviving the joint mask (the reference counts the non-zeros of the masked *text*
@@ -51,8 +57,8 @@ class DAMRS(Recommender):
 
     Config: ``knn_k`` (10), ``item_graph_k`` (k_b 2), ``n_ui_layers`` (2), ``n_mm_layers`` (1),
     ``kl_weight`` (1.0), ``neighbor_weight`` (0.001), ``neighbor_tau`` (0.2),
-    ``loss_block_size`` (items per ND block, 512). No [REF-QUIRK] is listed for DA-MRS; evaluation is
-    deterministic.
+    ``loss_block_size`` (items per ND block, 512), ``kl_items`` (0: all), ``neighbor_anchors`` (0: all).
+    No [REF-QUIRK] is listed for DA-MRS; evaluation is deterministic.
     """
 
     name = "DA-MRS"
@@ -130,13 +136,14 @@ class DAMRS(Recommender):
             ub = torch.unique(batch.users)
             ib = torch.unique(torch.cat([batch.pos, batch.neg]))
         if cfg.kl_weight > 0:
+            ik = sampled_subset(ib, int(cfg.kl_items))
             kl = dot_bernoulli_kl_full(
-                h_u[ub], F.normalize(h_i[ib], dim=1), F.normalize(h_bar[ib], dim=1), block_size=cfg.loss_block_size
+                h_u[ub], F.normalize(h_i[ik], dim=1), F.normalize(h_bar[ik], dim=1), block_size=cfg.loss_block_size
             )
             loss = loss + cfg.kl_weight * kl
         if cfg.neighbor_weight > 0:
             tables = [F.normalize(v, dim=1) for v in views]
-            anchors = [t[ib] for t in tables]
+            anchors = [t[sampled_subset(ib, int(cfg.neighbor_anchors))] for t in tables]
             nd = neighbour_discrimination_nce(anchors, tables, cfg.neighbor_tau, 10, cfg.loss_block_size)
             loss = loss + cfg.neighbor_weight * nd
         return loss

@@ -241,6 +241,18 @@ def sampled_candidate_rows(positives: torch.Tensor, n_rows: int, n_samples: int)
     return rows, torch.searchsorted(rows, positives)
 
 
+def sampled_subset(index: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """At most ``n_samples`` entries of ``index``, drawn uniformly without replacement (torch's global
+    generator, which the trainer seeds and saves); ``index`` itself when ``n_samples`` is 0 or covers it.
+
+    A mean over the drawn entries estimates the mean over all of ``index`` without bias, at a cost that
+    no longer grows with it (DA-MRS's KL items and neighbour-discrimination anchors in the large-data mode).
+    """
+    if n_samples <= 0 or n_samples >= index.shape[0]:
+        return index
+    return index[torch.randperm(index.shape[0], device=index.device)[:n_samples]]
+
+
 INFO_NCE_POSITIVES = ("batch", "block")
 
 
