@@ -103,3 +103,33 @@ def test_marios_learned_graphs_follow_the_approximate_method_and_note_their_reca
     assert not any(
         n.startswith("MARIO learned graph") for n in json.loads((exact_run / "metrics.json").read_text())["graph_notes"]
     )
+
+
+def test_lattices_learned_graphs_follow_the_approximate_method_and_note_their_recall(syn_dir, syn_dataset, tmp_path):
+    """With knn_method ann, LATTICE's learned graphs take their neighbour sets from HNSW (recall noted per modality
+    and rebuild), keep their values differentiable, and agree with the exact neighbour sets on most rows."""
+    import json
+
+    from modalrec.config import resolve_config
+    from modalrec.models import get_model_class
+    from modalrec.runs import train_run
+
+    overrides = {"epochs": 2, "train_batch_size": 512, "knn_method": "ann"}
+    run, _ = train_run("LATTICE", syn_dir, overrides=overrides, out=tmp_path / "ann", quiet=True, cache_dir=False)
+    notes = json.loads((run / "metrics.json").read_text())["graph_notes"]
+    learned = [n for n in notes if n.startswith("LATTICE learned graph")]
+    assert {n.split("(")[1].split(")")[0] for n in learned} == {"image", "text"}
+    assert all("rebuild(s)" in n for n in learned)
+    assert min(float(n.split("lowest ")[1].split(" ")[0]) for n in learned) >= 0.9, learned
+
+    cls = get_model_class("LATTICE")
+    graphs = {}
+    for method in ("exact", "ann"):
+        torch.manual_seed(0)
+        store = GraphStore(syn_dataset, cache_dir=False, knn_method=method)
+        model = cls(syn_dataset, resolve_config(cls), store)
+        rows, cols, vals = model.item_graph_coo()
+        assert vals.requires_grad
+        graphs[method] = {(int(r), int(c)) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)}
+    shared = len(graphs["exact"] & graphs["ann"]) / len(graphs["exact"])
+    assert shared >= 0.9, shared

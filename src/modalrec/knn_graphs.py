@@ -192,18 +192,26 @@ def build_knn_graph(
 
 # ====================================================================== learned kNN graphs (LATTICE)
 def learned_knn_coo(
-    features: torch.Tensor, k: int, block_size: int = 1024, stable_ties: bool = False
+    features: torch.Tensor,
+    k: int,
+    block_size: int = 1024,
+    stable_ties: bool = False,
+    neighbours: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """COO triples (rows, cols, sims) of the directed top-k cosine graph of ``features``, differentiable.
 
     The neighbour sets come from :func:`knn_topk` in row blocks under ``no_grad`` (never an
-    I × I matrix); the kept similarities are then recomputed from ``features`` with autograd,
-    so gradients reach ``features`` through the kept values exactly as through
+    I × I matrix), or are given as ``neighbours`` (I × k indices, e.g. approximate ones from
+    :class:`~modalrec.ann.LearnedGraphNeighbours`); the kept similarities are then recomputed from
+    ``features`` with autograd, so gradients reach ``features`` through the kept values exactly as through
     ``topk(dense_cos_sim)`` would (LATTICE's learned graph, docs/models/lattice.md#forward-pass). Values are
     not normalised (see :func:`normalize_sparse_rows`).
     """
-    with torch.no_grad():
-        idx, _ = knn_topk(features.detach(), k, block_size=block_size, stable_ties=stable_ties)
+    if neighbours is not None:
+        idx = neighbours
+    else:
+        with torch.no_grad():
+            idx, _ = knn_topk(features.detach(), k, block_size=block_size, stable_ties=stable_ties)
     n, kk = idx.shape
     rows = torch.arange(n, device=idx.device).repeat_interleave(kk)
     cols = idx.reshape(-1)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalrec.ann import LearnedGraphNeighbours
 from modalrec.graphs import SparseOperator, learned_knn_coo, normalize_sparse_rows
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, feature_tensor, xavier_embedding
@@ -39,7 +40,9 @@ class LATTICE(Recommender):
     Config: ``knn_k`` k (10), ``lambda_coeff`` λ_c (0.9), ``n_layers`` L_mm (1),
     ``weight_size`` (L_ui = its length, [64, 64]), ``feat_embed_dim`` d_f (64), ``cf_model``
     (lightgcn | mf), ``reg_weight`` λ (1e-5), lr 5e-4 with schedule 0.96^(epoch/50),
-    ``knn_block_size`` (item rows per similarity block, 1024). [choice] The reference's
+    ``knn_block_size`` (item rows per similarity block, 1024). The learned graphs' neighbour sets are exact,
+    or approximate (FAISS HNSW, their recall in the run's graph notes) under the run's ``knn_method: ann``
+    (``auto``: from 200,000 items), as every item–item graph's. [choice] The reference's
     ``ngcf`` backbone is not offered. No [REF-QUIRK] applies (the detached reuse above is
     the paper's and the reference's behaviour), so there is no ``reference_quirks`` key.
     """
@@ -77,6 +80,12 @@ class LATTICE(Recommender):
         self._item_graph: SparseOperator | None = None  # detached S reused between rebuilds
         self._item_graph_coo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # its COO triple
         self._rebuild = True
+        # The learned graphs follow the store's kNN method (knn_method; ann from 200,000 items), as MARIO's do.
+        self._ann_neighbours = (
+            LearnedGraphNeighbours(self.k, list(self.modalities), getattr(graphs, "notes", []), self.name)
+            if str(getattr(graphs, "knn_method", "exact")) == "ann"
+            else None
+        )
         self.to(graphs.device)
 
     # ------------------------------------------------------------------ item graph
@@ -85,8 +94,10 @@ class LATTICE(Recommender):
         alpha = torch.softmax(self.modal_weight, dim=0)
         rows, cols, vals = [], [], []
         if self.lambda_coeff < 1.0:
-            for i, (feat, proj) in enumerate(zip(self.features, self.projections, strict=True)):
-                r, c, s = learned_knn_coo(proj(feat), self.k, block_size=self.knn_block_size)
+            tables = [proj(feat) for feat, proj in zip(self.features, self.projections, strict=True)]
+            found = self._ann_neighbours(tables) if self._ann_neighbours is not None else [None] * len(tables)
+            for i, (table, neighbours) in enumerate(zip(tables, found, strict=True)):
+                r, c, s = learned_knn_coo(table, self.k, block_size=self.knn_block_size, neighbours=neighbours)
                 rows.append(r)
                 cols.append(c)
                 vals.append(alpha[i] * s)
