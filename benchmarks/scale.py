@@ -449,7 +449,12 @@ def run_all(args: argparse.Namespace) -> dict:
     for size in sizes_asked:
         label = size["label"]
         for model in models:
-            done = next((r for r in previous.get(model, []) if is_size(r, size) and "failed" not in r), None)
+            # a row that failed, or was not started, is decided again: its prediction rests on the smaller
+            # rows and this run's limits, either of which may have changed
+            done = next(
+                (r for r in previous.get(model, []) if is_size(r, size) and "failed" not in r and "skipped" not in r),
+                None,
+            )
             if done is not None and args.remeasure:
                 print(f"{model} {label}: measuring again (--remeasure)", flush=True)
                 done = None

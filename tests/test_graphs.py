@@ -441,6 +441,24 @@ def test_cross_modal_denoised_knn_matches_brute_force():
         torch.testing.assert_close(vals, 1.0 / torch.sqrt(k_i[rows].float() * k_i[cols].float()))
 
 
+@pytest.mark.parametrize("n", [60, 2700])  # 2,700 columns: the chunked top-k path (k = 4)
+def test_cross_modal_denoised_knn_breaks_ties_by_the_lowest_item_id(n):
+    """Many exact ties (small integer features): each row keeps the first k_i of the stable descending sort."""
+    gen = torch.Generator().manual_seed(3)
+    feats = [torch.randint(-2, 3, (n, 3), generator=gen).float(), torch.randint(-1, 2, (n, 2), generator=gen).float()]
+    k = 4
+    graphs = cross_modal_denoised_knn(feats, k, block_size=512)
+    units = [F.normalize(f, dim=1) for f in feats]
+    sims = [u @ u.T for u in units]
+    means = [float(u.sum(0) @ u.sum(0)) / n**2 for u in units]
+    keep = (sims[0] >= means[0]) & (sims[1] >= means[1])
+    k_i = keep.sum(1).clamp(max=k)
+    for s, (rows, cols, _) in zip(sims, graphs, strict=True):
+        order = torch.sort(s.masked_fill(~keep, float("-inf")), dim=1, descending=True, stable=True).indices
+        expect = torch.cat([order[i, : int(k_i[i])] for i in range(n)])
+        assert torch.equal(rows, torch.arange(n).repeat_interleave(k_i)) and torch.equal(cols, expect)
+
+
 def test_co_interaction_graph_matches_brute_force():
     rng = np.random.default_rng(1)
     r = (rng.random((30, 12)) < 0.3).astype(np.float32)

@@ -82,6 +82,11 @@ def test_a_row_predicted_to_outlast_the_timeout_is_not_started(tmp_path):
         rows[2]["skipped"].startswith("not started: predicted") and "above the 0.001 s --timeout" in rows[2]["skipped"]
     )
     assert "epoch_seconds" not in rows[2] and rows[2]["train_interactions"] > measured[1]["train_interactions"]
+    # a row not started is decided again by the next run (here a longer --timeout), not kept as if measured
+    proc = subprocess.run([*base, "--factors", "0.01,0.02,0.04"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]["BPR"]
+    assert rows[:2] == measured and "skipped" not in rows[2] and rows[2]["epoch_seconds"] > 0
 
 
 def test_the_row_time_prediction_extrapolates_each_part_along_its_own_growth():
