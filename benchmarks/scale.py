@@ -589,7 +589,7 @@ def write_figure(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     # more models than the colour cycle's ten: each also gets its own marker, and a dashed line past ten
     markers = "os^DvP*Xh<>"
     for i, (model, rows) in enumerate(result["results"].items()):
@@ -602,7 +602,9 @@ def write_figure(result: dict, path: Path) -> None:
         axes[1].loglog(xs, [r["peak_memory_mb"] for r in ok], **style)
     axes[0].set(xlabel="training interactions", ylabel="seconds per epoch")
     axes[1].set(xlabel="training interactions", ylabel="peak memory (MiB)")
-    axes[0].legend(fontsize=7)
+    for ax in axes:  # the minor ticks' labels (2×10⁵, 3×10⁵, …) overlap one another
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: no line hidden
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
