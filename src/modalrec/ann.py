@@ -152,22 +152,22 @@ def ann_knn_topk_many(
 class LearnedGraphNeighbours:
     """Approximate top-k cosine neighbours of a model's learned item tables, rebuilt as it trains.
 
-    One HNSW index per table (:func:`ann_knn_topk_many`, about O(I·log I·d) instead of the exact O(I²·d));
-    the neighbour recall against exact is measured at every rebuild and kept, last and lowest, in the run's
-    graph notes (one line per table, replaced at each rebuild). LATTICE's learned graphs use it under the
-    store's ``knn_method: ann`` (``auto``: from :data:`ANN_FROM_ITEMS` items).
+    One HNSW index per table, built side by side (:func:`ann_knn_topk_many`, about O(I·log I·d) instead of the
+    exact O(I²·d)); the neighbour recall against exact is measured at every rebuild and kept, last and lowest,
+    in the run's graph notes (one line per table, replaced at each rebuild). MARIO's and LATTICE's learned
+    graphs use it under the store's ``knn_method: ann`` (``auto``: from :data:`ANN_FROM_ITEMS` items).
     """
 
     def __init__(self, k: int, names: list[str], notes: list[str], model: str):
         self.k, self.names, self.notes, self.model = int(k), list(names), notes, model
         self.recalls: dict[str, list[float]] = {n: [] for n in self.names}
 
-    def __call__(self, tables: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(I, k) neighbour indices of each table's rows, on the tables' device; no gradient."""
+    def __call__(self, tables: list[torch.Tensor], first: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices, similarities), both (I, k), of the rows of the tables named ``names[first]``,
+        ``names[first + 1]``, …, on the tables' device; no gradient."""
         found = []
-        for name, (idx, _, info) in zip(
-            self.names, ann_knn_topk_many([t.detach() for t in tables], self.k), strict=True
-        ):
+        built = ann_knn_topk_many([t.detach() for t in tables], self.k)
+        for name, (idx, sims, info) in zip(self.names[first:], built, strict=False):
             history = self.recalls[name]
             history.append(info.recall)
             head = f"{self.model} learned graph ({name})"
@@ -177,7 +177,7 @@ class LearnedGraphNeighbours:
                 f"lowest {min(history):.3f} over {len(history)} rebuild(s)"
             )
             self.notes[:] = [n for n in self.notes if not n.startswith(head)] + [line]
-            found.append(idx.to(tables[0].device))
+            found.append((idx.to(tables[0].device), sims.to(tables[0].device)))
         return found
 
 

@@ -95,7 +95,11 @@ class LATTICE(Recommender):
         rows, cols, vals = [], [], []
         if self.lambda_coeff < 1.0:
             tables = [proj(feat) for feat, proj in zip(self.features, self.projections, strict=True)]
-            found = self._ann_neighbours(tables) if self._ann_neighbours is not None else [None] * len(tables)
+            found = (
+                [idx for idx, _ in self._ann_neighbours(tables)]
+                if self._ann_neighbours is not None
+                else [None] * len(tables)
+            )
             for i, (table, neighbours) in enumerate(zip(tables, found, strict=True)):
                 r, c, s = learned_knn_coo(table, self.k, block_size=self.knn_block_size, neighbours=neighbours)
                 rows.append(r)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalrec.ann import LearnedGraphNeighbours
 from modalrec.graphs import SparseOperator, knn_graph_coo, knn_topk, normalize_sparse_rows
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Explanation, Recommender, xavier_embedding
@@ -176,9 +177,11 @@ class MARIO(Recommender):
         # The learned graphs follow the store's kNN method (knn_method; ann from 200,000 items): approximate
         # neighbours through FAISS HNSW, their recall against exact measured at every rebuild and summed up in
         # the run's graph notes (metrics.json).
-        self.learned_knn = str(getattr(graphs, "knn_method", "exact"))
-        self._graph_notes: list[str] = getattr(graphs, "notes", [])
-        self._learned_recalls: dict[str, list[float]] = {m: [] for m in self.content}
+        self._ann_neighbours = (
+            LearnedGraphNeighbours(self.k, list(self.content), getattr(graphs, "notes", []), self.name)
+            if str(getattr(graphs, "knn_method", "exact")) == "ann"
+            else None
+        )
         self.to(graphs.device)
         self._reset_parameters()
 
@@ -260,27 +263,12 @@ class MARIO(Recommender):
         self, compressed: list[torch.Tensor], first: int = 0
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Top-k cosine neighbours of the rows of C_m for Ā_m, for the modalities ``first``,
-        ``first + 1``, …: exact (blocked GEMM + top-k, O(I²·d)) or, with ``learned_knn == "ann"``,
-        approximate (:func:`~modalrec.ann.ann_knn_topk_many`: the modalities' HNSW indices built side by
+        ``first + 1``, …: exact (blocked GEMM + top-k, O(I²·d)) or, under ``knn_method: ann``,
+        approximate (:class:`~modalrec.ann.LearnedGraphNeighbours`: the modalities' HNSW indices built side by
         side, one thread each), whose recall is noted."""
-        if self.learned_knn != "ann":
+        if self._ann_neighbours is None:
             return [knn_topk(c, self.k, block_size=self.knn_block_size, stable_ties=False) for c in compressed]
-        from modalrec.ann import ann_knn_topk_many
-
-        found = []
-        for j, (idx, sims, info) in enumerate(ann_knn_topk_many(compressed, self.k), start=first):
-            modality = self.content[j]
-            recalls = self._learned_recalls[modality]
-            recalls.append(info.recall)
-            head = f"MARIO learned graph ({modality})"
-            note = (
-                f"{head}: approximate (FAISS HNSW, efSearch {info.ef_search}) over {info.items:,} items; neighbour "
-                f"recall@{info.k} against exact on {info.sampled_rows:,} sampled items: last {recalls[-1]:.3f}, "
-                f"lowest {min(recalls):.3f} over {len(recalls)} rebuild(s)"
-            )
-            self._graph_notes[:] = [n for n in self._graph_notes if not n.startswith(head)] + [note]
-            found.append((idx.to(compressed[0].device), sims.to(compressed[0].device)))
-        return found
+        return self._ann_neighbours(compressed, first)
 
     def _compressed(self) -> list[torch.Tensor]:
         """C_m = F_m W_m (Eq. 1), each row scaled to unit L2 norm when ``content_norm: l2``.
