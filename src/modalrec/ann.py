@@ -162,6 +162,14 @@ class LearnedGraphNeighbours:
         self.k, self.names, self.notes, self.model = int(k), list(names), notes, model
         self.recalls: dict[str, list[float]] = {n: [] for n in self.names}
 
+    @classmethod
+    def for_store(cls, graphs: Any, k: int, names: list[str], model: str) -> LearnedGraphNeighbours | None:
+        """One for a model's learned graphs when the graph store builds approximately (``knn_method`` ann),
+        writing into the store's notes; None when it builds exactly."""
+        if str(getattr(graphs, "knn_method", "exact")) != "ann":
+            return None
+        return cls(k, names, getattr(graphs, "notes", []), model)
+
     def __call__(self, tables: list[torch.Tensor], first: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, similarities), both (I, k), of the rows of the tables named ``names[first]``,
         ``names[first + 1]``, …, on the tables' device; no gradient."""

@@ -81,11 +81,7 @@ class LATTICE(Recommender):
         self._item_graph_coo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # its COO triple
         self._rebuild = True
         # The learned graphs follow the store's kNN method (knn_method; ann from 200,000 items), as MARIO's do.
-        self._ann_neighbours = (
-            LearnedGraphNeighbours(self.k, list(self.modalities), getattr(graphs, "notes", []), self.name)
-            if str(getattr(graphs, "knn_method", "exact")) == "ann"
-            else None
-        )
+        self._ann_neighbours = LearnedGraphNeighbours.for_store(graphs, self.k, list(self.modalities), self.name)
         self.to(graphs.device)
 
     # ------------------------------------------------------------------ item graph
@@ -95,12 +91,8 @@ class LATTICE(Recommender):
         rows, cols, vals = [], [], []
         if self.lambda_coeff < 1.0:
             tables = [proj(feat) for feat, proj in zip(self.features, self.projections, strict=True)]
-            found = (
-                [idx for idx, _ in self._ann_neighbours(tables)]
-                if self._ann_neighbours is not None
-                else [None] * len(tables)
-            )
-            for i, (table, neighbours) in enumerate(zip(tables, found, strict=True)):
+            found = self._ann_neighbours(tables) if self._ann_neighbours is not None else [(None, None)] * len(tables)
+            for i, (table, (neighbours, _)) in enumerate(zip(tables, found, strict=True)):
                 r, c, s = learned_knn_coo(table, self.k, block_size=self.knn_block_size, neighbours=neighbours)
                 rows.append(r)
                 cols.append(c)

@@ -177,11 +177,7 @@ class MARIO(Recommender):
         # The learned graphs follow the store's kNN method (knn_method; ann from 200,000 items): approximate
         # neighbours through FAISS HNSW, their recall against exact measured at every rebuild and summed up in
         # the run's graph notes (metrics.json).
-        self._ann_neighbours = (
-            LearnedGraphNeighbours(self.k, list(self.content), getattr(graphs, "notes", []), self.name)
-            if str(getattr(graphs, "knn_method", "exact")) == "ann"
-            else None
-        )
+        self._ann_neighbours = LearnedGraphNeighbours.for_store(graphs, self.k, list(self.content), self.name)
         self.to(graphs.device)
         self._reset_parameters()
 
