@@ -7,7 +7,8 @@
 
 The default rows are a reproduction record's (``--record``, a part of ``benchmarks/reproduction/record``:
 ``baby`` by default, there batch 2048, no preset; the row ``--label``, by default the model's name; seeds
-999–1001, their per-user vectors); this trains the same model with ``large_data: always``
+999–1001, their per-user vectors), or with ``--against DIR`` the runs of an earlier check's ``--report-dir``
+(to isolate what a ``--set`` changes on top of the mode); this trains the same model with ``large_data: always``
 (plus any ``--set``) on the same seeds through ``modalrec benchmark --executor ray`` (one thread per run,
 two runs at a time) into ``--report-dir``, then compares: per metric (Recall/NDCG @10/@20) and split
 (valid, test), each user's mean over the seeds in either mode, a paired t-test over users, and the
@@ -69,6 +70,11 @@ def main() -> None:
     ap.add_argument("--label", default=None, help="The default row's label in that record (default: the model).")
     ap.add_argument("--set", action="append", default=[], help="extra key=value for the large-data runs")
     ap.add_argument("--report-dir", type=Path, default=None, help="default: reports/large-data-<record>")
+    ap.add_argument(
+        "--against", type=Path, default=None,
+        help="compare with the runs of an earlier check's --report-dir (e.g. the mode without this --set) "
+        "instead of the record's default rows, to isolate what the --set changes",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.report_dir is None:
@@ -85,10 +91,18 @@ def main() -> None:
     missing = [s for s, run in large.items() if run is None or not (run / "test_per_user.npz").is_file()]
     if missing:
         sys.exit(f"{runs_dir}: no finished run for seed(s) {missing} (see the table above); run this again to retry")
-    default = recorded_runs(args.record, args.label or args.model)
+    if args.against is None:
+        default = recorded_runs(args.record, args.label or args.model)
+        baseline = {"record": args.record, "label": args.label or args.model}
+    else:
+        default = {s: next((args.against / "runs").glob(f"{args.model}-*-seed{s}"), None) for s in SEEDS}
+        if any(run is None for run in default.values()):
+            sys.exit(f"{args.against / 'runs'}: no {args.model} run for every seed of {list(SEEDS)}")
+        shown = args.against.resolve()
+        baseline = {"report_dir": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown)}
     out: dict = {
         "model": args.model,
-        "default_rows": {"record": args.record, "label": args.label or args.model},
+        "default_rows": baseline,
         "large_data_settings": sets,
         "seeds": list(SEEDS),
         "splits": {},

@@ -133,3 +133,64 @@ def test_lattices_learned_graphs_follow_the_approximate_method_and_note_their_re
         graphs[method] = {(int(r), int(c)) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)}
     shared = len(graphs["exact"] & graphs["ann"]) / len(graphs["exact"])
     assert shared >= 0.9, shared
+
+
+def _denoised_edges(graphs) -> list[set[tuple[int, int]]]:
+    return [{(int(r), int(c)) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)} for rows, cols, _ in graphs]
+
+
+def test_the_approximate_denoised_graphs_are_the_exact_ones_when_the_candidates_hold_them():
+    """DA-MRS's denoised graphs from HNSW candidates: on features whose modalities agree, every item's top
+    candidates survive both thresholds, so the graphs are the exact rule's, values included, and recall is 1."""
+    from modalrec.graphs import approximate_cross_modal_denoised_knn, cross_modal_denoised_knn
+
+    image = _clustered(600, 16, seed=1)
+    text = image[:, :12] + 0.05 * np.random.default_rng(2).normal(size=(600, 12)).astype(np.float32)
+    exact = cross_modal_denoised_knn([image, text], 6)
+    approx, infos = approximate_cross_modal_denoised_knn([image, text], 6)
+    assert _denoised_edges(approx) == _denoised_edges(exact)
+    for (_, _, v_exact), (_, _, v_approx) in zip(exact, approx, strict=True):
+        assert torch.allclose(v_exact.sort().values, v_approx.sort().values)
+    assert [i.recall for i in infos] == [1.0, 1.0] and all(i.sampled_rows == 600 for i in infos)
+    assert "neighbour recall@6 1.000" in infos[0].describe("image denoised graph")
+
+
+def test_the_approximate_denoised_graphs_report_what_their_candidates_miss(monkeypatch):
+    """With one candidate per kept neighbour and unrelated modalities, about half the candidates fail the other
+    modality's threshold: items keep fewer neighbours than the exact rule, and the reported recall says so —
+    it equals the share of exact edges found, counted here over every item (all are sampled)."""
+    import modalrec.knn_graphs as knn
+
+    monkeypatch.setattr(knn, "DENOISED_CANDIDATES_PER_NEIGHBOUR", 1)
+    rng = np.random.default_rng(4)
+    feats = [rng.normal(size=(500, 10)).astype(np.float32), rng.normal(size=(500, 8)).astype(np.float32)]
+    exact = knn.cross_modal_denoised_knn(feats, 8)
+    approx, infos = knn.approximate_cross_modal_denoised_knn(feats, 8)
+    for e, a, info in zip(_denoised_edges(exact), _denoised_edges(approx), infos, strict=True):
+        share = len(e & a) / len(e)
+        assert share < 0.8 and abs(info.recall - share) < 1e-9
+        rows_a = np.bincount([r for r, _ in a], minlength=500)
+        rows_e = np.bincount([r for r, _ in e], minlength=500)
+        assert (rows_a <= rows_e).all() and (rows_a < rows_e).any()
+
+
+def test_damrs_builds_its_denoised_graphs_approximately_under_the_ann_rule(syn_dataset, tmp_path):
+    """knn_method ann (auto: from 200,000 items) gives DA-MRS approximate denoised graphs with their recall in the
+    graph notes; a second build reads them from the graph cache and says so."""
+    from modalrec.config import resolve_config
+    from modalrec.models import get_model_class
+
+    cls = get_model_class("DA-MRS")
+    exact = cls(syn_dataset, resolve_config(cls), GraphStore(syn_dataset, cache_dir=False, knn_method="exact"))
+    store = GraphStore(syn_dataset, cache_dir=tmp_path, knn_method="ann")
+    model = cls(syn_dataset, resolve_config(cls), store)
+    notes = [n for n in store.notes if "denoised graph" in n]
+    assert [n.split(" ")[0] for n in notes] == list(syn_dataset.features) and all("recall@10" in n for n in notes)
+    again = GraphStore(syn_dataset, cache_dir=tmp_path, knn_method="ann")
+    cls(syn_dataset, resolve_config(cls), again)
+    assert not any("recall@" in n for n in again.notes)  # nothing built again
+    assert any("denoised graphs: approximate" in n and "graph cache" in n for n in again.notes), again.notes
+    for m in syn_dataset.features:
+        a, e = model.item_graphs[m].to_scipy(), exact.item_graphs[m].to_scipy()
+        shared = (a.multiply(e) != 0).sum() / e.nnz
+        assert shared >= 0.9, (m, shared)

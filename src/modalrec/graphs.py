@@ -22,6 +22,7 @@ import torch
 from modalrec.ann import ann_knn_topk, resolve_knn_method
 from modalrec.io import atomic_write
 from modalrec.knn_graphs import (
+    approximate_cross_modal_denoised_knn,
     build_knn_graph,
     co_interaction_graph,
     cross_modal_denoised_knn,
@@ -40,6 +41,7 @@ __all__ = [
     "SparseOperator",
     "bipartite_adjacency",
     "bipartite_edge_list",
+    "approximate_cross_modal_denoised_knn",
     "build_knn_graph",
     "co_interaction_graph",
     "cross_modal_denoised_knn",

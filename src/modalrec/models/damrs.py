@@ -7,7 +7,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from modalrec.graphs import SparseOperator, co_interaction_graph, cross_modal_denoised_knn
+from modalrec.graphs import (
+    SparseOperator,
+    approximate_cross_modal_denoised_knn,
+    co_interaction_graph,
+    cross_modal_denoised_knn,
+)
 from modalrec.models import register
 from modalrec.models.base import COLD_CONTENT, Batch, ColdOverride, Recommender, xavier_embedding
 from modalrec.nn.losses import dot_bernoulli_kl_full, neighbour_discrimination_nce, sampled_subset
@@ -84,19 +89,30 @@ class DAMRS(Recommender):
         hashes = tuple(dataset.feature_hash(m) for m in self.modalities)
         built: list = []
 
+        approximate = str(getattr(graphs, "knn_method", "exact")) == "ann"
+
         def knn_matrix(pos: int) -> sp.csr_matrix:
             if not built:
                 feats = [np.asarray(dataset.features[m], dtype=np.float32) for m in self.modalities]
-                built.extend(cross_modal_denoised_knn(feats, k))
+                if approximate:  # the store's knn_method rule (auto: from 200,000 items), as every item graph
+                    found, infos = approximate_cross_modal_denoised_knn(feats, k)
+                    built.extend(found)
+                    for info, m in zip(infos, self.modalities, strict=True):
+                        graphs.notes.append(info.describe(f"{m} denoised graph"))
+                else:
+                    built.extend(cross_modal_denoised_knn(feats, k))
             rows, cols, vals = built[pos]
             n = self.n_items
             g = sp.csr_matrix((vals.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n), dtype=np.float32)
             g.sort_indices()
             return g
 
+        kind = "damrs_knn-ann" if approximate else "damrs_knn"
         for pos, m in enumerate(self.modalities):
-            mat = graphs.cached("damrs_knn", (hashes, k, pos), lambda pos=pos: knn_matrix(pos))
+            mat = graphs.cached(kind, (hashes, k, pos), lambda pos=pos: knn_matrix(pos))
             self.item_graphs[m] = SparseOperator(mat, graphs.device, symmetric=False)
+        if approximate and not built:
+            graphs.notes.append("denoised graphs: approximate (FAISS HNSW candidates) read from the graph cache")
         kb = int(config.item_graph_k)
         iib = graphs.cached(
             "damrs_iib", (dataset.interactions_hash, kb, 2), lambda: co_interaction_graph(dataset.train_matrix, kb, 2)
