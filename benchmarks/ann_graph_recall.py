@@ -78,6 +78,7 @@ def measure_denoised(tables: dict[str, torch.Tensor], k: int, exact: bool) -> di
         "dim": "+".join(str(int(t.shape[1])) for t in tables.values()),
         "ann_seconds": round(time.perf_counter() - start, 2),
         "recall": {m: round(info.recall, 4) for m, info in zip(tables, infos, strict=True)},
+        "items_computed_exactly": infos[0].exact_rows,  # short of surviving candidates in some modality
         "sampled_items": infos[0].sampled_rows,
         "ef_search": infos[0].ef_search,
     }

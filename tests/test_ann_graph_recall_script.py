@@ -43,6 +43,7 @@ def test_ann_graph_recall_measures_damrs_denoised_graphs(tmp_path):
     assert row["modality"] == "image+text" and row["items"] == 2000 and row["sampled_items"] == 1000
     assert set(row["recall"]) == {"image", "text"} and all(0.0 < r <= 1.0 for r in row["recall"].values())
     assert row["ann_seconds"] > 0 and row["exact_seconds"] > 0
+    assert 0 <= row["items_computed_exactly"] <= 2000
 
 
 def test_ann_graph_recall_refuses_a_dataset_without_features(tmp_path):

@@ -76,11 +76,13 @@ class AnnGraphInfo:
     recall: float  # mean |approximate top-k ∩ exact top-k| / k over the sampled rows
     sampled_rows: int
     ef_search: int
+    exact_rows: int | None = None  # rows computed exactly after the approximate pass (DA-MRS's denoised graphs)
 
     def describe(self, what: str) -> str:
+        exact = "" if self.exact_rows is None else f"; {self.exact_rows:,} items short of candidates computed exactly"
         return (
             f"{what}: approximate kNN graph over {self.items:,} items (FAISS HNSW, M {HNSW_NEIGHBOURS}, "
-            f"efSearch {self.ef_search}); neighbour recall@{self.k} {self.recall:.3f} against exact on "
+            f"efSearch {self.ef_search}{exact}); neighbour recall@{self.k} {self.recall:.3f} against exact on "
             f"{self.sampled_rows:,} sampled items"
         )
 

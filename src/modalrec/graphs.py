@@ -22,6 +22,7 @@ import torch
 from modalrec.ann import ann_knn_topk, resolve_knn_method
 from modalrec.io import atomic_write
 from modalrec.knn_graphs import (
+    APPROXIMATE_DENOISED_FORM,
     approximate_cross_modal_denoised_knn,
     build_knn_graph,
     co_interaction_graph,
@@ -35,6 +36,7 @@ from modalrec.knn_graphs import (
 
 # The kNN builders live in knn_graphs; models import them from here, with the rest of the graphs.
 __all__ = [
+    "APPROXIMATE_DENOISED_FORM",
     "DEGREE_EPS",
     "EpochEdgeDropout",
     "GraphStore",

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from modalrec.graphs import (
+    APPROXIMATE_DENOISED_FORM,
     SparseOperator,
     approximate_cross_modal_denoised_knn,
     co_interaction_graph,
@@ -107,9 +108,10 @@ class DAMRS(Recommender):
             g.sort_indices()
             return g
 
-        kind = "damrs_knn-ann" if approximate else "damrs_knn"
+        # the approximate build's key names its form, so a cache entry of another form is never read back
+        kind, form = ("damrs_knn-ann", APPROXIMATE_DENOISED_FORM) if approximate else ("damrs_knn", ())
         for pos, m in enumerate(self.modalities):
-            mat = graphs.cached(kind, (hashes, k, pos), lambda pos=pos: knn_matrix(pos))
+            mat = graphs.cached(kind, (hashes, k, pos, *form), lambda pos=pos: knn_matrix(pos))
             self.item_graphs[m] = SparseOperator(mat, graphs.device, symmetric=False)
         if approximate and not built:
             graphs.notes.append("denoised graphs: approximate (FAISS HNSW candidates) read from the graph cache")
