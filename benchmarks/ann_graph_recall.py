@@ -122,7 +122,7 @@ def main() -> None:
             rows.append(row)
     if args.graphs != "plain":
         tables = {m: torch.as_tensor(f[:], dtype=torch.float32) for m, f in ds.features.items()}
-        rows.append({**measure_denoised(tables, args.k, args.exact)})
+        rows.append(measure_denoised(tables, args.k, args.exact))
         print(rows[-1], flush=True)
     write_record(
         args.out,

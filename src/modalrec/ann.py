@@ -67,6 +67,12 @@ def _unit_rows(features: np.ndarray | torch.Tensor, block: int = 65536) -> np.nd
     return out
 
 
+def builds_approximately(graphs: Any) -> bool:
+    """Whether a graph store builds item–item graphs approximately: its ``knn_method`` resolved to ``ann``
+    (:func:`resolve_knn_method`). A store without the attribute (a user's own) builds exactly."""
+    return str(getattr(graphs, "knn_method", "exact")) == "ann"
+
+
 @dataclass
 class AnnGraphInfo:
     """How an approximate kNN graph was built and how close it is to the exact one."""
@@ -168,7 +174,7 @@ class LearnedGraphNeighbours:
     def for_store(cls, graphs: Any, k: int, names: list[str], model: str) -> LearnedGraphNeighbours | None:
         """One for a model's learned graphs when the graph store builds approximately (``knn_method`` ann),
         writing into the store's notes; None when it builds exactly."""
-        if str(getattr(graphs, "knn_method", "exact")) != "ann":
+        if not builds_approximately(graphs):
             return None
         return cls(k, names, getattr(graphs, "notes", []), model)
 

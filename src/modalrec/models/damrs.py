@@ -7,6 +7,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from modalrec.ann import builds_approximately
 from modalrec.graphs import (
     APPROXIMATE_DENOISED_FORM,
     SparseOperator,
@@ -90,7 +91,7 @@ class DAMRS(Recommender):
         hashes = tuple(dataset.feature_hash(m) for m in self.modalities)
         built: list = []
 
-        approximate = str(getattr(graphs, "knn_method", "exact")) == "ann"
+        approximate = builds_approximately(graphs)
 
         def knn_matrix(pos: int) -> sp.csr_matrix:
             if not built:
