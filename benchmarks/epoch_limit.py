@@ -20,6 +20,12 @@ shape (``modalrec.data.synth.SHAPES``), through the same model code ``modalrec t
   just after the model's timed epochs (their mean: this machine's speed drifts by about ±10 % over
   minutes) — the time the arithmetic of the model's equations would take if every FLOP ran as fast as
   a large GEMM.
+* **The products alone**: each counted product's signature (operator, operand shapes and strides) run again
+  by itself on fresh random operands (sparse ones: the model's own graph), the best of 3, times its calls:
+  what the counted products cost at the speed this machine gives each shape, with nothing in between. The
+  limit assumes the 2048³ rate for every product; thin products (one side d = 64) run slower, and this
+  says how much of an epoch's distance from its limit is theirs (``products_alone_gflops``) and how much is
+  everything else (``epoch_over_products_alone``), with the slowest signatures per step.
 * **The epoch**: the best of ``--epochs`` timed epochs (after ``--warmup`` steps; the GEMM rate is a
   best of 5 too), with Adam and the process set-up (the allocator keeping freed memory, deterministic
   kernels, the OpenMP waiting policy) as ``modalrec train`` uses them, and its ratio to the limit; plus
@@ -41,6 +47,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,32 +81,132 @@ def _nnz(t: torch.Tensor) -> int:
     return int(t._nnz()) if t.layout == torch.sparse_coo else int(t.values().numel())
 
 
+@dataclass(frozen=True)
+class DenseOperand:
+    """A dense tensor argument of a counted product, kept as its layout only (not its values or memory)."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    def materialise(self) -> torch.Tensor:
+        """A random tensor of this shape, strides and dtype (a view when the strides overlap, as an expand's)."""
+        extent = 1 + sum((n - 1) * st for n, st in zip(self.shape, self.stride, strict=True) if n > 0)
+        return torch.randn(max(extent, 1), dtype=self.dtype).as_strided(self.shape, self.stride)
+
+
+def _signature_part(value: Any) -> Any:
+    """How one argument enters a product's signature: dense tensors by layout, sparse ones by shape and stored
+    entries, anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        if _is_sparse(value):
+            return ("sparse", value.layout, tuple(value.shape), _nnz(value))
+        return DenseOperand(tuple(value.shape), tuple(value.stride()), value.dtype)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _replay_argument(value: Any) -> Any:
+    return value.materialise() if isinstance(value, DenseOperand) else value
+
+
+@dataclass
+class ProductCalls:
+    """The counted products of one signature (operator, operand shapes and strides): how many ran, their FLOPs,
+    and the arguments to run one again (dense operands by layout, sparse ones the graph itself)."""
+
+    func: Any
+    args: tuple
+    kwargs: dict
+    calls: int = 0
+    flops: float = 0.0
+    seconds_alone: float | None = None
+
+    def time_alone(self, repeats: int = 3) -> float:
+        """The best of ``repeats`` runs of one such product by itself, on fresh random operands."""
+        args = [_replay_argument(a) for a in self.args]
+        kwargs = {k: _replay_argument(v) for k, v in self.kwargs.items()}
+        self.func(*args, **kwargs)
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.func(*args, **kwargs)
+            best = min(best, time.perf_counter() - start)
+        self.seconds_alone = best
+        return best
+
+    def describe(self) -> dict[str, Any]:
+        """The signature's operator and operand shapes, its calls, their time alone and their rate."""
+        operands = [
+            list(a.shape) if isinstance(a, DenseOperand) else f"sparse {list(a.shape)}, {_nnz(a):,} stored"
+            for a in [*self.args, *self.kwargs.values()]
+            if isinstance(a, DenseOperand) or isinstance(a, torch.Tensor)
+        ]
+        seconds = (self.seconds_alone or 0.0) * self.calls
+        return {
+            "op": self.func.overloadpacket.__name__,
+            "operands": operands,
+            "calls": self.calls,
+            "ms_alone": round(seconds * 1e3, 3),
+            "gflops_alone": round(self.flops / seconds / 1e9, 1) if seconds > 0 else None,
+        }
+
+
 class FlopCount(TorchDispatchMode):
-    """Counts the FLOPs of dense and sparse–dense matrix products run under it, by operator."""
+    """Counts the FLOPs of dense and sparse–dense matrix products run under it, by operator, and keeps one
+    replayable call per signature so :meth:`time_products_alone` can time each shape by itself."""
 
     def __init__(self) -> None:
         super().__init__()
         self.by_op: dict[str, float] = defaultdict(float)
+        self.products: dict[tuple, ProductCalls] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
         mats = [a for a in args if isinstance(a, torch.Tensor)]
+        flops = 0.0
         if any(_is_sparse(a) for a in mats):
             sparse = next(a for a in mats if _is_sparse(a))
             dense = [a for a in mats if not _is_sparse(a) and a.dim() == 2]
             if dense and name in ("mm", "addmm", "_sparse_mm", "_sparse_addmm", "_sparse_csr_mm"):
-                self.by_op[f"sparse {name}"] += 2.0 * _nnz(sparse) * dense[-1].shape[1]
+                flops = 2.0 * _nnz(sparse) * dense[-1].shape[1]
+                self.by_op[f"sparse {name}"] += flops
         elif name in DENSE:
             a, b = (args[1], args[2]) if name.startswith(("addmm", "baddbmm")) else (args[0], args[1])
             batch = a.shape[0] if a.dim() == 3 else 1
-            self.by_op[name.rstrip("_")] += 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+            flops = 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+            self.by_op[name.rstrip("_")] += flops
+        if flops:
+            self._remember(func, args, kwargs, flops)
         return out
+
+    def _remember(self, func: Any, args: tuple, kwargs: dict, flops: float) -> None:
+        parts = tuple(_signature_part(a) for a in args)
+        named = {k: _signature_part(v) for k, v in kwargs.items()}
+        key = (func, parts, tuple(sorted(named.items())))
+        calls = self.products.get(key)
+        if calls is None:
+            # sparse operands are kept as they are (the model's graphs: their structure decides the speed)
+            def kept(value: Any, part: Any) -> Any:
+                return value if isinstance(value, torch.Tensor) and _is_sparse(value) else part
+
+            calls = self.products[key] = ProductCalls(
+                func,
+                tuple(kept(a, p) for a, p in zip(args, parts, strict=True)),
+                {k: kept(v, named[k]) for k, v in kwargs.items()},
+            )
+        calls.calls += 1
+        calls.flops += flops
 
     @property
     def total(self) -> float:
         return float(sum(self.by_op.values()))
+
+    def time_products_alone(self) -> float:
+        """Seconds the counted products take when each runs by itself, one after another at the best speed this
+        machine gives its own shape: what the counted work would cost with nothing else in between."""
+        return sum(p.calls * p.time_alone() for p in self.products.values())
 
 
 def gemm_rate(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -192,6 +299,9 @@ def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dic
         epoch_times.append(time.perf_counter() - start)
     epoch_seconds = min(epoch_times)
     rate = (rate_before + gemm_rate(args.threads)) / 2
+    # the same products, each shape by itself at the best speed this machine gives it, nothing in between
+    alone = steps * per_step.time_products_alone() + per_epoch.time_products_alone()
+    slowest = sorted(per_step.products.values(), key=lambda p: p.calls * (p.seconds_alone or 0.0), reverse=True)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -224,13 +334,18 @@ def measure(spec: str, shape: str, large: bool, args: argparse.Namespace) -> dic
         "epoch_seconds": round(epoch_seconds, 3),
         "epoch_seconds_all": [round(t, 3) for t in epoch_times],
         "epoch_over_limit": round(epoch_seconds / limit, 2) if limit > 0 else None,
+        "products_alone_seconds": round(alone, 5),
+        "products_alone_gflops": round(flops / alone / 1e9, 1) if alone > 0 else None,
+        "epoch_over_products_alone": round(epoch_seconds / alone, 2) if alone > 0 else None,
+        "slowest_products_per_step": [p.describe() for p in slowest[: args.top_ops]],
         "profile_steps": args.profile_steps,
         "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / total_self, 3) for e in events[: args.top_ops]},
     }
     print(
         f"{spec}{' (large-data mode)' if large else ''} on {shape}: {steps} steps of {batch_size}, "
         f"{row['gflop_per_epoch']:.1f} GFLOP/epoch → limit {limit:.2f} s; epoch {epoch_seconds:.2f} s "
-        f"({row['epoch_over_limit']}× the limit)",
+        f"({row['epoch_over_limit']}× the limit); its products alone {alone:.2f} s "
+        f"({row['products_alone_gflops']} GFLOP/s)",
         flush=True,
     )
     return row

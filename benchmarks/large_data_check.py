@@ -138,8 +138,9 @@ def main() -> None:
         for s, m in zip(SEEDS, metrics, strict=True)
     ]
     import torch
+    from bench_record import machine_summary
 
-    out["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores; 2 runs at a time, 1 thread each"
+    out["machine"] = f"{machine_summary()}; 2 runs at a time, 1 thread each"
     out["versions"] = f"Python {platform.python_version()}, torch {torch.__version__}, NumPy {np.__version__}"
     out["wall_seconds"] = round(wall, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -394,6 +394,7 @@ def load_previous(args: argparse.Namespace) -> dict[str, list[dict]]:
 def finish(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
     """The whole record: per-model rows, growth exponents against training interactions, machine, versions."""
     import torch
+    from bench_record import machine_summary
 
     summary = {}
     for model, rows in results.items():
@@ -410,7 +411,7 @@ def finish(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
             )
         }
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": machine_summary(),
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}",
         "settings": settings_key(args),
         "epochs": args.epochs,
@@ -443,6 +444,9 @@ def run_all(args: argparse.Namespace) -> dict:
     results: dict[str, list[dict]] = {m: rows for m, rows in previous.items() if m not in models}
     results.update({m: [] for m in models})
     sources = {model: current_source(model) for model in models}
+    from bench_record import cpu_line
+
+    cpu_model = cpu_line()
     not_asked = {
         m: [r for r in previous.get(m, []) if not any(is_size(r, size) for size in sizes_asked)] for m in models
     }
@@ -470,7 +474,8 @@ def run_all(args: argparse.Namespace) -> dict:
                 print(f"{model} {label}: measured before, kept", flush=True)
                 continue
             data, n_train = sized_dataset(size, cache, sizes)
-            entry: dict = {**size["key"], "load_average_before": round(os.getloadavg()[0], 2)}
+            # the CPU per row: rows kept from earlier runs may have been measured on another host
+            entry: dict = {**size["key"], "cpu": cpu_model, "load_average_before": round(os.getloadavg()[0], 2)}
             recorded = with_rows_not_asked(results, not_asked)[model]
             smaller = [r for r in recorded if r.get("train_interactions", 0) < n_train]
             guess = predicted_memory_mb(smaller, n_train)

@@ -35,6 +35,9 @@ def test_scale_script_measures_fits_and_refuses_a_size_predicted_too_large(tmp_p
         assert rows[2]["skipped"].startswith("not started: predicted peak memory")
         assert "epoch_seconds" not in rows[2]
         assert isinstance(result["growth_exponents"][model]["epoch"], float)
+        # each row names the CPU it ran on: a kept row may come from another host
+        assert all(isinstance(r["cpu"], str) and r["cpu"] for r in rows)
+    assert "CPU cores" in result["machine"]
 
 
 def test_scale_script_measures_the_large_data_mode_through_the_trainer(tmp_path):
