@@ -8,6 +8,43 @@ from torch import nn
 from modalrec.graphs import SparseOperator
 
 
+class _LayerSum(torch.autograd.Function):
+    """Σ_l X^l (times ``scale``) of the propagation layers without stacking them.
+
+    The forward adds the layers in order and scales once, the same float operations as
+    ``torch.stack(layers).sum(0)`` (and ``.mean(0)``: a sum, then a division); the backward hands every layer
+    the same ``grad · scale``, which autograd's ``mean`` computed on an expanded (L+1)-layer copy. So the
+    values and gradients are bit for bit those of the stacked form (tested), without writing the (L+1) × N × d
+    stack forward or its gradient backward: the LightGCN step's element-wise work on the stack, which costs
+    several times its sparse products.
+    """
+
+    @staticmethod
+    def forward(ctx, divisor: float, *layers: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.divisor = divisor
+        ctx.n_layers = len(layers)
+        total = layers[0] + layers[1]
+        for x in layers[2:]:
+            total += x
+        return total.div_(divisor) if divisor != 1 else total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        share = grad / ctx.divisor if ctx.divisor != 1 else grad
+        return (None, *([share] * ctx.n_layers))
+
+
+def combine_layers(layers: list[torch.Tensor], combine: str) -> torch.Tensor:
+    """``mean`` or ``sum`` of the propagation layers X⁰..X^L (:class:`_LayerSum`), or the ``last`` one."""
+    if combine == "last":
+        return layers[-1]
+    if combine not in ("mean", "sum"):
+        raise ValueError(f"unknown layer combination {combine!r} (mean | last | sum)")
+    if len(layers) == 1:
+        return layers[0]
+    return _LayerSum.apply(float(len(layers)) if combine == "mean" else 1.0, *layers)
+
+
 def propagate(adj: SparseOperator, x0: torch.Tensor, n_layers: int, combine: str = "mean") -> torch.Tensor:
     """LightGCN-style propagation X^l = Â X^{l−1} (docs/building-blocks.md#lightgcn-propagation).
 
@@ -21,14 +58,7 @@ def propagate(adj: SparseOperator, x0: torch.Tensor, n_layers: int, combine: str
     for _ in range(n_layers):
         x = adj @ x
         layers.append(x)
-    if combine == "last":
-        return x
-    stacked = torch.stack(layers, dim=0)
-    if combine == "mean":
-        return stacked.mean(dim=0)
-    if combine == "sum":
-        return stacked.sum(dim=0)
-    raise ValueError(f"unknown layer combination {combine!r} (mean | last | sum)")
+    return combine_layers(layers, combine)
 
 
 def split_nodes(h: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
