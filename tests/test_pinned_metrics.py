@@ -12,10 +12,11 @@ AVX-512 Intel host eight models' losses differ from the pins in their last bits 
 2026-12-07; ``MKL_CBWR`` and ``ATEN_CPU_CAPABILITY`` did not bring them back). ``models`` holds the pins of the
 platform the file was first written on (not recorded then); ``platforms`` holds, per platform (CPU vendor and
 ATen's CPU capability, :func:`numeric_platform`), every model's pins measured there. A platform with its own pins
-is compared exactly against them. Any other is compared exactly against ``models``, and where that fails,
-within a relative 1e-5 (the best epoch exactly) with a warning that names the platform, so a host of an
-unpinned kind still catches a change of behaviour but not one of rounding — pin it (``--write-platform``) to
-check it exactly.
+is compared exactly against them. Any other is compared exactly against ``models``, and where that fails, its
+losses within a relative 1e-5, with a warning that names the platform: a host of an unpinned kind still
+catches a change of arithmetic, but not one of rounding — pin it (``--write-platform``) to check it exactly.
+Only the losses, because the rankings of this tiny set are not stable under rounding: between the two pinned
+platforms MMGCN's losses differ by 1.4e-6 relative and its best epoch moved from 2 to 0, with every metric.
 
 Regenerate only for a change that is meant to change numbers, and only the models it changes
 (``--write MODEL …``; ``--write-platform MODEL …`` for this platform's pins), and say so in its commit.
@@ -121,13 +122,12 @@ def _floats(value) -> list[float]:
 
 
 def _beyond_rounding(got: dict, expected: dict) -> list[str]:
-    """The differences larger than rounding: the best epoch, or any value beyond a relative ``TOLERANCE``."""
-    out = [] if got["best_epoch"] == expected["best_epoch"] else ["best_epoch"]
-    for key in ("losses", "valid", "best_valid", "test"):
-        a, b = _floats(got[key]), _floats(expected[key])
-        if len(a) != len(b) or not np.allclose(a, b, rtol=TOLERANCE, atol=0.0):
-            out.append(f"{key}: pinned {expected[key]} got {got[key]}")
-    return out
+    """The loss differences larger than rounding (a relative ``TOLERANCE``); the rankings are not compared, see
+    the module's docstring."""
+    a, b = _floats(got["losses"]), _floats(expected["losses"])
+    if len(a) == len(b) and np.allclose(a, b, rtol=TOLERANCE, atol=0.0):
+        return []
+    return [f"losses: pinned {expected['losses']} got {got['losses']}"]
 
 
 def test_the_platform_key_names_vendor_and_capability():
@@ -144,11 +144,11 @@ def test_a_rounding_difference_passes_only_the_tolerant_comparison():
         "test": {"r": "0.2"},
         "test_per_user": "abc",
     }
-    rounded = {**pinned, "losses": [repr(0.5 * (1 + 1e-7)), "0.25"]}
+    rounded = {**pinned, "losses": [repr(0.5 * (1 + 1e-7)), "0.25"], "best_epoch": 2, "test": {"r": "0.3"}}
     assert _differences(rounded, pinned) and not _beyond_rounding(rounded, pinned)
-    changed = {**pinned, "test": {"r": "0.2001"}}
-    assert _beyond_rounding(changed, pinned) == ["test: pinned {'r': '0.2'} got {'r': '0.2001'}"]
-    assert _beyond_rounding({**pinned, "best_epoch": 2}, pinned) == ["best_epoch"]
+    changed = {**pinned, "losses": ["0.5", repr(0.25 * (1 + 1e-4))]}
+    assert _beyond_rounding(changed, pinned) == [f"losses: pinned {pinned['losses']} got {changed['losses']}"]
+    assert _beyond_rounding({**pinned, "losses": ["0.5"]}, pinned)  # an epoch missing
 
 
 @pytest.mark.parametrize("model", _models())
