@@ -20,7 +20,7 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     the numbers still tell its generation) and which of :data:`SIMD_FLAGS` it has, from ``cpuinfo`` (None where
     unreadable).
 
-    Why: the same ``platform`` string has named hosts whose dense GEMM ran at 190 and at 435 GFLOP/s on two
+    Why: the same ``platform`` string has named hosts whose dense GEMM ran at 190 and at 420 GFLOP/s on two
     threads (issue #30's epoch-limit records), so a figure compared across days needs the CPU it ran on.
     """
     try:
@@ -41,9 +41,10 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     }
 
 
-def cpu_line() -> str:
-    """The CPU as one phrase: its model name and, in brackets, its family / model / stepping numbers."""
-    cpu = cpu_description()
+def cpu_line(cpu: dict | None = None) -> str:
+    """The CPU as one phrase: its model name and, in brackets, its family / model / stepping numbers (of ``cpu``,
+    a :func:`cpu_description`; this machine's when None)."""
+    cpu = cpu_description() if cpu is None else cpu
     name = cpu["cpu_model"] or "CPU model unknown"
     return f"{name} ({cpu['cpu_id']})" if cpu["cpu_id"] else name
 
@@ -63,9 +64,9 @@ def machine_record() -> dict:
 def machine_summary() -> str:
     """One line for the records that state their machine as text: architecture, CPU, vector extensions, core
     count."""
-    simd = cpu_description()["simd"]
-    extensions = ", ".join(simd) if simd else "extensions unknown"
-    return f"{platform.machine()}, {cpu_line()}, {extensions}, {os.cpu_count()} CPU cores"
+    cpu = cpu_description()
+    extensions = ", ".join(cpu["simd"]) if cpu["simd"] else "extensions unknown"
+    return f"{platform.machine()}, {cpu_line(cpu)}, {extensions}, {os.cpu_count()} CPU cores"
 
 
 def versions_record(**extra: str) -> dict:

@@ -109,6 +109,12 @@ def _replay_argument(value: Any) -> Any:
     return value.materialise() if isinstance(value, DenseOperand) else value
 
 
+def _kept_argument(value: Any, part: Any) -> Any:
+    """What a product's replay keeps of one argument: a sparse operand itself (the model's graph: its structure
+    decides the speed), anything else its signature part."""
+    return value if isinstance(value, torch.Tensor) and _is_sparse(value) else part
+
+
 @dataclass
 class ProductCalls:
     """The counted products of one signature (operator, operand shapes and strides): how many ran, their FLOPs,
@@ -187,14 +193,10 @@ class FlopCount(TorchDispatchMode):
         key = (func, parts, tuple(sorted(named.items())))
         calls = self.products.get(key)
         if calls is None:
-            # sparse operands are kept as they are (the model's graphs: their structure decides the speed)
-            def kept(value: Any, part: Any) -> Any:
-                return value if isinstance(value, torch.Tensor) and _is_sparse(value) else part
-
             calls = self.products[key] = ProductCalls(
                 func,
-                tuple(kept(a, p) for a, p in zip(args, parts, strict=True)),
-                {k: kept(v, named[k]) for k, v in kwargs.items()},
+                tuple(_kept_argument(a, p) for a, p in zip(args, parts, strict=True)),
+                {k: _kept_argument(v, named[k]) for k, v in kwargs.items()},
             )
         calls.calls += 1
         calls.flops += flops

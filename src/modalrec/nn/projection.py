@@ -11,9 +11,10 @@ class _FeatureProjection(torch.autograd.Function):
     Both are the same (d × d_m) product; with F a tall (items × d_m) table and d = 64 outputs, MKL ran the
     first form about 1.25× faster on the host it was chosen on (7,050 × 4,096 image features: 28 ms against
     36 ms, measured by hand), and every step of MARIO and MeAIM takes this gradient over all items. Which form
-    is faster depends on the CPU: on an AVX-512 host (issue #30's later epoch-limit records) the second one took
-    14 ms against 22 ms. Kept: switching would trade one host's speed for the other's and move MARIO's and
-    MeAIM's numbers at float rounding (docs/scale.md#the-seed-models-epochs-against-their-arithmetic).
+    is faster depends on the CPU: on the AVX-512 host of issue #30's later epoch-limit records the second one
+    took 14 ms against 22 ms (measured by hand, interleaved). Kept: switching would trade one host's speed for
+    the other's and move MARIO's and MeAIM's numbers at float rounding
+    (docs/scale.md#the-seed-models-epochs-against-their-arithmetic).
     """
 
     @staticmethod

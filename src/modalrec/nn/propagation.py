@@ -9,11 +9,12 @@ from modalrec.graphs import SparseOperator
 
 
 class _LayerSum(torch.autograd.Function):
-    """Σ_l X^l (times ``scale``) of the propagation layers without stacking them.
+    """Σ_l X^l / ``divisor`` of the propagation layers without stacking them (``divisor`` L+1 for the mean, 1 for
+    the sum).
 
-    The forward adds the layers in order and scales once, the same float operations as
+    The forward adds the layers in order and divides once, the same float operations as
     ``torch.stack(layers).sum(0)`` (and ``.mean(0)``: a sum, then a division); the backward hands every layer
-    the same ``grad · scale``, which autograd's ``mean`` computed on an expanded (L+1)-layer copy. So the
+    the same ``grad / divisor``, which autograd's ``mean`` computed on an expanded (L+1)-layer copy. So the
     values and gradients are bit for bit those of the stacked form (tested), without writing the (L+1) × N × d
     stack forward or its gradient backward: the LightGCN step's element-wise work on the stack, which costs
     several times its sparse products.
